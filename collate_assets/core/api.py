@@ -1,0 +1,368 @@
+"""The engine's public steps: tokenize a file into a spill file, pack a spill into an output.
+
+    tokenize_file(input, spill, tokenizer, settings)  -> TokenizeStats
+    pack_spill(spill, output, fmt, settings)           -> PackStats
+    collate_file / collate_folder                       both steps, for the CLI and scripts
+
+The spill is an Arrow IPC file (random access, memory-mapped when read) holding one tokenized
+sequence per record: packing reads only its list offsets (the lengths), and rows are gathered from
+the mapped tokens while writing, so peak memory does not grow with the input size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from . import packing
+from .chat import ChatEncoder
+from .errors import CollateError
+from .reader import Reject, input_stem, iter_chunks, list_input_files
+from .settings import EXTENSIONS, IGNORE_INDEX, CollateSettings, check_format
+from .stats import FileStats, PackStats, TokenizeStats, length_histogram
+from .writers import PACKED_SCHEMA, atomic_path, packed_writer
+
+SPILL_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("line", pa.int64()),
+    ]
+)
+# Rows are gathered and written in batches of about this many tokens (bounded memory).
+WRITE_BATCH_TOKENS = 1 << 22
+
+Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in numbers or quoted values ('message 3 has no role')."""
+    return re.sub(r"'[^']*'|\d+", "…", reason)
+
+
+class _RejectLog:
+    """Counts rejects and streams them to a JSONL file (file, line, reason, start of the line)."""
+
+    def __init__(self, stats: TokenizeStats, stack: contextlib.ExitStack, path: str | Path | None, strict: bool):
+        self.stats = stats
+        self.strict = strict
+        self.file = None
+        if path is not None:
+            tmp = stack.enter_context(atomic_path(path))
+            self.file = stack.enter_context(open(tmp, "wb"))
+
+    def add(self, reject: Reject) -> None:
+        if self.strict:
+            raise CollateError(f"{reject.file}:{reject.line}: {reject.reason} (strict mode)")
+        self.stats.rejected += 1
+        self.stats.reject_reasons[_reason_key(reject.reason)] += 1
+        if self.file is not None:
+            self.file.write(orjson.dumps(reject.to_dict()) + b"\n")
+
+
+def tokenize_file(
+    input_path: str | Path,
+    spill_path: str | Path,
+    tokenizer,
+    settings: CollateSettings,
+    *,
+    rejects_path: str | Path | None = None,
+    progress: Progress | None = None,
+    chunk_lines: int = 1024,
+) -> TokenizeStats:
+    """Render, tokenize and label every conversation of one JSONL file into an Arrow spill file.
+
+    Overlong conversations follow `settings.overlong`. Bad lines go to `rejects_path` (JSONL) and the
+    counts; `settings.strict` fails on the first one instead. Files appear only when complete.
+    """
+    input_path = Path(input_path)
+    stats = TokenizeStats(file=str(input_path), max_length=settings.max_length)
+    encoder = ChatEncoder(tokenizer, settings.labels)
+    lengths_written: list[np.ndarray] = []
+    assistant = settings.labels == "assistant"
+
+    def render(chunk):
+        texts = encoder.render(chunk.conversations)
+        skeletons = encoder.render_skeletons(chunk.conversations) if assistant else None
+        return chunk, texts, skeletons
+
+    with contextlib.ExitStack() as stack:
+        rejects = _RejectLog(stats, stack, rejects_path, settings.strict)
+        spill_tmp = stack.enter_context(atomic_path(spill_path))
+        sink = stack.enter_context(pa.OSFile(str(spill_tmp), "wb"))
+        writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+
+        def finish(chunk, texts, skeletons, encodings):
+            batch, lengths = _chunk_to_batch(chunk, texts, skeletons, encodings, encoder, settings, stats, rejects)
+            if batch is not None:
+                writer.write_batch(batch)
+                lengths_written.append(lengths)
+            if progress is not None:
+                progress(chunk.bytes_read, chunk.lines_read)
+
+        # Pipeline: the Rust tokenizer encodes chunk k on both cores (GIL released) while this
+        # thread reads and renders chunk k+1, then labels and writes chunk k.
+        pending = None
+        for chunk in iter_chunks(input_path, chunk_lines=chunk_lines):
+            stats.lines_read += chunk.lines_read
+            stats.blank_lines += chunk.blank_lines
+            for reject in chunk.rejects:
+                rejects.add(reject)
+            rendered = render(chunk)
+            good = [t for t in rendered[1] if isinstance(t, str)]
+            future = pool.submit(encoder.encode_texts, good)
+            if pending is not None:
+                finish(*pending[0], pending[1].result())
+            pending = (rendered, future)
+        if pending is not None:
+            finish(*pending[0], pending[1].result())
+
+    all_lengths = np.concatenate(lengths_written) if lengths_written else np.zeros(0, dtype=np.int64)
+    stats.histogram = length_histogram(all_lengths, settings.max_length)
+    return stats
+
+
+def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, settings, stats, rejects):
+    """Labels and overlong policy for one chunk; returns the spill record batch and lengths."""
+    max_length = settings.max_length
+    ids_out: list[np.ndarray] = []
+    labels_out: list[np.ndarray] = []
+    lines_out: list[int] = []
+    enc_iter = iter(encodings)
+    for k, (line, conversation, text) in enumerate(zip(chunk.line_numbers, chunk.conversations, texts)):
+        if isinstance(text, Exception):
+            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(text)}", _excerpt(conversation)))
+            continue
+        encoding = next(enc_iter)
+        spans = None
+        if skeletons is not None:
+            skeleton = skeletons[k]
+            try:
+                if isinstance(skeleton, Exception):
+                    raise ValueError(f"chat template error: {_one_line(skeleton)}")
+                spans = encoder.assistant_spans(conversation, text, skeleton)
+            except ValueError as exc:
+                rejects.add(Reject(stats.file, line, str(exc), _excerpt(conversation)))
+                continue
+        ids, labels = encoder.labels_for(encoding, spans)
+        n = len(ids)
+        if n == 0:
+            rejects.add(Reject(stats.file, line, "chat template rendered no tokens", _excerpt(conversation)))
+            continue
+        stats.tokens_read += n
+        pieces = [(ids, labels)]
+        if n > max_length:
+            policy = settings.overlong
+            if policy == "error":
+                raise CollateError(
+                    f"{stats.file}:{line}: conversation has {n} tokens > max_length {max_length} (overlong=error)"
+                )
+            if policy == "drop":
+                stats.dropped += 1
+                stats.truncated_tokens += n
+                rejects.add(
+                    Reject(stats.file, line, f"overlong: {n} tokens > max_length {max_length}, dropped",
+                           _excerpt(conversation))
+                )
+                continue
+            if policy == "truncate":
+                stats.truncated += 1
+                stats.truncated_tokens += n - max_length
+                pieces = [(ids[:max_length], labels[:max_length])]
+            else:  # split: every chunk is its own sequence, so its first label is ignored
+                stats.split += 1
+                pieces = []
+                for start in range(0, n, max_length):
+                    piece_labels = labels[start : start + max_length].copy()
+                    piece_labels[0] = IGNORE_INDEX
+                    pieces.append((ids[start : start + max_length], piece_labels))
+        trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
+        if trained == 0:
+            reason = "no trainable token" + (" (no assistant message)" if settings.labels == "assistant" else "")
+            if n > max_length and settings.overlong == "truncate":
+                reason += " after truncation"
+            rejects.add(Reject(stats.file, line, reason, _excerpt(conversation)))
+            if n > max_length and settings.overlong == "truncate":
+                stats.truncated -= 1
+                stats.truncated_tokens -= n - max_length
+            stats.tokens_read -= n
+            continue
+        stats.conversations += 1
+        stats.trained_tokens += trained
+        for piece_ids, piece_labels in pieces:
+            ids_out.append(piece_ids)
+            labels_out.append(piece_labels)
+            lines_out.append(line)
+    if not ids_out:
+        return None, None
+    lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    stats.sequences += len(ids_out)
+    stats.tokens += int(offsets[-1])
+    batch = pa.record_batch(
+        [
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(ids_out))),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(labels_out))),
+            pa.array(lines_out, type=pa.int64()),
+        ],
+        schema=SPILL_SCHEMA,
+    )
+    return batch, lengths
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _excerpt(conversation: list[dict]) -> str:
+    return orjson.dumps(conversation).decode()[:200]
+
+
+def spill_lengths(spill_path: str | Path) -> np.ndarray:
+    """Sequence lengths of a spill file, read from its list offsets only."""
+    with pa.memory_map(str(spill_path)) as source:
+        reader = pa.ipc.open_file(source)
+        parts = [np.diff(reader.get_batch(i).column(0).offsets.to_numpy()) for i in range(reader.num_record_batches)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settings: CollateSettings) -> PackStats:
+    """Pack the sequences of a spill file into rows of at most max_length and write them as `fmt`."""
+    check_format(fmt)
+    max_length = settings.max_length
+    stats = PackStats(output=str(output_path), format=fmt, max_length=max_length, packing=settings.packing)
+    source = pa.memory_map(str(spill_path))
+    with source:
+        reader = pa.ipc.open_file(source)
+        # Per record batch: zero-copy views of the mapped offsets and values.
+        ids_vals, lab_vals, offs, first_index = [], [], [], [0]
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            ids_col, lab_col = batch.column(0), batch.column(1)
+            offs.append(ids_col.offsets.to_numpy())
+            ids_vals.append(ids_col.values.to_numpy())
+            lab_vals.append(lab_col.values.to_numpy())
+            first_index.append(first_index[-1] + batch.num_rows)
+        lengths = np.concatenate([np.diff(o) for o in offs]).astype(np.int64) if offs else np.zeros(0, np.int64)
+        if len(lengths) and lengths.max() > max_length:
+            raise CollateError(
+                f"{spill_path}: a sequence has {int(lengths.max())} tokens > max_length {max_length}; "
+                "tokenize again with this max_length"
+            )
+        bins = packing.pack(lengths, max_length, settings.packing)
+        # Where each sequence lives: its record batch and its token range inside that batch.
+        batch_of = np.repeat(np.arange(len(offs)), [len(o) - 1 for o in offs])
+        starts = np.concatenate([o[:-1] for o in offs]).astype(np.int64) if offs else np.zeros(0, np.int64)
+
+        def gather(rows: list[list[int]]) -> tuple[pa.RecordBatch, np.ndarray]:
+            seqs = list(itertools.chain.from_iterable(rows))
+            ids = np.concatenate([ids_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])
+            labels = np.concatenate([lab_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])
+            seq_lengths = lengths[seqs].astype(np.int32)
+            seq_starts = np.zeros(len(seqs), dtype=np.int64)
+            np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
+            positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
+            labels[seq_starts] = IGNORE_INDEX  # never train across a sequence boundary
+            row_tokens = np.fromiter((lengths[r].sum() for r in rows), dtype=np.int64, count=len(rows))
+            row_offsets = pa.array(_offsets(row_tokens))
+            seq_offsets = pa.array(_offsets([len(r) for r in rows]))
+            batch = pa.record_batch(
+                [
+                    pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
+                    pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
+                    pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
+                    pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lengths)),
+                ],
+                schema=PACKED_SCHEMA,
+            )
+            stats.rows += len(rows)
+            stats.tokens += len(ids)
+            stats.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
+            stats.max_row_tokens = max(stats.max_row_tokens, int(row_tokens.max()))
+            return batch
+
+        with packed_writer(output_path, fmt) as writer:
+            group: list[list[int]] = []
+            group_tokens = 0
+            for row in bins:
+                group.append(row)
+                group_tokens += int(lengths[row].sum())
+                if group_tokens >= WRITE_BATCH_TOKENS:
+                    writer.write(gather(group))
+                    group, group_tokens = [], 0
+            if group:
+                writer.write(gather(group))
+
+    stats.sequences = len(lengths)
+    stats.lower_bound = packing.lower_bound(stats.tokens, max_length)
+    stats.fill = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
+    stats.sequences_per_row = stats.sequences / stats.rows if stats.rows else 0.0
+    return stats
+
+
+def _offsets(counts) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def output_path_for(input_path: Path, output_dir: Path, fmt: str) -> Path:
+    """`in/name.jsonl(.gz)` → `out/name.<ext>`."""
+    return Path(output_dir) / f"{input_stem(Path(input_path))}{EXTENSIONS[fmt]}"
+
+
+def rejects_path_for(output_path: Path) -> Path:
+    return output_path.with_name(output_path.name.rsplit(".", 1)[0] + ".rejects.jsonl")
+
+
+def collate_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    tokenizer,
+    settings: CollateSettings,
+    fmt: str = "arrow",
+    *,
+    rejects_path: str | Path | None = None,
+    progress: Progress | None = None,
+    work_dir: str | Path | None = None,
+) -> FileStats:
+    """Tokenize and pack one file; the spill file lives in a temporary folder."""
+    check_format(fmt)
+    start = time.perf_counter()
+    output_path = Path(output_path)
+    if rejects_path is None:
+        rejects_path = rejects_path_for(output_path)
+    with tempfile.TemporaryDirectory(prefix="collate-", dir=work_dir) as tmp:
+        spill = Path(tmp) / "spill.arrow"
+        tok_stats = tokenize_file(input_path, spill, tokenizer, settings, rejects_path=rejects_path, progress=progress)
+        pack_stats = pack_spill(spill, output_path, fmt, settings)
+    return FileStats(tok_stats, pack_stats, time.perf_counter() - start)
+
+
+def collate_folder(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    tokenizer,
+    settings: CollateSettings,
+    fmt: str = "arrow",
+    *,
+    progress: Progress | None = None,
+) -> list[FileStats]:
+    """Collate every `*.jsonl(.gz)` of a folder (or one file): one output per input file."""
+    return [
+        collate_file(path, output_path_for(path, Path(output_dir), fmt), tokenizer, settings, fmt, progress=progress)
+        for path in list_input_files(input_dir)
+    ]

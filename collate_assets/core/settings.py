@@ -1,0 +1,68 @@
+"""Settings shared by every step of the engine.
+
+One frozen dataclass, so the Dagster layer can hash it into data versions and the
+CLI can build it from flags without either knowing the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Literal
+
+LabelsMode = Literal["all", "assistant"]
+PackingStrategy = Literal["bfd", "greedy"]
+OverlongPolicy = Literal["truncate", "drop", "split", "error"]
+OutputFormat = Literal["arrow", "parquet", "msgpack", "jsonl"]
+
+LABELS_MODES: tuple[str, ...] = ("all", "assistant")
+PACKING_STRATEGIES: tuple[str, ...] = ("bfd", "greedy")
+OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "drop", "split", "error")
+OUTPUT_FORMATS: tuple[str, ...] = ("arrow", "parquet", "msgpack", "jsonl")
+EXTENSIONS: dict[str, str] = {
+    "arrow": ".arrow",
+    "parquet": ".parquet",
+    "msgpack": ".msgpack",
+    "jsonl": ".jsonl",
+}
+
+IGNORE_INDEX = -100
+DEFAULT_MAX_LENGTH = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class CollateSettings:
+    """What decides the tokens and rows written for one input file."""
+
+    max_length: int = DEFAULT_MAX_LENGTH
+    labels: LabelsMode = "all"
+    packing: PackingStrategy = "bfd"
+    overlong: OverlongPolicy = "truncate"
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        for name, allowed in (
+            ("labels", LABELS_MODES),
+            ("packing", PACKING_STRATEGIES),
+            ("overlong", OVERLONG_POLICIES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A stable hash of the settings (never Python's salted ``hash()``)."""
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
+    return fmt

@@ -1,0 +1,90 @@
+"""Per-file statistics of the two engine steps, as plain dataclasses (JSON-ready)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+
+
+def length_histogram(lengths: np.ndarray, max_length: int) -> list[tuple[int, int, int]]:
+    """Counts of sequence lengths in power-of-two buckets [lo, hi) up to max_length."""
+    edges = [0]
+    edge = 64
+    while edge < max_length:
+        edges.append(edge)
+        edge *= 2
+    edges.append(max_length + 1)
+    counts, _ = np.histogram(np.asarray(lengths), bins=edges)
+    return [(int(lo), int(hi), int(c)) for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
+
+
+@dataclasses.dataclass
+class TokenizeStats:
+    """What happened to the lines of one input file on the way to token sequences."""
+
+    file: str
+    max_length: int
+    lines_read: int = 0
+    blank_lines: int = 0
+    conversations: int = 0  # conversations written (a split conversation counts once)
+    sequences: int = 0  # sequences written (split chunks each count)
+    rejected: int = 0
+    reject_reasons: Counter = dataclasses.field(default_factory=Counter)
+    truncated: int = 0
+    dropped: int = 0
+    split: int = 0
+    tokens_read: int = 0  # tokens of every conversation that was tokenized, before overlong handling
+    tokens: int = 0  # tokens written
+    trained_tokens: int = 0
+    truncated_tokens: int = 0  # tokens removed by truncate or drop
+    histogram: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["reject_reasons"] = dict(sorted(self.reject_reasons.items()))
+        out["histogram"] = [list(b) for b in self.histogram]
+        return out
+
+    def histogram_markdown(self) -> str:
+        rows = ["| tokens | sequences |", "|---|---|"]
+        rows += [f"| {lo}–{hi - 1} | {count} |" for lo, hi, count in self.histogram]
+        return "\n".join(rows)
+
+    def accounted(self) -> bool:
+        """Every non-blank line is either written or rejected."""
+        return self.lines_read == self.blank_lines + self.conversations + self.rejected
+
+
+@dataclasses.dataclass
+class PackStats:
+    """The packed rows written for one file."""
+
+    output: str
+    format: str
+    max_length: int
+    packing: str
+    rows: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    lower_bound: int = 0
+    fill: float = 0.0
+    sequences_per_row: float = 0.0
+    max_row_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FileStats:
+    """Both steps for one input file."""
+
+    tokenize: TokenizeStats
+    pack: PackStats
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"tokenize": self.tokenize.to_dict(), "pack": self.pack.to_dict(), "seconds": self.seconds}
