@@ -117,8 +117,6 @@ def tokenize_file(
         for chunk in iter_chunks(input_path, chunk_lines=chunk_lines):
             stats.lines_read += chunk.lines_read
             stats.blank_lines += chunk.blank_lines
-            for reject in chunk.rejects:
-                rejects.add(reject)
             rendered = render(chunk)
             good = [t for t in rendered[1] if isinstance(t, str)]
             future = pool.submit(encoder.encode_texts, good)
@@ -135,12 +133,23 @@ def tokenize_file(
 
 def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, settings, stats, rejects):
     """Labels and overlong policy for one chunk; returns the spill record batch and lengths."""
+    # Rejects are logged in line order: the reader's are merged with the ones found here.
+    reader_rejects = iter(chunk.rejects)
+    next_reader_reject = next(reader_rejects, None)
+
+    def log_reader_rejects(before_line: int) -> None:
+        nonlocal next_reader_reject
+        while next_reader_reject is not None and next_reader_reject.line < before_line:
+            rejects.add(next_reader_reject)
+            next_reader_reject = next(reader_rejects, None)
+
     max_length = settings.max_length
     ids_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
     lines_out: list[int] = []
     enc_iter = iter(encodings)
     for k, (line, conversation, text) in enumerate(zip(chunk.line_numbers, chunk.conversations, texts)):
+        log_reader_rejects(line)
         if isinstance(text, Exception):
             rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(text)}", _excerpt(conversation)))
             continue
@@ -189,9 +198,11 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
                     pieces.append((ids[start : start + max_length], piece_labels))
         trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
         if trained == 0:
-            reason = "no trainable token" + (" (no assistant message)" if settings.labels == "assistant" else "")
+            reason = "no trainable token"
             if n > max_length and settings.overlong == "truncate":
-                reason += " after truncation"
+                reason += f" left after truncation to {max_length} tokens"
+            elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation):
+                reason += " (no assistant message)"
             rejects.add(Reject(stats.file, line, reason, _excerpt(conversation)))
             if n > max_length and settings.overlong == "truncate":
                 stats.truncated -= 1
@@ -204,6 +215,7 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
             ids_out.append(piece_ids)
             labels_out.append(piece_labels)
             lines_out.append(line)
+    log_reader_rejects(1 << 62)
     if not ids_out:
         return None, None
     lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
@@ -267,7 +279,7 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
         batch_of = np.repeat(np.arange(len(offs)), [len(o) - 1 for o in offs])
         starts = np.concatenate([o[:-1] for o in offs]).astype(np.int64) if offs else np.zeros(0, np.int64)
 
-        def gather(rows: list[list[int]]) -> tuple[pa.RecordBatch, np.ndarray]:
+        def gather(rows: list[list[int]]) -> pa.RecordBatch:
             seqs = list(itertools.chain.from_iterable(rows))
             ids = np.concatenate([ids_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])
             labels = np.concatenate([lab_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])

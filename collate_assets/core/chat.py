@@ -164,11 +164,13 @@ class ChatEncoder:
                 offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
                 starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
                 ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
-                # A token is trained when its characters overlap a trained span.
+                # A token is trained when it starts inside a trained span. A header token that swallows
+                # the content's leading whitespace (Phi-3's `<|assistant|>` has rstrip; newlines merge)
+                # starts in the header, so it stays untrained; `<|end|>` owning the "\n" after it is trained.
                 k = np.searchsorted(ends, offsets[:, 0], side="right")
                 inside = k < len(spans)
                 trained = np.zeros(len(ids), dtype=bool)
-                trained[inside] = starts[k[inside]] < offsets[inside, 1]
+                trained[inside] = starts[k[inside]] <= offsets[inside, 0]
                 trained &= offsets[:, 1] > offsets[:, 0]
                 labels[trained] = ids[trained]
         if len(labels):

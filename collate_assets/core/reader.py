@@ -138,10 +138,10 @@ def normalize_conversation(obj: object) -> list[dict]:
 
 
 def _open_binary(path: Path):
-    raw = open(path, "rb")
     if path.name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return raw
+        # Opened by name so that closing the GzipFile closes the file too (not so with fileobj=).
+        return gzip.GzipFile(filename=path, mode="rb")
+    return open(path, "rb")
 
 
 def iter_chunks(path: str | Path, chunk_lines: int = 1024, chunk_bytes: int = 8 << 20) -> Iterator[LineChunk]:
@@ -174,7 +174,11 @@ def iter_chunks(path: str | Path, chunk_lines: int = 1024, chunk_bytes: int = 8 
                     try:
                         messages = normalize_conversation(orjson.loads(raw))
                     except orjson.JSONDecodeError as exc:
-                        reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else f"invalid JSON: {exc}"
+                        reason = f"invalid JSON: {exc}"
+                        try:
+                            raw.decode("utf-8")
+                        except UnicodeDecodeError as bad:
+                            reason = f"invalid UTF-8: bad byte at offset {bad.start}"
                         chunk.rejects.append(Reject(name, line_no, reason, _excerpt(raw)))
                     except ValueError as exc:
                         chunk.rejects.append(Reject(name, line_no, str(exc), _excerpt(raw)))

@@ -1,0 +1,153 @@
+"""Atomic writes and the packed output formats, without a tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from collate_assets.core import OUTPUT_FORMATS, PACKED_SCHEMA, CollateError, atomic_path, file_sha256, read_packed
+from collate_assets.core.writers import packed_writer
+
+ROWS = [
+    {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2],
+     "seq_lengths": [2, 3]},
+    {"input_ids": [1], "labels": [-100], "position_ids": [0], "seq_lengths": [1]},
+    {"input_ids": [2**31 - 1, 0, 3], "labels": [-100, 0, 3], "position_ids": [0, 1, 2], "seq_lengths": [3]},
+]
+
+
+class Boom(Exception):
+    pass
+
+
+def _batch(rows):
+    return pa.RecordBatch.from_pylist(rows, schema=PACKED_SCHEMA)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# -- atomic_path -------------------------------------------------------------------------------------
+
+
+def test_atomic_path_renames_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.bin"  # the folder is created
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target and tmp.exists()
+        tmp.write_bytes(b"data")
+        assert not target.exists()  # nothing visible until the block completes
+    assert target.read_bytes() == b"data"
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_path_leaves_nothing_on_exception(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(Boom):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise Boom
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_the_old_file_on_exception(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"new")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
+
+
+def test_atomic_path_replaces_the_old_file_on_success(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and _leftovers(tmp_path) == []
+
+
+# -- packed_writer / read_packed -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_round_trip_every_format(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    with packed_writer(path, fmt) as writer:
+        writer.write(_batch(ROWS[:2]))
+        writer.write(_batch(ROWS[2:]))
+    assert list(read_packed(path, fmt)) == ROWS
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_round_trip_of_zero_rows(tmp_path, fmt):
+    path = tmp_path / f"empty.{fmt}"
+    with packed_writer(path, fmt):
+        pass
+    assert path.exists() and list(read_packed(path, fmt)) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_writer_failure_leaves_no_output(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    with pytest.raises(Boom):
+        with packed_writer(path, fmt) as writer:
+            writer.write(_batch(ROWS))
+            raise Boom
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_writer_accepts_sliced_batches(tmp_path, fmt):
+    """A sliced batch has non-zero list offsets: rows must still come out whole and in order."""
+    path = tmp_path / f"out.{fmt}"
+    with packed_writer(path, fmt) as writer:
+        writer.write(_batch(ROWS).slice(1, 2))
+    assert list(read_packed(path, fmt)) == ROWS[1:]
+
+
+def test_arrow_output_is_an_ipc_stream_with_int32_lists(tmp_path):
+    path = tmp_path / "out.arrow"
+    with packed_writer(path, "arrow") as writer:
+        writer.write(_batch(ROWS))
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    assert table.schema == PACKED_SCHEMA
+    assert table.to_pylist() == ROWS
+
+
+def test_jsonl_output_is_one_row_a_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with packed_writer(path, "jsonl") as writer:
+        writer.write(_batch(ROWS))
+    lines = path.read_bytes().split(b"\n")
+    assert len(lines) == len(ROWS) + 1 and lines[-1] == b""
+    assert lines[1] == b'{"input_ids":[1],"labels":[-100],"position_ids":[0],"seq_lengths":[1]}'
+
+
+def test_read_packed_reports_a_bad_jsonl_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"input_ids":[1],"labels":[-100],"position_ids":[0],"seq_lengths":[1]}\n{"input_ids": [\n')
+    with pytest.raises(CollateError, match=r"bad.jsonl:2: not a JSON line"):
+        list(read_packed(path, "jsonl"))
+
+
+def test_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="format must be one of"):
+        list(read_packed(tmp_path / "x.csv", "csv"))
+    with pytest.raises(ValueError, match="format must be one of"):
+        with packed_writer(tmp_path / "x.csv", "csv"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_sha256(tmp_path):
+    path = tmp_path / "blob"
+    data = np.random.default_rng(0).bytes(3 * 1024 + 5)
+    path.write_bytes(data)
+    assert file_sha256(path, block=1024) == hashlib.sha256(data).hexdigest()
