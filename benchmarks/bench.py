@@ -1,0 +1,263 @@
+"""Side-by-side throughput, memory and packing benchmark (not a test: timings vary by machine).
+
+    python benchmarks/bench.py --size 60MB            # all five measurements on one input
+    python benchmarks/bench.py --size 60MB --only engine,limit
+
+Input: the conversations of ../shared/data (both data sets, as role/content `messages`), shuffled
+with a fixed seed and repeated until the file reaches --size. Every measurement runs in its own
+process; peak RSS is the largest sum of RSS over that process and all its children, sampled every
+20 ms.
+
+  limit   chat-template render of all conversations, then the fast tokenizer's encode_batch
+  trl     HF datasets + TRL: load_dataset(json) -> map(apply_chat_template, num_proc=2)
+          -> trl.data_utils.pack_dataset(strategy="bfd") -> save_to_disk      (needs the [bench] extra)
+  engine  collate_assets.core.collate_file, arrow output
+  collate the `collate` command end to end (through the Dagster asset graph)
+  dagster one partition through `dagster asset materialize` (after registering it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA_FILES = [
+    SHARED / "data" / "fastchat_dummy_conversation" / "dummy_conversation.json",
+    SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json",
+]
+MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster")
+
+
+def parse_size(text: str) -> int:
+    units = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "b": 1}
+    lower = text.strip().lower()
+    for unit, factor in units.items():
+        if lower.endswith(unit):
+            return int(float(lower[: -len(unit)]) * factor)
+    return int(lower)
+
+
+def build_input(path: Path, size: int, seed: int = 0) -> int:
+    """Write shuffled repetitions of the shared conversations until `size` bytes; returns lines."""
+    sys.path.insert(0, str(REPO))
+    from collate_assets.core import normalize_conversation
+
+    lines = []
+    for data_file in DATA_FILES:
+        for record in json.loads(data_file.read_text()):
+            lines.append(json.dumps({"messages": normalize_conversation(record)}, ensure_ascii=False) + "\n")
+    rng = random.Random(seed)
+    written = count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < size:
+            rng.shuffle(lines)
+            for line in lines:
+                if written >= size:
+                    break
+                f.write(line)
+                written += len(line.encode())
+                count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Each measurement runs in a child process and prints one JSON line: tokens, rows, seconds.
+
+
+def run_limit(args) -> dict:
+    import orjson
+
+    from collate_assets.core import load_tokenizer, normalize_conversation
+
+    tok = load_tokenizer(args.tokenizer)
+    start = time.perf_counter()
+    with open(args.input, "rb") as f:
+        conversations = [normalize_conversation(orjson.loads(line)) for line in f]
+    texts = tok.apply_chat_template(conversations, tokenize=False)
+    encodings = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(e.ids) for e in encodings)
+    return {"tokens": tokens, "seconds": seconds}
+
+
+def run_trl(args) -> dict:
+    import datasets
+    from trl.data_utils import pack_dataset
+
+    from collate_assets.core import load_tokenizer
+
+    datasets.disable_progress_bars()
+    tok = load_tokenizer(args.tokenizer)
+    out = Path(args.workdir) / "trl"
+    start = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=str(args.input), split="train", cache_dir=str(Path(args.workdir) / "hf_cache"))
+
+    def tokenize(batch):
+        return {"input_ids": tok.apply_chat_template(batch["messages"], tokenize=True)["input_ids"]}
+
+    ds = ds.map(tokenize, batched=True, num_proc=2, remove_columns=ds.column_names)
+    ds = ds.map(lambda b: {"input_ids": [ids[: args.max_length] for ids in b["input_ids"]]}, batched=True)
+    packed = pack_dataset(ds, seq_length=args.max_length, strategy="bfd")
+    packed.save_to_disk(str(out))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(x) for x in packed["input_ids"])  # after timing: not part of the pipeline
+    return {"tokens": tokens, "rows": len(packed), "seconds": seconds}
+
+
+def run_engine(args) -> dict:
+    from collate_assets.core import CollateSettings, collate_file, load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    start = time.perf_counter()
+    stats = collate_file(args.input, Path(args.workdir) / "engine" / "bench.arrow", tok, CollateSettings(max_length=args.max_length))
+    seconds = time.perf_counter() - start
+    return {"tokens": stats.pack.tokens, "rows": stats.pack.rows, "seconds": seconds}
+
+
+def _read_output_stats(path: Path) -> dict:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    return {"tokens": int(sum(table.column("seq_lengths").combine_chunks().values.to_numpy().sum() for _ in [0])), "rows": table.num_rows}
+
+
+def run_collate(args) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(Path(args.workdir) / "dagster_home_collate"))
+    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    out = Path(args.workdir) / "collate"
+    cmd = ["collate", "-i", str(args.input), "-o", str(out), "-t", args.tokenizer, "-f", "arrow", "-m", str(args.max_length), "-q"]
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return {**_read_output_stats(next(out.rglob("*.arrow"))), "seconds": seconds}
+
+
+def run_dagster(args) -> dict:
+    home = Path(args.workdir) / "dagster_home_cli"
+    home.mkdir(parents=True, exist_ok=True)
+    input_dir = Path(args.workdir) / "dagster_input"
+    input_dir.mkdir(exist_ok=True)
+    link = input_dir / Path(args.input).name
+    if not link.exists():
+        os.symlink(Path(args.input).resolve(), link)
+    out = Path(args.workdir) / "dagster_out"
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        COLLATE_INPUT_DIR=str(input_dir),
+        COLLATE_OUTPUT_DIR=str(out),
+        COLLATE_TOKENIZER=args.tokenizer,
+        COLLATE_MAX_LENGTH=str(args.max_length),
+    )
+    keys = subprocess.run(
+        ["collate", "-i", str(input_dir), "--register-only"], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    cmd = [
+        "dagster", "asset", "materialize", "-m", "collate_assets.definitions",
+        "--select", "raw_conversations,tokenized_conversations,packed_arrow", "--partition", keys[0],
+    ]
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return {**_read_output_stats(next(out.rglob("*.arrow"))), "seconds": seconds}
+
+
+RUNNERS = {"limit": run_limit, "trl": run_trl, "engine": run_engine, "collate": run_collate, "dagster": run_dagster}
+
+
+def measure(name: str, args, workdir: Path) -> dict:
+    """Run one measurement in a child process, sampling the RSS of its whole process tree."""
+    import psutil
+
+    cmd = [
+        sys.executable, __file__, "--child", name, "--input", str(args.input), "--tokenizer", args.tokenizer,
+        "--max-length", str(args.max_length), "--workdir", str(workdir),
+    ]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out = child.stdout.read()
+    if child.returncode != 0:
+        return {"name": name, "error": f"exit {child.returncode}"}
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(name=name, peak_rss_mb=peak / 1e6)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="60MB", help="input size (e.g. 100MB, 1GB)")
+    parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "SmolLM2-135M-Instruct"))
+    parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated subset of " + ",".join(MEASUREMENTS))
+    parser.add_argument("--input", type=Path, help="use this JSONL instead of building one")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--child", choices=MEASUREMENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+
+    if args.child:
+        sys.path.insert(0, str(REPO))
+        print(json.dumps(RUNNERS[args.child](args)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="collate-bench-", dir=args.workdir) as tmp:
+        tmp = Path(tmp)
+        if args.input is None:
+            args.input = tmp / "bench.jsonl"
+            lines = build_input(args.input, parse_size(args.size))
+            print(f"input: {args.input.stat().st_size / 1e6:.1f} MB, {lines} conversations (seed 0)", flush=True)
+        results = {}
+        for name in args.only.split(","):
+            results[name] = measure(name, args, tmp / name)
+            print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
+    print_table(results, args.max_length)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: dict, max_length: int) -> None:
+    print(f"\n| measurement | wall s | tokens | tokens/s | peak RSS MB | rows | lower bound | fill |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | {r['error']} | | | | | | |")
+            continue
+        rate = r["tokens"] / r["seconds"]
+        r["tokens_per_s"] = rate
+        rows = r.get("rows")
+        bound = math.ceil(r["tokens"] / max_length)
+        fill = f"{r['tokens'] / (rows * max_length):.4f}" if rows else ""
+        print(
+            f"| {name} | {r['seconds']:.1f} | {r['tokens']:,} | {rate:,.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{rows if rows is not None else ''} | {bound if rows else ''} | {fill} |"
+        )
+
+    def ratio(a: str, b: str) -> str:
+        if a in results and b in results and "tokens_per_s" in results[a] and "tokens_per_s" in results[b]:
+            return f"{results[a]['tokens_per_s'] / results[b]['tokens_per_s']:.2f}"
+        return "n/a"
+
+    print(f"\nengine/limit {ratio('engine', 'limit')}   engine/trl {ratio('engine', 'trl')}   collate/trl {ratio('collate', 'trl')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Blocking checks on every packed output: bad rows must not reach a trainer.
+
+One multi-asset check per format reads the written file back once (with the engine's `read_packed`,
+independently of the writer) and reports four checks per partition:
+
+- rows_fit_max_length: no row is longer than max_length;
+- sequence_boundaries: position_ids count 0, 1, ... within each sequence and seq_lengths add up to
+  the row, so a trainer finds exactly the boundaries the packer made;
+- labels_masked_at_starts: labels are -100 at every sequence start, so the last token of one
+  conversation is never trained to predict the first of the next;
+- tokens_conserved: the packed tokens and sequences are those of the spill, and every token read
+  is either packed or reported as cut away by the overlong policy.
+"""
+
+import dataclasses
+import warnings
+from collections.abc import Iterable
+
+import dagster as dg
+import numpy as np
+from upath import UPath
+
+from collate_assets.core import IGNORE_INDEX, OUTPUT_FORMATS, read_packed, spill_lengths
+
+from .io_managers import TokenizedSpill, local_copy
+from .lineage import TOKENIZED_CONVERSATIONS
+from .partitions import INPUT_FILES
+
+CHECK_DESCRIPTIONS = {
+    "rows_fit_max_length": "Every packed row has at most max_length tokens.",
+    "sequence_boundaries": "position_ids restart at 0 at each sequence start and seq_lengths match them.",
+    "labels_masked_at_starts": "labels are -100 at the first token of every packed sequence.",
+    "tokens_conserved": "Tokens and sequences in the spill equal those packed; tokens read = packed + cut away.",
+}
+
+
+@dataclasses.dataclass
+class RowReport:
+    """What reading the packed rows back found; `first_*` is the index of the first bad row."""
+
+    rows: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    max_row_tokens: int = 0
+    too_long: int = 0
+    first_too_long: int | None = None
+    bad_boundaries: int = 0
+    first_bad_boundaries: int | None = None
+    unmasked_starts: int = 0
+    first_unmasked_start: int | None = None
+
+
+def verify_packed_rows(rows: Iterable[dict], max_length: int) -> RowReport:
+    """Check each row's length, sequence boundaries and start labels."""
+    report = RowReport()
+    for index, row in enumerate(rows):
+        ids = np.asarray(row["input_ids"])
+        labels = np.asarray(row["labels"])
+        positions = np.asarray(row["position_ids"])
+        seq_lengths = np.asarray(row["seq_lengths"], dtype=np.int64)
+        n = len(ids)
+        report.rows += 1
+        report.sequences += len(seq_lengths)
+        report.tokens += n
+        report.max_row_tokens = max(report.max_row_tokens, n)
+        if n > max_length:
+            report.too_long += 1
+            report.first_too_long = index if report.first_too_long is None else report.first_too_long
+        starts = np.zeros(len(seq_lengths), dtype=np.int64)
+        np.cumsum(seq_lengths[:-1], out=starts[1:])
+        boundaries_ok = (
+            len(labels) == n
+            and len(positions) == n
+            and len(seq_lengths) > 0
+            and bool((seq_lengths > 0).all())
+            and int(seq_lengths.sum()) == n
+        )
+        if boundaries_ok:
+            expected = np.arange(n, dtype=np.int64) - np.repeat(starts, seq_lengths)
+            boundaries_ok = bool(np.array_equal(positions, expected))
+        if not boundaries_ok:
+            report.bad_boundaries += 1
+            report.first_bad_boundaries = index if report.first_bad_boundaries is None else report.first_bad_boundaries
+        valid_starts = starts[starts < len(labels)]
+        if len(valid_starts) != len(starts) or bool((labels[valid_starts] != IGNORE_INDEX).any()):
+            report.unmasked_starts += 1
+            report.first_unmasked_start = index if report.first_unmasked_start is None else report.first_unmasked_start
+    return report
+
+
+def _first(value: int | None) -> dict:
+    return {} if value is None else {"first_bad_row": value}
+
+
+def check_results(report: RowReport, spill: TokenizedSpill, spill_token_lengths: np.ndarray, asset_key: dg.AssetKey):
+    """The four AssetCheckResults for one packed file."""
+    max_length = spill.settings["max_length"]
+    spill_tokens = int(spill_token_lengths.sum())
+    spill_sequences = int(len(spill_token_lengths))
+    tokens_read = int(spill.stats["tokens_read"])
+    cut_away = int(spill.stats["truncated_tokens"])
+    yield dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="rows_fit_max_length",
+        passed=report.too_long == 0,
+        metadata={"rows": report.rows, "rows_too_long": report.too_long, "max_row_tokens": report.max_row_tokens,
+                  "max_length": max_length, **_first(report.first_too_long)},
+    )
+    yield dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="sequence_boundaries",
+        passed=report.bad_boundaries == 0,
+        metadata={"rows": report.rows, "rows_with_bad_boundaries": report.bad_boundaries,
+                  **_first(report.first_bad_boundaries)},
+    )
+    yield dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="labels_masked_at_starts",
+        passed=report.unmasked_starts == 0,
+        metadata={"rows": report.rows, "rows_with_unmasked_starts": report.unmasked_starts,
+                  **_first(report.first_unmasked_start)},
+    )
+    conserved = (
+        report.tokens == spill_tokens == int(spill.stats["tokens"])
+        and report.sequences == spill_sequences
+        and tokens_read == report.tokens + cut_away
+    )
+    yield dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="tokens_conserved",
+        passed=conserved,
+        metadata={"packed_tokens": report.tokens, "spill_tokens": spill_tokens, "tokens_read": tokens_read,
+                  "tokens_cut_away": cut_away, "packed_sequences": report.sequences,
+                  "spill_sequences": spill_sequences},
+    )
+
+
+def build_packed_checks(fmt: str) -> dg.AssetChecksDefinition:
+    """The blocking checks of `packed_<fmt>`, evaluated per partition from one read of the file."""
+    asset_key = dg.AssetKey(f"packed_{fmt}")
+    # A partitions_def on a check spec is a preview feature in 1.13; without it the results of all
+    # partitions would overwrite each other in the UI. Keep the warning out of every load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        specs = [
+            dg.AssetCheckSpec(
+                name,
+                asset=asset_key,
+                additional_deps=[TOKENIZED_CONVERSATIONS],
+                blocking=True,
+                partitions_def=INPUT_FILES,
+                description=text,
+            )
+            for name, text in CHECK_DESCRIPTIONS.items()
+        ]
+
+    @dg.multi_asset_check(
+        name=f"packed_{fmt}_checks",
+        specs=specs,
+        ins={"packed": dg.AssetIn(key=asset_key), "tokenized": dg.AssetIn(key=TOKENIZED_CONVERSATIONS)},
+        description=f"Read packed_{fmt} back and check every row.",
+    )
+    def _checks(packed: UPath, tokenized: TokenizedSpill):
+        with local_copy(packed) as path:
+            report = verify_packed_rows(read_packed(path, fmt), tokenized.settings["max_length"])
+        yield from check_results(report, tokenized, spill_lengths(tokenized.spill_path), asset_key)
+
+    return _checks
+
+
+PACKED_CHECKS = [build_packed_checks(fmt) for fmt in OUTPUT_FORMATS]

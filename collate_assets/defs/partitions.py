@@ -1,0 +1,137 @@
+"""One dynamic partition per input file, and the reversible mapping file name <-> partition key.
+
+Partition keys must be safe to type in the UI and on the command line: Dagster reserves `...` (range
+selection), commas break UI backfills (dagster#32183) and `/` reads like a path. A key is therefore the
+file name, relative to the input folder, with every byte outside `[A-Za-z0-9._-]` written as `%XX`
+(upper-case hex of its UTF-8 / filesystem bytes) and every `.` that follows another `.` written as `%2E`,
+so `...` never appears and `%` itself is always escaped (`%25`), which makes the mapping reversible:
+
+    demo.jsonl          -> demo.jsonl
+    a,b c.jsonl         -> a%2Cb%20c.jsonl
+    v1...final.jsonl    -> v1.%2E%2Efinal.jsonl
+    données.jsonl       -> donn%C3%A9es.jsonl
+
+Only the files directly in the input folder are partitions (`*.jsonl`, `*.jsonl.gz`); subfolders are not
+scanned, matching `collate_assets.core.list_input_files`.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from collate_assets.core import CollateError, list_input_files
+from collate_assets.core import input_stem as _input_stem
+
+INPUT_FILES = dg.DynamicPartitionsDefinition(name="input_files")
+
+_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_DOT = ord(".")
+
+
+def file_name_to_key(name: str) -> str:
+    """The partition key of the input file called `name` (a bare file name, no folder)."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not a bare file name: {name!r}")
+    out = []
+    previous = None
+    for byte in os.fsencode(name):
+        if byte in _SAFE_BYTES and not (byte == _DOT and previous == _DOT):
+            out.append(chr(byte))
+        else:
+            out.append(f"%{byte:02X}")
+        previous = byte
+    return "".join(out)
+
+
+def key_to_file_name(key: str) -> str:
+    """The inverse of `file_name_to_key`; raises ValueError for a string it could not have produced."""
+    raw = bytearray()
+    i = 0
+    while i < len(key):
+        char = key[i]
+        if char == "%":
+            try:
+                raw.append(int(key[i + 1 : i + 3], 16))
+            except ValueError:
+                raise ValueError(f"bad escape in partition key {key!r}") from None
+            if len(key[i + 1 : i + 3]) != 2:
+                raise ValueError(f"bad escape in partition key {key!r}")
+            i += 3
+        else:
+            if ord(char) not in _SAFE_BYTES:
+                raise ValueError(f"unexpected character {char!r} in partition key {key!r}")
+            raw.append(ord(char))
+            i += 1
+    name = os.fsdecode(bytes(raw))
+    if file_name_to_key(name) != key:
+        raise ValueError(f"not a canonical partition key: {key!r}")
+    return name
+
+
+def output_stem(key: str) -> str:
+    """The stem every output of partition `key` is named after: `name.jsonl(.gz)` -> `name`."""
+    return _input_stem(Path(key_to_file_name(key)))
+
+
+def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """The input files of `input_dir` by partition key, and warnings about files left out.
+
+    A missing or empty folder gives no files (no error: a sensor must not fail while a folder is
+    being created). Two files with the same stem (`x.jsonl` and `x.jsonl.gz`) would write the same
+    outputs, so only the first in sorted order is kept.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        return {}, [f"input folder {folder} does not exist"] if not folder.exists() else [
+            f"input {folder} is not a folder"
+        ]
+    try:
+        files = list_input_files(folder)
+    except CollateError:  # no *.jsonl(.gz) in the folder yet
+        return {}, []
+    by_key: dict[str, Path] = {}
+    stems: dict[str, str] = {}
+    warnings: list[str] = []
+    for path in files:
+        key = file_name_to_key(path.name)
+        stem = _input_stem(path)
+        if stem in stems:
+            warnings.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]}")
+            continue
+        stems[stem] = path.name
+        by_key[key] = path
+    return by_key, warnings
+
+
+def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, observe: bool = True) -> list[str]:
+    """Add a partition for every input file of `input_dir` the instance does not know yet.
+
+    `input_dir` is the input folder, or one input file (its key is then relative to its own folder,
+    which must be the folder the run's `paths` resource reads). Returns the partition keys of the
+    files, in file-name order (the ones just added and the ones already there). The `collate` CLI
+    calls this before materializing, because a dynamic partition must exist before anything can
+    run it. With `observe`, a file whose content changed since its last observation also gets a
+    `raw_conversations` observation (its sha256), as the sensor would record, so Dagster's own
+    staleness follows CLI runs too. Raises CollateError when there is no input file or two files
+    would write the same outputs.
+    """
+    source = Path(input_dir)
+    if source.is_file():
+        files = {file_name_to_key(source.name): source}
+    else:
+        files, warnings = scan_input_folder(source)
+        if warnings:
+            raise CollateError("; ".join(warnings))
+        if not files:
+            raise CollateError(f"no *.jsonl or *.jsonl.gz files in {source}")
+    known = set(instance.get_dynamic_partitions(INPUT_FILES.name))
+    new = [key for key in files if key not in known]
+    if new:
+        instance.add_dynamic_partitions(INPUT_FILES.name, new)
+    if observe:
+        from .lineage import observe_if_changed  # lineage builds on this module
+
+        for key, path in files.items():
+            observe_if_changed(instance, key, path)
+    return list(files)
