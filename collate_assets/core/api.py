@@ -14,6 +14,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import mmap
+import os
 import re
 import tempfile
 import time
@@ -256,9 +258,8 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     check_format(fmt)
     max_length = settings.max_length
     stats = PackStats(output=str(output_path), format=fmt, max_length=max_length, packing=settings.packing)
-    source = pa.memory_map(str(spill_path))
-    with source:
-        reader = pa.ipc.open_file(source)
+    with open(spill_path, "rb") as spill_file, _mapped(spill_file) as mapped:
+        reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
         # Per record batch: zero-copy views of the mapped offsets and values.
         ids_vals, lab_vals, offs, first_index = [], [], [], [0]
         for i in range(reader.num_record_batches):
@@ -315,6 +316,9 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
                 if group_tokens >= WRITE_BATCH_TOKENS:
                     writer.write(gather(group))
                     group, group_tokens = [], 0
+                    # Rows gather sequences from all over the spill; let the kernel drop the mapped
+                    # pages we touched so resident memory stays flat whatever the file size.
+                    _release(mapped)
             if group:
                 writer.write(gather(group))
 
@@ -323,6 +327,19 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     stats.fill = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
     stats.sequences_per_row = stats.sequences / stats.rows if stats.rows else 0.0
     return stats
+
+
+@contextlib.contextmanager
+def _mapped(file):
+    """A read-only memory map of `file` (closed by the garbage collector once no view is left)."""
+    if os.fstat(file.fileno()).st_size == 0:
+        raise CollateError(f"{file.name}: spill file is empty")
+    yield mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _release(mapped: mmap.mmap) -> None:
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _offsets(counts) -> np.ndarray:

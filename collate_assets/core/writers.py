@@ -85,6 +85,7 @@ def _row_arrays(batch: pa.RecordBatch) -> Iterator[dict[str, np.ndarray]]:
     columns = {}
     for name in PACKED_COLUMNS:
         col = batch.column(name)
+        # For a sliced batch, .offsets are sliced but still index the parent's full .values.
         columns[name] = (col.offsets.to_numpy(), col.values.to_numpy())
     for r in range(batch.num_rows):
         yield {name: values[offsets[r] : offsets[r + 1]] for name, (offsets, values) in columns.items()}
@@ -130,24 +131,41 @@ def packed_writer(path: str | Path, fmt: str):
             writer.close()
 
 
-def read_packed(path: str | Path, fmt: str) -> Iterator[dict[str, list[int]]]:
-    """Read a packed output back as dict rows of int lists, whatever its format."""
+def read_packed(path: str | Path, fmt: str, *, numpy: bool = False) -> Iterator[dict]:
+    """Read a packed output back as dict rows, whatever its format.
+
+    Rows hold int lists, or with `numpy=True` int32 arrays (zero-copy views for arrow and parquet
+    batches, which makes reading millions of tokens back cheap).
+    """
     check_format(fmt)
     path = Path(path)
-    if fmt == "arrow":
-        with pa.memory_map(str(path)) as source:
-            for batch in pa.ipc.open_stream(source):
-                yield from batch.to_pylist()
-    elif fmt == "parquet":
-        for batch in pq.ParquetFile(str(path)).iter_batches():
-            yield from batch.to_pylist()
-    elif fmt == "msgpack":
+    if fmt in ("arrow", "parquet"):
+        if fmt == "arrow":
+            source = pa.memory_map(str(path))
+            batches = pa.ipc.open_stream(source)
+        else:
+            source = contextlib.nullcontext()
+            batches = pq.ParquetFile(str(path)).iter_batches(batch_size=1024)
+        with source:
+            for batch in batches:
+                if numpy:
+                    yield from _row_arrays(batch)
+                else:
+                    yield from batch.to_pylist()
+        return
+    if fmt == "msgpack":
         with open(path, "rb") as f:
-            yield from msgpack.Unpacker(f, raw=False)
-    else:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise CollateError(f"{path}:{n}: not a JSON line: {exc}") from exc
+            rows = msgpack.Unpacker(f, raw=False)
+            yield from (_as_arrays(row) for row in rows) if numpy else rows
+        return
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise CollateError(f"{path}:{n}: not a JSON line: {exc}") from exc
+            yield _as_arrays(row) if numpy else row
+
+
+def _as_arrays(row: dict) -> dict:
+    return {k: np.asarray(v, dtype=np.int32) for k, v in row.items()}

@@ -162,7 +162,7 @@ def build_packed_checks(fmt: str) -> dg.AssetChecksDefinition:
     )
     def _checks(packed: UPath, tokenized: TokenizedSpill):
         with local_copy(packed) as path:
-            report = verify_packed_rows(read_packed(path, fmt), tokenized.settings["max_length"])
+            report = verify_packed_rows(read_packed(path, fmt, numpy=True), tokenized.settings["max_length"])
         yield from check_results(report, tokenized, spill_lengths(tokenized.spill_path), asset_key)
 
     return _checks
