@@ -35,7 +35,7 @@ DATA_FILES = [
     SHARED / "data" / "fastchat_dummy_conversation" / "dummy_conversation.json",
     SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json",
 ]
-MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster")
+MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster", "parallel")
 
 
 def parse_size(text: str) -> int:
@@ -126,10 +126,24 @@ def run_engine(args) -> dict:
 
 def _read_output_stats(path: Path) -> dict:
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_stream(source).read_all()
-    return {"tokens": int(sum(table.column("seq_lengths").combine_chunks().values.to_numpy().sum() for _ in [0])), "rows": table.num_rows}
+    tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0
+    return {"tokens": int(tokens), "rows": table.num_rows}
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link (no copy of a large input; symlinks out of the input folder are refused), else a copy."""
+    if dest.exists():
+        return
+    try:
+        os.link(source, dest)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, dest)
 
 
 def run_collate(args) -> dict:
@@ -148,9 +162,7 @@ def run_dagster(args) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     input_dir = Path(args.workdir) / "dagster_input"
     input_dir.mkdir(exist_ok=True)
-    link = input_dir / Path(args.input).name
-    if not link.exists():
-        os.symlink(Path(args.input).resolve(), link)
+    _link_or_copy(Path(args.input), input_dir / Path(args.input).name)
     out = Path(args.workdir) / "dagster_out"
     env = dict(
         os.environ,
@@ -173,7 +185,56 @@ def run_dagster(args) -> dict:
     return {**_read_output_stats(next(out.rglob("*.arrow"))), "seconds": seconds}
 
 
-RUNNERS = {"limit": run_limit, "trl": run_trl, "engine": run_engine, "collate": run_collate, "dagster": run_dagster}
+def run_parallel(args) -> dict:
+    """One partition through `dagster asset materialize`, then two at once (two files, two processes)."""
+    home = Path(args.workdir) / "dagster_home_parallel"
+    home.mkdir(parents=True, exist_ok=True)
+    input_dir = Path(args.workdir) / "parallel_input"
+    input_dir.mkdir(exist_ok=True)
+    for name in ("a.jsonl", "b.jsonl"):
+        _link_or_copy(Path(args.input), input_dir / name)
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        COLLATE_INPUT_DIR=str(input_dir),
+        COLLATE_OUTPUT_DIR=str(Path(args.workdir) / "parallel_out"),
+        COLLATE_TOKENIZER=args.tokenizer,
+        COLLATE_MAX_LENGTH=str(args.max_length),
+    )
+    subprocess.run(["collate", "-i", str(input_dir), "--register-only"], env=env, check=True, capture_output=True)
+
+    def materialize(keys):
+        procs = [
+            subprocess.Popen(
+                ["dagster", "asset", "materialize", "-m", "collate_assets.definitions",
+                 "--select", "tokenized_conversations,packed_arrow", "--partition", key],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for key in keys
+        ]
+        for proc in procs:
+            if proc.wait() != 0:
+                raise SystemExit(f"dagster asset materialize failed ({proc.args})")
+
+    start = time.perf_counter()
+    materialize(["a.jsonl"])
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    materialize(["a.jsonl", "b.jsonl"])
+    two = time.perf_counter() - start
+    stats = _read_output_stats(Path(env["COLLATE_OUTPUT_DIR"]) / "arrow" / "b.arrow")
+    return {"tokens": 2 * stats["tokens"], "seconds": two, "one_file_seconds": one, "two_files_seconds": two,
+            "two_over_one": two / one}
+
+
+RUNNERS = {
+    "limit": run_limit,
+    "trl": run_trl,
+    "engine": run_engine,
+    "collate": run_collate,
+    "dagster": run_dagster,
+    "parallel": run_parallel,
+}
 
 
 def measure(name: str, args, workdir: Path) -> dict:
@@ -257,6 +318,10 @@ def print_table(results: dict, max_length: int) -> None:
         return "n/a"
 
     print(f"\nengine/limit {ratio('engine', 'limit')}   engine/trl {ratio('engine', 'trl')}   collate/trl {ratio('collate', 'trl')}")
+    if "parallel" in results and "two_over_one" in results["parallel"]:
+        p = results["parallel"]
+        print(f"dagster asset materialize: one file {p['one_file_seconds']:.1f} s, two files at once "
+              f"{p['two_files_seconds']:.1f} s ({p['two_over_one']:.2f}x one file)")
 
 
 if __name__ == "__main__":

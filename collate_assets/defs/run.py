@@ -7,7 +7,9 @@ blocking checks) are materialized for it. The runs, their metadata and lineage s
 """
 
 import contextlib
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from .partitions import register_partitions
 from .resources import CollatePaths, PackingSettings, TokenizerResource
 
 # The command prints its own summary; the run's full event log is in the instance (and the UI).
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The console logger stays silent (step and run failures would print their stack traces there): a
+# failure becomes the command's one error line, and run warnings are printed one line each.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 DEFAULT_DAGSTER_HOME = Path.home() / ".collate_assets" / "dagster_home"
 
 
@@ -33,7 +37,10 @@ def dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         # Dagster warns on every call without one; empty means its defaults (SQLite in this folder).
-        config.write_text("# Dagster instance settings: https://docs.dagster.io (empty = SQLite storage here)\n")
+        config.write_text(
+            "# Dagster instance settings (default storage: SQLite files in this folder).\n"
+            "telemetry:\n  enabled: false\n"
+        )
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -107,19 +114,37 @@ def run_collate(
                 tags={"collate/launched_by": "collate-cli"},
                 run_config=QUIET_RUN_CONFIG,
             )
+            _print_run_warnings(instance, result.run_id)
             if not result.success:
                 raise CollateError(_failure_message(result, path))
             results.append(_file_stats(result, packed.key.path[-1], time.perf_counter() - started))
     return results
 
 
+def _print_run_warnings(instance: dg.DagsterInstance, run_id: str) -> None:
+    """The run's own warnings (e.g. rejected lines), one line each on stderr."""
+    for record in instance.all_logs(run_id):
+        # errors are left out: the failure is the command's one error line
+        if not record.is_dagster_event and logging.WARNING <= record.level < logging.ERROR and record.user_message:
+            print(f"collate: warning: {record.user_message.strip().splitlines()[0]}", file=sys.stderr)
+
+
+def _error_text(error) -> str:
+    """A SerializableErrorInfo's message without the `module.Class: ` prefix Python puts before it."""
+    message = (error.message or "").strip()
+    head, sep, rest = message.partition(": ")
+    if sep and error.cls_name and head.rsplit(".", 1)[-1] == error.cls_name:
+        return rest.strip()
+    return message
+
+
 def _failure_message(result: dg.ExecuteInProcessResult, path: Path) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            message = (error.message or "").strip()
-            if error.cause is not None and "dagster._core.errors" in (error.cls_name or "") + message:
-                message = (error.cause.message or message).strip()
+            message = _error_text(error)
+            if error.cause is not None and "dagster._core.errors" in (error.cls_name or "") + (error.message or ""):
+                message = _error_text(error.cause) or message
             return message.splitlines()[0] if message else f"{path}: step {event.step_key} failed"
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed:
