@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_DIR, SMOLLM2_DIR, DagsterDev, graphql, record_timing
+from .conftest import REPO_DIR, SMOLLM2_DIR, DagsterDev, record_timing
 
 CHROMIUM = Path(os.environ.get("COLLATE_E2E_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium's own connections are refused on a closed network.
@@ -98,8 +98,10 @@ def dagster_dev(tmp_path_factory, fastchat_jsonl_dir):
 
 
 @pytest.fixture
-def page(tmp_path):
-    """A headless Chromium page (Debian's browser, never a downloaded one); closed afterwards."""
+def page(request, tmp_path):
+    """A headless Chromium page (Debian's browser, never a downloaded one); closed afterwards, after a
+    screenshot of what it showed (`failure.png`, path printed) when the test failed."""
+    failed_before = request.session.testsfailed
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
@@ -115,6 +117,11 @@ def page(tmp_path):
                 lambda _: page.get_by_role("button", name="Skip", exact=True).click(),
             )
             yield page
+            if request.session.testsfailed > failed_before:  # the call phase is reported before teardown
+                path = tmp_path / "screenshots" / "failure.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(path))
+                print(f"\nthe page at the failure ({page.url}): {path}")
         finally:
             browser.close()
 
@@ -153,6 +160,11 @@ def _page_text(page) -> str:
         return f"(no page text: {exc})"
 
 
+def graph_node(page, asset: str):
+    """The node of `asset` in the asset graph (its name box carries the name as its tooltip)."""
+    return page.locator(f'[data-tooltip="{asset}"]')
+
+
 def _metadata_value(page, key: str) -> str:
     """The value cell of the asset page's metadata row `key` (rows: key | timestamp | value)."""
     row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True))
@@ -184,19 +196,19 @@ def test_materialize_packed_arrow_from_the_ui(dagster_dev, page, tmp_path):
     shots = Screenshots(tmp_path / "screenshots")
     started = time.perf_counter()
 
-    # 1. The global asset graph: select packed_arrow and its upstream tokenized_conversations.
+    # 1. The global asset graph: click packed_arrow, shift-click its upstream tokenized_conversations.
+    #    (Clicking the nodes, not the list beside the graph, which would pan the graph to the node.)
     page.goto(f"{server.url}/asset-groups")
     expect(page.get_by_text("Global asset lineage")).to_be_visible(timeout=UI_TIMEOUT_MS)
-    packed = page.get_by_role("button", name="packed_arrow")
-    tokenized = page.get_by_role("button", name="tokenized_conversations")
+    packed = graph_node(page, "packed_arrow")
+    tokenized = graph_node(page, "tokenized_conversations")
     expect(packed).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(graph_node(page, "raw_conversations")).to_be_visible(timeout=UI_TIMEOUT_MS)
     packed.click()
     tokenized.click(modifiers=["Shift"])
-    materialize = page.get_by_role("button", name=re.compile(r"^Materialize selected \(2\)"))
+    materialize = page.get_by_role("button", name=re.compile(r"Materialize selected \(2\)"))
     expect(materialize).to_be_enabled(timeout=UI_TIMEOUT_MS)
-    # the graph has laid out both selected nodes before it is shown
-    expect(page.locator('[data-tooltip="packed_arrow"]')).to_be_visible(timeout=UI_TIMEOUT_MS)
-    expect(page.locator('[data-tooltip="tokenized_conversations"]')).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page).to_have_url(re.compile(r"/asset-groups/.*packed_arrow.*tokenized_conversations"))
     shots.take(page, "graph")
 
     # 2. The partition dialog: pick fastchat.jsonl and launch one run.
@@ -206,6 +218,8 @@ def test_materialize_packed_arrow_from_the_ui(dagster_dev, page, tmp_path):
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_role("menuitem", name=PARTITION).click()
     page.keyboard.press("Escape")  # closes the partition list, not the dialog
+    expect(page.get_by_role("menuitem", name=PARTITION)).to_have_count(0)
+    expect(page.get_by_placeholder("Filter partitions")).to_have_count(0)
     expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
     launch = dialog.get_by_role("button", name="Launch 1 run")
     expect(launch).to_be_enabled()
