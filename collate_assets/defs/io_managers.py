@@ -92,7 +92,9 @@ class SpillIOManager(dg.IOManager):
 
     def load_input(self, context: dg.InputContext) -> "TokenizedSpill":
         key = context.asset_partition_key
-        manifest = self.paths.manifest_path(key)
+        # The manifest recorded by the latest materialization wins: `collate` keeps its spills beside
+        # its own output folder, and a later UI run of packed_* must use what was actually tokenized.
+        manifest = _recorded_manifest(context, key) or self.paths.manifest_path(key)
         if not manifest.is_file():
             raise dg.Failure(
                 description=f"no tokenized spill for partition {key!r} at {manifest}: materialize "
@@ -106,6 +108,24 @@ class SpillIOManager(dg.IOManager):
                 allow_retries=False,
             )
         return spill
+
+
+def _recorded_manifest(context: dg.InputContext, key: str) -> Path | None:
+    try:
+        instance = context.instance
+    except Exception:  # contexts built without an instance (direct IO manager tests)
+        return None
+    upstream = context.upstream_output.asset_key if context.upstream_output else None
+    if instance is None or upstream is None:
+        return None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=upstream, asset_partitions=[key]), limit=1
+    ).records
+    if not records:
+        return None
+    entry = records[0].asset_materialization.metadata.get("manifest")
+    path = Path(entry.value) if entry is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def write_packed(spill_path: str | Path, dest: UPath, fmt: str, settings: CollateSettings) -> PackStats:
