@@ -47,6 +47,15 @@ class TokenizeStats:
         out["histogram"] = [list(b) for b in self.histogram]
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "TokenizeStats":
+        """The inverse of to_dict (e.g. stats kept in a manifest)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        out = cls(**{k: v for k, v in data.items() if k in fields})
+        out.reject_reasons = Counter(out.reject_reasons)
+        out.histogram = [tuple(b) for b in out.histogram]
+        return out
+
     def histogram_markdown(self) -> str:
         rows = ["| tokens | sequences |", "|---|---|"]
         rows += [f"| {lo}–{hi - 1} | {count} |" for lo, hi, count in self.histogram]

@@ -45,9 +45,11 @@ def test_outputs_follow_the_documented_layout(collated):
         assert (out / "_tokenized" / f"{stem}.arrow").is_file()
         assert (out / "_tokenized" / f"{stem}.rejects.jsonl").is_file()
         assert (out / "_tokenized" / f"{stem}.manifest.json").is_file()
+        for fmt in EXTENSIONS:  # what each packed file was written from (lets unchanged reruns skip it)
+            assert (out / "_tokenized" / f"{stem}.{fmt}.packed.json").is_file()
     # Nothing else: no temporary files left behind, no Dagster pickles.
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert len(names) == 2 * (4 + 3), names
+    assert len(names) == 2 * (4 + 3 + 4), names
 
 
 def test_packed_metadata_is_numeric_and_consistent(collated):
