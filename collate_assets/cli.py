@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .core import (
+    DEFAULT_MAX_LINE_BYTES,
     LABELS_MODES,
     OUTPUT_FORMATS,
     OVERLONG_POLICIES,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file that replaces the tokenizer's")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) of the tokenizer")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's repository code to run (off by default)")
+    parser.add_argument("--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N", help="reject input lines longer than N bytes unparsed (default: 8 MiB)")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad line instead of writing it to the rejects file")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             packing=args.packing,
             overlong=args.overlong,
             strict=args.strict,
+            max_line_bytes=args.max_line_bytes,
         )
         input_path, tokenizer_name = resolve_defaults(args)
         if args.register_only:

@@ -14,6 +14,7 @@ from .errors import CollateError
 from .packing import lower_bound, pack, pack_best_fit_decreasing, pack_greedy
 from .reader import input_stem, iter_chunks, list_input_files, normalize_conversation
 from .settings import (
+    DEFAULT_MAX_LINE_BYTES,
     EXTENSIONS,
     IGNORE_INDEX,
     LABELS_MODES,
@@ -28,6 +29,7 @@ from .writers import PACKED_SCHEMA, atomic_path, file_sha256, read_packed
 
 __all__ = [
     "CollateError",
+    "DEFAULT_MAX_LINE_BYTES",
     "CollateSettings",
     "EXTENSIONS",
     "FileStats",

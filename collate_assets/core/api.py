@@ -4,9 +4,9 @@
     pack_spill(spill, output, fmt, settings)           -> PackStats
     collate_file / collate_folder                       both steps, for the CLI and scripts
 
-The spill is an Arrow IPC file (random access, memory-mapped when read) holding one tokenized
-sequence per record: packing reads only its list offsets (the lengths), and rows are gathered from
-the mapped tokens while writing, so peak memory does not grow with the input size.
+The spill is an Arrow IPC file (random access) holding one tokenized sequence per record: packing
+reads only its metadata and list offsets (the lengths), and rows are gathered with positioned reads
+of each sequence's tokens while writing, so peak memory does not grow with the input size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import itertools
 import mmap
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+from jinja2.exceptions import SecurityError
 
 from . import packing
 from .chat import ChatEncoder
@@ -33,6 +33,7 @@ from .reader import Reject, input_stem, iter_chunks, list_input_files
 from .settings import EXTENSIONS, IGNORE_INDEX, CollateSettings, check_format
 from .stats import FileStats, PackStats, TokenizeStats, length_histogram
 from .writers import PACKED_SCHEMA, atomic_path, packed_writer
+from .writers import work_dir as _work_dir
 
 SPILL_SCHEMA = pa.schema(
     [
@@ -49,7 +50,11 @@ Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last
 
 def _reason_key(reason: str) -> str:
     """Group reasons that differ only in numbers or quoted values ('message 3 has no role')."""
-    return re.sub(r"'[^']*'|\d+", "…", reason)
+    return re.sub(r"'[^']*'|(?<!UTF-)\d+", "…", reason)
+
+
+class _NothingUsable(Exception):
+    """Raised inside tokenize_file to drop the spill but keep the rejects file."""
 
 
 class _RejectLog:
@@ -81,13 +86,23 @@ def tokenize_file(
     rejects_path: str | Path | None = None,
     progress: Progress | None = None,
     chunk_lines: int = 1024,
+    max_line_bytes: int | None = None,
 ) -> TokenizeStats:
     """Render, tokenize and label every conversation of one JSONL file into an Arrow spill file.
 
     Overlong conversations follow `settings.overlong`. Bad lines go to `rejects_path` (JSONL) and the
-    counts; `settings.strict` fails on the first one instead. Files appear only when complete.
+    counts; `settings.strict` fails on the first one instead. Lines longer than `max_line_bytes`
+    are rejected unparsed. Files appear only when complete.
+
+    Whole-file failures (CollateError, no spill written): the file cannot be read (missing, not a
+    regular file, corrupt or truncated gzip); the chat template breaks the Jinja sandbox's rules;
+    overlong=error meets an overlong conversation; strict mode meets a bad line; or the file has
+    lines but not one usable conversation (not JSONL, or every line bad) - the rejects file is still
+    written then, to show why.
     """
     input_path = Path(input_path)
+    if max_line_bytes is None:
+        max_line_bytes = settings.max_line_bytes
     stats = TokenizeStats(file=str(input_path), max_length=settings.max_length)
     encoder = ChatEncoder(tokenizer, settings.labels)
     lengths_written: list[np.ndarray] = []
@@ -98,35 +113,52 @@ def tokenize_file(
         skeletons = encoder.render_skeletons(chunk.conversations) if assistant else None
         return chunk, texts, skeletons
 
-    with contextlib.ExitStack() as stack:
-        rejects = _RejectLog(stats, stack, rejects_path, settings.strict)
-        spill_tmp = stack.enter_context(atomic_path(spill_path))
-        sink = stack.enter_context(pa.OSFile(str(spill_tmp), "wb"))
-        writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
-        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    with contextlib.ExitStack() as outer:
+        rejects = _RejectLog(stats, outer, rejects_path, settings.strict)
+        try:
+            with contextlib.ExitStack() as stack:
+                spill_tmp = stack.enter_context(atomic_path(spill_path))
+                sink = stack.enter_context(pa.OSFile(str(spill_tmp), "wb"))
+                writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
+                pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
 
-        def finish(chunk, texts, skeletons, encodings):
-            batch, lengths = _chunk_to_batch(chunk, texts, skeletons, encodings, encoder, settings, stats, rejects)
-            if batch is not None:
-                writer.write_batch(batch)
-                lengths_written.append(lengths)
-            if progress is not None:
-                progress(chunk.bytes_read, chunk.lines_read)
+                def finish(chunk, texts, skeletons, encodings):
+                    batch, lengths = _chunk_to_batch(
+                        chunk, texts, skeletons, encodings, encoder, settings, stats, rejects
+                    )
+                    if batch is not None:
+                        writer.write_batch(batch)
+                        lengths_written.append(lengths)
+                    if progress is not None:
+                        progress(chunk.bytes_read, chunk.lines_read)
 
-        # Pipeline: the Rust tokenizer encodes chunk k on both cores (GIL released) while this
-        # thread reads and renders chunk k+1, then labels and writes chunk k.
-        pending = None
-        for chunk in iter_chunks(input_path, chunk_lines=chunk_lines):
-            stats.lines_read += chunk.lines_read
-            stats.blank_lines += chunk.blank_lines
-            rendered = render(chunk)
-            good = [t for t in rendered[1] if isinstance(t, str)]
-            future = pool.submit(encoder.encode_texts, good)
-            if pending is not None:
-                finish(*pending[0], pending[1].result())
-            pending = (rendered, future)
-        if pending is not None:
-            finish(*pending[0], pending[1].result())
+                # Pipeline: the Rust tokenizer encodes chunk k on both cores (GIL released) while this
+                # thread reads and renders chunk k+1, then labels and writes chunk k.
+                pending = None
+                for chunk in iter_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes):
+                    stats.lines_read += chunk.lines_read
+                    stats.blank_lines += chunk.blank_lines
+                    rendered = render(chunk)
+                    good = [t for t in rendered[1] if isinstance(t, str)]
+                    future = pool.submit(encoder.encode_texts, good)
+                    if pending is not None:
+                        finish(*pending[0], pending[1].result())
+                    pending = (rendered, future)
+                if pending is not None:
+                    finish(*pending[0], pending[1].result())
+                if stats.rejected and not stats.conversations:
+                    raise _NothingUsable
+        except _NothingUsable:
+            nothing_usable = True
+        else:
+            nothing_usable = False
+    if nothing_usable:
+        top = "; ".join(f"{reason} ×{count}" for reason, count in stats.reject_reasons.most_common(3))
+        where = f"; every line and its reason are in {rejects_path}" if rejects_path is not None else ""
+        raise CollateError(
+            f"{input_path}: no usable conversation: all {stats.rejected} non-blank lines were rejected "
+            f"({top}). Expected JSONL: one JSON object with a conversation a line{where}"
+        )
 
     all_lengths = np.concatenate(lengths_written) if lengths_written else np.zeros(0, dtype=np.int64)
     stats.histogram = length_histogram(all_lengths, settings.max_length)
@@ -152,8 +184,16 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
     enc_iter = iter(encodings)
     for k, (line, conversation, text) in enumerate(zip(chunk.line_numbers, chunk.conversations, texts)):
         log_reader_rejects(line)
+        excerpt = chunk.excerpts[k] if k < len(chunk.excerpts) else _excerpt(conversation)
+        if isinstance(text, SecurityError) or (skeletons is not None and isinstance(skeletons[k], SecurityError)):
+            error = text if isinstance(text, SecurityError) else skeletons[k]
+            # A template that breaks the sandbox's rules is hostile or broken for every line: stop.
+            raise CollateError(
+                f"{stats.file}:{line}: the chat template broke the Jinja sandbox's rules "
+                f"({_one_line(error)}); refusing to use it"
+            )
         if isinstance(text, Exception):
-            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(text)}", _excerpt(conversation)))
+            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(text)}", excerpt))
             continue
         encoding = next(enc_iter)
         spans = None
@@ -164,12 +204,12 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
                     raise ValueError(f"chat template error: {_one_line(skeleton)}")
                 spans = encoder.assistant_spans(conversation, text, skeleton)
             except ValueError as exc:
-                rejects.add(Reject(stats.file, line, str(exc), _excerpt(conversation)))
+                rejects.add(Reject(stats.file, line, str(exc), excerpt))
                 continue
         ids, labels = encoder.labels_for(encoding, spans)
         n = len(ids)
         if n == 0:
-            rejects.add(Reject(stats.file, line, "chat template rendered no tokens", _excerpt(conversation)))
+            rejects.add(Reject(stats.file, line, "chat template rendered no tokens", excerpt))
             continue
         stats.tokens_read += n
         pieces = [(ids, labels)]
@@ -183,8 +223,7 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
                 stats.dropped += 1
                 stats.truncated_tokens += n
                 rejects.add(
-                    Reject(stats.file, line, f"overlong: {n} tokens > max_length {max_length}, dropped",
-                           _excerpt(conversation))
+                    Reject(stats.file, line, f"overlong: {n} tokens > max_length {max_length}, dropped", excerpt)
                 )
                 continue
             if policy == "truncate":
@@ -205,7 +244,7 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
                 reason += f" left after truncation to {max_length} tokens"
             elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation):
                 reason += " (no assistant message)"
-            rejects.add(Reject(stats.file, line, reason, _excerpt(conversation)))
+            rejects.add(Reject(stats.file, line, reason, excerpt))
             if n > max_length and settings.overlong == "truncate":
                 stats.truncated -= 1
                 stats.truncated_tokens -= n - max_length
@@ -245,12 +284,42 @@ def _excerpt(conversation: list[dict]) -> str:
     return orjson.dumps(conversation).decode()[:200]
 
 
+def _spill_layout(spill_file) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sequence of a spill: its length and the file positions of its input_ids and labels.
+
+    Only the IPC metadata and list offsets are read (through a memory map that is released
+    afterwards); tokens are then read with positioned reads, so nothing of the spill stays resident.
+    """
+    lengths, ids_at, labels_at = [], [], []
+    with _mapped(spill_file) as mapped:
+        base = pa.py_buffer(mapped)
+        reader = pa.ipc.open_file(pa.BufferReader(base))
+        batch = None  # a spill of an empty file has no record batch
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            ids_col, lab_col = batch.column(0), batch.column(1)
+            offsets = ids_col.offsets.to_numpy().astype(np.int64)
+            starts = offsets[:-1] * 4  # int32 tokens
+            lengths.append(np.diff(offsets))
+            ids_at.append(ids_col.values.to_numpy().ctypes.data - base.address + starts)
+            labels_at.append(lab_col.values.to_numpy().ctypes.data - base.address + starts)
+        del reader, batch, base
+        _release(mapped)
+    if not lengths:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(lengths), np.concatenate(ids_at), np.concatenate(labels_at)
+
+
 def spill_lengths(spill_path: str | Path) -> np.ndarray:
     """Sequence lengths of a spill file, read from its list offsets only."""
-    with pa.memory_map(str(spill_path)) as source:
-        reader = pa.ipc.open_file(source)
-        parts = [np.diff(reader.get_batch(i).column(0).offsets.to_numpy()) for i in range(reader.num_record_batches)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    with open(spill_path, "rb") as spill_file:
+        return _spill_layout(spill_file)[0]
+
+
+def _read_into(fd: int, out: np.ndarray, position: int, path) -> None:
+    if os.preadv(fd, [out], int(position)) != out.nbytes:
+        raise CollateError(f"{path}: spill file is shorter than its metadata says; tokenize again")
 
 
 def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settings: CollateSettings) -> PackStats:
@@ -258,33 +327,27 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     check_format(fmt)
     max_length = settings.max_length
     stats = PackStats(output=str(output_path), format=fmt, max_length=max_length, packing=settings.packing)
-    with open(spill_path, "rb") as spill_file, _mapped(spill_file) as mapped:
-        reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
-        # Per record batch: zero-copy views of the mapped offsets and values.
-        ids_vals, lab_vals, offs, first_index = [], [], [], [0]
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            ids_col, lab_col = batch.column(0), batch.column(1)
-            offs.append(ids_col.offsets.to_numpy())
-            ids_vals.append(ids_col.values.to_numpy())
-            lab_vals.append(lab_col.values.to_numpy())
-            first_index.append(first_index[-1] + batch.num_rows)
-        lengths = np.concatenate([np.diff(o) for o in offs]).astype(np.int64) if offs else np.zeros(0, np.int64)
+    with open(spill_path, "rb") as spill_file:
+        lengths, ids_at, labels_at = _spill_layout(spill_file)
+        fd = spill_file.fileno()
         if len(lengths) and lengths.max() > max_length:
             raise CollateError(
                 f"{spill_path}: a sequence has {int(lengths.max())} tokens > max_length {max_length}; "
                 "tokenize again with this max_length"
             )
         bins = packing.pack(lengths, max_length, settings.packing)
-        # Where each sequence lives: its record batch and its token range inside that batch.
-        batch_of = np.repeat(np.arange(len(offs)), [len(o) - 1 for o in offs])
-        starts = np.concatenate([o[:-1] for o in offs]).astype(np.int64) if offs else np.zeros(0, np.int64)
 
         def gather(rows: list[list[int]]) -> pa.RecordBatch:
             seqs = list(itertools.chain.from_iterable(rows))
-            ids = np.concatenate([ids_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])
-            labels = np.concatenate([lab_vals[batch_of[s]][starts[s] : starts[s] + lengths[s]] for s in seqs])
             seq_lengths = lengths[seqs].astype(np.int32)
+            ids = np.empty(int(seq_lengths.sum()), dtype=np.int32)
+            labels = np.empty_like(ids)
+            pos = 0
+            for s in seqs:
+                n = int(lengths[s])
+                _read_into(fd, ids[pos : pos + n], ids_at[s], spill_path)
+                _read_into(fd, labels[pos : pos + n], labels_at[s], spill_path)
+                pos += n
             seq_starts = np.zeros(len(seqs), dtype=np.int64)
             np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
             positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
@@ -316,9 +379,6 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
                 if group_tokens >= WRITE_BATCH_TOKENS:
                     writer.write(gather(group))
                     group, group_tokens = [], 0
-                    # Rows gather sequences from all over the spill; let the kernel drop the mapped
-                    # pages we touched so resident memory stays flat whatever the file size.
-                    _release(mapped)
             if group:
                 writer.write(gather(group))
 
@@ -367,16 +427,24 @@ def collate_file(
     rejects_path: str | Path | None = None,
     progress: Progress | None = None,
     work_dir: str | Path | None = None,
+    max_line_bytes: int | None = None,
 ) -> FileStats:
-    """Tokenize and pack one file; the spill file lives in a temporary folder."""
+    """Tokenize and pack one file; the spill file lives in a temporary folder.
+
+    The folder is `collate-<host>-<pid>-*` in `work_dir` (default: the system temp folder); such
+    folders left behind by killed runs are removed by the next run.
+    """
     check_format(fmt)
     start = time.perf_counter()
     output_path = Path(output_path)
     if rejects_path is None:
         rejects_path = rejects_path_for(output_path)
-    with tempfile.TemporaryDirectory(prefix="collate-", dir=work_dir) as tmp:
+    with _work_dir(work_dir) as tmp:
         spill = Path(tmp) / "spill.arrow"
-        tok_stats = tokenize_file(input_path, spill, tokenizer, settings, rejects_path=rejects_path, progress=progress)
+        tok_stats = tokenize_file(
+            input_path, spill, tokenizer, settings,
+            rejects_path=rejects_path, progress=progress, max_line_bytes=max_line_bytes,
+        )
         pack_stats = pack_spill(spill, output_path, fmt, settings)
     return FileStats(tok_stats, pack_stats, time.perf_counter() - start)
 
@@ -389,9 +457,11 @@ def collate_folder(
     fmt: str = "arrow",
     *,
     progress: Progress | None = None,
+    max_line_bytes: int | None = None,
 ) -> list[FileStats]:
     """Collate every `*.jsonl(.gz)` of a folder (or one file): one output per input file."""
     return [
-        collate_file(path, output_path_for(path, Path(output_dir), fmt), tokenizer, settings, fmt, progress=progress)
+        collate_file(path, output_path_for(path, Path(output_dir), fmt), tokenizer, settings, fmt,
+                     progress=progress, max_line_bytes=max_line_bytes)
         for path in list_input_files(input_dir)
     ]

@@ -1,4 +1,12 @@
-"""Load a Hugging Face fast tokenizer with a chat template, from the hub or a local folder."""
+"""Load a Hugging Face fast tokenizer with a chat template, from the hub or a local folder.
+
+Chat templates are untrusted code. transformers renders them in Jinja's ImmutableSandboxedEnvironment,
+where reaching for Python internals (`x.__class__`, `f.__globals__`, a name-mangled private) gives an
+undefined value that renders as nothing, or a SecurityError. So that such a template fails loudly
+instead of silently rendering something else, `load_tokenizer` also reads the template's syntax tree
+and refuses one that names such an attribute; a SecurityError raised while rendering fails the file
+(see `collate_assets.core.api`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,61 @@ from pathlib import Path
 from .errors import CollateError
 
 log = logging.getLogger(__name__)
+
+# Attributes no chat template has a use for: the ways out of a Jinja sandbox go through these.
+_FORBIDDEN_ATTRIBUTES = frozenset(
+    {"mro", "func_globals", "func_code", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
+     "ag_code", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back", "co_code"}
+)
+
+
+def _forbidden(attribute: object) -> bool:
+    if not isinstance(attribute, str):
+        return False
+    # Dunders, and name-mangled privates such as `_TemplateReference__context`. A single leading
+    # underscore alone is allowed: `message._meta` may be a plain dict key.
+    return attribute.startswith("__") or (attribute.startswith("_") and "__" in attribute) or (
+        attribute in _FORBIDDEN_ATTRIBUTES
+    )
+
+
+def check_chat_template(source: str, name: str = "chat template") -> None:
+    """Raise CollateError if the template names a Python internal (`__class__`, `__globals__`, ...).
+
+    A template that does not parse is left to rendering, which reports the syntax error per line.
+    """
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(Extension):  # transformers' {% generation %} block, parsed for its body only
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body).set_lineno(lineno)
+
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols", _Generation])
+    try:
+        tree = env.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            attribute = node.attr
+        elif isinstance(node, nodes.Getitem):
+            attribute = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        elif node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+            attribute = node.args[0].value
+        else:
+            continue
+        if _forbidden(attribute):
+            raise CollateError(
+                f"{name} reaches for {attribute!r} (line {node.lineno}), a Python internal that the Jinja "
+                "sandbox forbids (SecurityError); refusing to use this template"
+            )
 
 
 def load_tokenizer(
@@ -52,6 +115,8 @@ def load_tokenizer(
         raise CollateError(
             f"tokenizer {name!r} has several named chat templates; give the one to use with --chat-template FILE"
         )
+    where = f"chat template {chat_template}" if chat_template is not None else f"chat template of {name!r}"
+    check_chat_template(tokenizer.chat_template, where)
     return tokenizer
 
 

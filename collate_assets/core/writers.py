@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +29,76 @@ PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 PACKED_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in PACKED_COLUMNS])
 
 
+def _owner_tag() -> str:
+    """`<host>-<pid>`: who writes a temporary file (host as a short hash, so any name is safe)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, pattern: str) -> list[Path]:
+    """Remove the entries of `folder` whose name matches `pattern` and whose writer is dead.
+
+    `pattern` is a regular expression whose group `tag` captures a `<host>-<pid>` owner tag. Only
+    entries of this host whose process no longer exists are removed (a live pid, even a reused one,
+    keeps its entry), so a run killed with SIGKILL leaves at most one temporary per target behind
+    until the next run of that target. Returns what was removed.
+    """
+    folder = Path(folder)
+    host = _owner_tag().split("-", 1)[0]
+    regex = re.compile(pattern)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = regex.fullmatch(entry.name)
+        if match is None:
+            continue
+        entry_host, _, pid = match.group("tag").partition("-")
+        if entry_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+        removed.append(path)
+    return removed
+
+
+def temp_name_pattern(path: str | Path) -> str:
+    """The names `atomic_path(path)` gives its temporary files: `.<name>.<host>-<pid>.<random>.tmp`."""
+    return rf"\.{re.escape(Path(path).name)}\.(?P<tag>[0-9a-f]{{8}}-\d+)\.[a-z0-9_]{{8}}\.tmp"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    The temporary name `.<name>.<host>-<pid>.<random>.tmp` is hidden, never ends like an input or
+    output file, and names its writer: temporaries of the same target left by dead processes
+    (a run killed with SIGKILL) are removed when the target is written again.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, temp_name_pattern(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); outputs get the usual permissions for this umask.
     umask = os.umask(0)
@@ -46,6 +113,18 @@ def atomic_path(path: str | Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def work_dir(parent: str | Path | None = None, prefix: str = "collate-"):
+    """A temporary folder `<prefix><host>-<pid>-<random>` in `parent` (default: the system temp folder).
+
+    Folders of the same prefix left by dead processes in `parent` are removed first.
+    """
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    remove_stale_temps(parent, rf"{re.escape(prefix)}(?P<tag>[0-9a-f]{{8}}-\d+)-[a-z0-9_]{{8}}")
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{_owner_tag()}-", dir=parent) as tmp:
+        yield Path(tmp)
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:

@@ -8,10 +8,12 @@ format's IO manager, which packs and writes (see io_managers.py).
 
 import time
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateError, file_sha256, tokenize_file
+from collate_assets.core import CollateError, TokenizeStats, file_sha256, tokenize_file
+from collate_assets.core.reader import input_file_problem
 
 from . import lineage
 from .io_managers import PackRequest, TokenizedSpill
@@ -98,8 +100,9 @@ def tokenized_conversations(
         source = paths.input_path(key)
     except CollateError as exc:
         raise _failure(exc) from exc
-    if not source.is_file():
-        raise dg.Failure(description=f"input file {source} for partition {key!r} does not exist", allow_retries=False)
+    problem = input_file_problem(source)
+    if problem is not None:
+        raise dg.Failure(description=f"input file {source} for partition {key!r} {problem}", allow_retries=False)
     try:
         settings = packing.to_settings()
         tok = tokenizer.load()
@@ -109,33 +112,40 @@ def tokenized_conversations(
 
     before = source.stat()
     input_sha256 = file_sha256(source)
+    version = lineage.tokenized_lineage(input_sha256, identity["fingerprint"], settings)
     spill = paths.spill_path(key)
     rejects = paths.rejects_path(key)
-    progress = _progress_logger(context, before.st_size)
-    context.log.info(f"tokenizing {source} ({before.st_size:,} bytes) with {identity['name']} into {spill}")
-    try:
-        stats = tokenize_file(source, spill, tok, settings, rejects_path=rejects, progress=progress)
-    except CollateError as exc:
-        raise _failure(exc) from exc
-    after = source.stat()
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise dg.Failure(description=f"{source} changed while it was tokenized; run again", allow_retries=True)
+    previous = _reusable_spill(paths.manifest_path(key), version)
+    if previous is not None:
+        # Same file bytes, tokenizer, settings and code: the spill on disk is what we would write.
+        context.log.info(f"{source} unchanged since {previous.spill_path} was written: reusing it")
+        result = previous
+        stats = TokenizeStats.from_dict(previous.stats)
+    else:
+        progress = _progress_logger(context, before.st_size)
+        context.log.info(f"tokenizing {source} ({before.st_size:,} bytes) with {identity['name']} into {spill}")
+        try:
+            stats = tokenize_file(source, spill, tok, settings, rejects_path=rejects, progress=progress)
+        except CollateError as exc:
+            raise _failure(exc) from exc
+        after = source.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise dg.Failure(description=f"{source} changed while it was tokenized; run again", allow_retries=True)
+        result = TokenizedSpill(
+            partition_key=key,
+            spill_path=str(spill),
+            rejects_path=str(rejects),
+            input_path=str(source),
+            input_sha256=input_sha256,
+            tokenizer=identity,
+            settings=settings.as_dict(),
+            lineage=version,
+            stats=stats.to_dict(),
+        )
 
     if stats.rejected:
         context.log.warning(f"{stats.rejected} of {stats.lines_read} lines rejected; reasons and lines in {rejects}")
 
-    version = lineage.tokenized_lineage(input_sha256, identity["fingerprint"], settings)
-    result = TokenizedSpill(
-        partition_key=key,
-        spill_path=str(spill),
-        rejects_path=str(rejects),
-        input_path=str(source),
-        input_sha256=input_sha256,
-        tokenizer=identity,
-        settings=settings.as_dict(),
-        lineage=version,
-        stats=stats.to_dict(),
-    )
     reasons = dict(sorted(stats.reject_reasons.items()))
     return dg.MaterializeResult(
         value=result,
@@ -169,6 +179,21 @@ def tokenized_conversations(
             lineage.LINEAGE_METADATA_KEY: version,
         },
     )
+
+
+def _reusable_spill(manifest: Path, version: str) -> TokenizedSpill | None:
+    """The spill a previous run wrote for exactly this lineage, if it and its rejects file are intact."""
+    if not manifest.is_file():
+        return None
+    try:
+        previous = TokenizedSpill.from_json(manifest.read_text(encoding="utf-8"))
+    except (ValueError, TypeError):
+        return None
+    if previous.lineage != version or not Path(previous.spill_path).is_file():
+        return None
+    if previous.rejects_path and not Path(previous.rejects_path).is_file():
+        return None
+    return previous
 
 
 def _reasons_markdown(reasons: dict[str, int]) -> str:

@@ -27,6 +27,7 @@ from upath import UPath
 
 from collate_assets.core import EXTENSIONS, OUTPUT_FORMATS, CollateSettings, PackStats, atomic_path, pack_spill
 
+from .partitions import output_stem
 from .resources import CollatePaths, is_local, local_path
 
 PACKED_COLUMNS = dg.TableSchema(
@@ -128,6 +129,20 @@ def _recorded_manifest(context: dg.InputContext, key: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _unchanged_output(record: Path, dest: UPath, lineage: str) -> PackStats | None:
+    """The stats of `dest` when it was written from exactly this lineage and not touched since."""
+    try:
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        info = dest.stat()
+    except (OSError, ValueError):
+        return None
+    if (kept.get("lineage"), kept.get("output"), kept.get("size"), kept.get("mtime")) != (
+        lineage, str(dest), info.st_size, info.st_mtime
+    ):
+        return None
+    return PackStats(**kept["stats"])
+
+
 def write_packed(spill_path: str | Path, dest: UPath, fmt: str, settings: CollateSettings) -> PackStats:
     """Pack a spill into `dest` atomically, on a local folder or any fsspec location."""
     if is_local(dest):
@@ -165,8 +180,18 @@ class PackedFileIOManager(dg.IOManager):
     def handle_output(self, context: dg.OutputContext, obj: PackRequest) -> None:
         if obj.fmt != self.fmt:
             raise dg.Failure(f"{self.fmt}_io_manager received a {obj.fmt} pack request", allow_retries=False)
-        dest = self.paths.output_path(context.asset_partition_key, self.fmt)
-        stats = write_packed(obj.spill.spill_path, dest, self.fmt, obj.settings)
+        key = context.asset_partition_key
+        dest = self.paths.output_path(key, self.fmt)
+        record = self.paths.spill_root() / f"{output_stem(key)}.{self.fmt}.packed.json"
+        stats = _unchanged_output(record, dest, obj.lineage)
+        if stats is not None:
+            context.log.info(f"{dest} is already packed from this spill with these settings: kept as it is")
+        else:
+            stats = write_packed(obj.spill.spill_path, dest, self.fmt, obj.settings)
+            info = dest.stat()
+            with atomic_path(record) as tmp:
+                tmp.write_text(json.dumps({"lineage": obj.lineage, "output": str(dest), "size": info.st_size,
+                                           "mtime": info.st_mtime, "stats": stats.to_dict()}, sort_keys=True))
         context.add_output_metadata(packed_metadata(stats, dest, obj))
 
     def load_input(self, context: dg.InputContext) -> UPath:

@@ -12,16 +12,25 @@ so `...` never appears and `%` itself is always escaped (`%25`), which makes the
     données.jsonl       -> donn%C3%A9es.jsonl
 
 Only the files directly in the input folder are partitions (`*.jsonl`, `*.jsonl.gz`); subfolders are not
-scanned, matching `collate_assets.core.list_input_files`.
+scanned, matching `collate_assets.core.list_input_files`. Entries that are not regular files and symlinks
+that resolve outside the input folder are skipped with a warning; `CollatePaths.input_path` refuses them
+again when a partition is materialized (the folder may have changed since it was scanned).
+
+A key can only ever name a file directly inside the input folder: the decoded name must be a bare file
+name (no `/`, no NUL, not `.` or `..`), or the key is refused.
 """
 
+import logging
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateError, list_input_files
+from collate_assets.core import CollateError
 from collate_assets.core import input_stem as _input_stem
+from collate_assets.core.reader import scan_input_files
+
+log = logging.getLogger(__name__)
 
 INPUT_FILES = dg.DynamicPartitionsDefinition(name="input_files")
 
@@ -31,7 +40,7 @@ _DOT = ord(".")
 
 def file_name_to_key(name: str) -> str:
     """The partition key of the input file called `name` (a bare file name, no folder)."""
-    if not name or "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ValueError(f"not a bare file name: {name!r}")
     out = []
     previous = None
@@ -79,29 +88,33 @@ def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]
 
     A missing or empty folder gives no files (no error: a sensor must not fail while a folder is
     being created). Two files with the same stem (`x.jsonl` and `x.jsonl.gz`) would write the same
-    outputs, so only the first in sorted order is kept.
+    outputs, so only the first in sorted order is kept. Folders, special files, broken symlinks and
+    symlinks leading outside `input_dir` are left out too.
     """
+    by_key, clashes, skipped = _scan(input_dir)
+    return by_key, skipped + clashes
+
+
+def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]:
+    """(files by key, warnings about stem clashes, warnings about entries that are not input files)."""
     folder = Path(input_dir)
     if not folder.is_dir():
-        return {}, [f"input folder {folder} does not exist"] if not folder.exists() else [
+        return {}, [], [f"input folder {folder} does not exist"] if not folder.exists() else [
             f"input {folder} is not a folder"
         ]
-    try:
-        files = list_input_files(folder)
-    except CollateError:  # no *.jsonl(.gz) in the folder yet
-        return {}, []
+    files, skipped = scan_input_files(folder)
     by_key: dict[str, Path] = {}
     stems: dict[str, str] = {}
-    warnings: list[str] = []
+    clashes: list[str] = []
     for path in files:
         key = file_name_to_key(path.name)
         stem = _input_stem(path)
         if stem in stems:
-            warnings.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]}")
+            clashes.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]}")
             continue
         stems[stem] = path.name
         by_key[key] = path
-    return by_key, warnings
+    return by_key, clashes, skipped
 
 
 def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, observe: bool = True) -> list[str]:
@@ -114,15 +127,19 @@ def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, 
     run it. With `observe`, a file whose content changed since its last observation also gets a
     `raw_conversations` observation (its sha256), as the sensor would record, so Dagster's own
     staleness follows CLI runs too. Raises CollateError when there is no input file or two files
-    would write the same outputs.
+    would write the same outputs; entries that are not input files (folders, broken symlinks,
+    symlinks leading outside the folder) are skipped with a logged warning, as
+    `collate_assets.core.list_input_files` skips them.
     """
     source = Path(input_dir)
     if source.is_file():
         files = {file_name_to_key(source.name): source}
     else:
-        files, warnings = scan_input_folder(source)
-        if warnings:
-            raise CollateError("; ".join(warnings))
+        files, clashes, skipped = _scan(source)
+        if clashes:
+            raise CollateError("; ".join(clashes))
+        for warning in skipped:
+            log.warning("%s: %s", source, warning)
         if not files:
             raise CollateError(f"no *.jsonl or *.jsonl.gz files in {source}")
     known = set(instance.get_dynamic_partitions(INPUT_FILES.name))

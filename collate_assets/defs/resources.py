@@ -24,6 +24,7 @@ to the defaults below, not to the environment, so repeat them (or write `{env: C
 | `COLLATE_PACKING`            | `packing.packing`             | bfd                                       |
 | `COLLATE_OVERLONG`           | `packing.overlong`            | truncate                                  |
 | `COLLATE_STRICT`             | `packing.strict`              | false (read when the code loads)          |
+| `COLLATE_MAX_LINE_BYTES`     | `packing.max_line_bytes`      | 8388608 (8 MiB)                           |
 
 The output folder defaults to the working folder rather than DAGSTER_HOME: `dagster dev` without
 DAGSTER_HOME uses a temporary home it deletes on exit, and the `collate` CLI writes beside the user too.
@@ -39,12 +40,38 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
-from collate_assets.core import EXTENSIONS, CollateError, CollateSettings, load_tokenizer, tokenizer_fingerprint
+from collate_assets.core import DEFAULT_MAX_LINE_BYTES, EXTENSIONS, CollateError, CollateSettings, load_tokenizer, tokenizer_fingerprint
+from collate_assets.core.reader import INPUT_SUFFIXES, input_file_problem
 
-from .partitions import key_to_file_name, output_stem
+from .partitions import key_to_file_name
+from .partitions import output_stem as _output_stem
 
 DEFAULT_OUTPUT_DIR = "collate_output"
 LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def _input_file_name(partition_key: str) -> str:
+    """The input file name of a partition key: a bare `*.jsonl` / `*.jsonl.gz` name, or CollateError."""
+    try:
+        name = key_to_file_name(partition_key)
+    except ValueError as exc:
+        raise CollateError(
+            f"partition key {partition_key!r} does not name a file of the input folder ({exc}); partitions "
+            "are made from the files of the input folder (by input_files_sensor or register_partitions), "
+            "not typed by hand"
+        ) from exc
+    if not name.endswith(INPUT_SUFFIXES):
+        raise CollateError(f"partition key {partition_key!r} does not name a *.jsonl or *.jsonl.gz file")
+    return name
+
+
+def output_stem(partition_key: str) -> str:
+    """The stem outputs of a partition are named after; CollateError for a key no input file could have."""
+    _input_file_name(partition_key)
+    stem = _output_stem(partition_key)
+    if "/" in stem or "\0" in stem:  # cannot happen for a bare file name; never write elsewhere
+        raise CollateError(f"partition key {partition_key!r} gives an unsafe output name {stem!r}")
+    return stem
 
 
 def is_local(path: UPath) -> bool:
@@ -65,6 +92,7 @@ class CollatePaths(dg.ConfigurableResource):
         <spill_dir>/<name>.arrow                tokenized sequences (Arrow IPC file)
         <spill_dir>/<name>.rejects.jsonl        lines that could not be used, with the reason
         <spill_dir>/<name>.manifest.json        how the spill was made (input hash, tokenizer, settings, stats)
+        <spill_dir>/<name>.<format>.packed.json what each packed file was written from (size, lineage, stats)
 
     With `layout="flat"` (what the `collate` command uses, collate-rs's layout) packed files are
     `<output_dir>/<name>.<ext>` and the rejects file sits beside them as `<name>.rejects.jsonl`.
@@ -85,19 +113,23 @@ class CollatePaths(dg.ConfigurableResource):
     )
 
     def input_path(self, partition_key: str) -> Path:
-        try:
-            name = key_to_file_name(partition_key)
-        except ValueError as exc:
-            raise CollateError(
-                f"{exc}: partitions are made from the files of the input folder (by input_files_sensor "
-                "or register_partitions), not typed by hand"
-            ) from exc
-        return Path(self.input_dir) / name
+        """The input file of a partition: always directly inside `input_dir`.
+
+        A symlink there that resolves outside `input_dir` is refused (CollateError); a missing file
+        or a folder is left for the caller to report.
+        """
+        path = Path(self.input_dir) / _input_file_name(partition_key)
+        if path.is_symlink():
+            problem = input_file_problem(path, Path(self.input_dir))
+            if problem is not None and "outside the input folder" in problem:
+                raise CollateError(f"input {path} for partition {partition_key!r} {problem}: refused")
+        return path
 
     def output_root(self) -> UPath:
         return UPath(self.output_dir)
 
     def output_path(self, partition_key: str, fmt: str) -> UPath:
+        """`<output_dir>[/<fmt>]/<stem><ext>`: the stem of a bare file name, so never outside output_dir."""
         name = f"{output_stem(partition_key)}{EXTENSIONS[fmt]}"
         if self.layout == "flat":
             return self.output_root() / name
@@ -183,6 +215,9 @@ class PackingSettings(dg.ConfigurableResource):
         default="truncate", description="Conversations longer than max_length: truncate, drop, split or error."
     )
     strict: bool = Field(default=False, description="Fail on the first bad input line instead of rejecting it.")
+    max_line_bytes: int = Field(
+        default=DEFAULT_MAX_LINE_BYTES, description="Input lines longer than this are rejected unparsed."
+    )
 
     def to_settings(self) -> CollateSettings:
         """The engine's settings; a bad value raises CollateError naming the allowed ones."""
@@ -193,6 +228,7 @@ class PackingSettings(dg.ConfigurableResource):
                 packing=self.packing,  # type: ignore[arg-type]
                 overlong=self.overlong,  # type: ignore[arg-type]
                 strict=self.strict,
+                max_line_bytes=self.max_line_bytes,
             )
         except ValueError as exc:
             raise CollateError(f"packing settings: {exc}") from exc
@@ -229,6 +265,11 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             labels=_env("COLLATE_LABELS", "all"),
             packing=_env("COLLATE_PACKING", "bfd"),
             overlong=_env("COLLATE_OVERLONG", "truncate"),
+            max_line_bytes=(
+                dg.EnvVar.int("COLLATE_MAX_LINE_BYTES")
+                if os.environ.get("COLLATE_MAX_LINE_BYTES")
+                else DEFAULT_MAX_LINE_BYTES
+            ),
             strict=_env_flag("COLLATE_STRICT"),
         ),
     }

@@ -7,6 +7,7 @@ blocking checks) are materialized for it. The runs, their metadata and lineage s
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ from collate_assets.core import CollateError, CollateSettings, FileStats, PackSt
 from .assets import PACKED_ASSETS, PROGRESS_SINKS, raw_conversations, tokenized_conversations
 from .checks import PACKED_CHECKS
 from .io_managers import io_managers
-from .partitions import register_partitions
+from .partitions import INPUT_FILES, register_partitions
 from .resources import CollatePaths, PackingSettings, TokenizerResource
 
 # The command prints its own summary; the run's full event log is in the instance (and the UI).
@@ -46,8 +47,14 @@ def dagster_home() -> Path:
 
 
 def get_instance() -> dg.DagsterInstance:
-    dagster_home()
-    return dg.DagsterInstance.get()
+    home = dagster_home()
+    # Two commands starting on a new DAGSTER_HOME would both create the SQLite schema ("table
+    # alembic_version already exists"): the first one to take the lock creates it.
+    with open(home / ".collate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = dg.DagsterInstance.get()
+        instance.get_dynamic_partitions(INPUT_FILES.name)
+    return instance
 
 
 def register_only(input_path: Path) -> list[str]:
@@ -154,7 +161,7 @@ def _failure_message(result: dg.ExecuteInProcessResult, path: Path) -> str:
 
 def _file_stats(result: dg.ExecuteInProcessResult, packed_node: str, seconds: float) -> FileStats:
     spill = result.output_for_node("tokenized_conversations")
-    tokenize = TokenizeStats(**{k: v for k, v in spill.stats.items()})
+    tokenize = TokenizeStats.from_dict(spill.stats)
     [materialization] = result.asset_materializations_for_node(packed_node)
     meta = {k: v.value for k, v in materialization.metadata.items()}
     pack = PackStats(

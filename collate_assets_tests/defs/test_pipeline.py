@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from collate_assets.core import EXTENSIONS, IGNORE_INDEX, read_packed, spill_lengths
+from collate_assets.defs import lineage
 from collate_assets.defs.lineage import packed_lineage
 
 from .conftest import TEST_MAX_LENGTH, make_resources, materialize_partition
@@ -102,7 +103,7 @@ def test_tokenized_data_version_is_the_lineage_and_packed_records_it(collated):
     mats = materializations(result)
     tokenized = mats["tokenized_conversations"]
     assert tokenized.tags["dagster/data_version"] == meta(tokenized, "lineage")
-    assert tokenized.tags["dagster/code_version"] == "1"
+    assert tokenized.tags["dagster/code_version"] == lineage.TOKENIZE_CODE_VERSION
     # For a partitioned input Dagster records the sha256 of the upstream partitions' data versions.
     seen_by_packed = hashlib.sha256(meta(tokenized, "lineage").encode()).hexdigest()
     for fmt in FORMATS:
