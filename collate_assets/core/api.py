@@ -49,8 +49,12 @@ Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last
 
 
 def _reason_key(reason: str) -> str:
-    """Group reasons that differ only in numbers or quoted values ('message 3 has no role')."""
-    return re.sub(r"'[^']*'|(?<!UTF-)\d+", "…", reason)
+    """Group reasons that differ only in numbers or in the value named ('message 3 has unknown role 'bot'').
+
+    Field names stay readable: "no 'conversation', 'conversations' or 'messages' field".
+    """
+    reason = re.sub(r"(role|JSON) ('[^']*'|\S+)", r"\1 …", reason) if "unknown role" in reason else reason
+    return re.sub(r"(?<!UTF-)\d+", "…", reason)
 
 
 class _NothingUsable(Exception):

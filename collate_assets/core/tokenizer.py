@@ -89,6 +89,8 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
+    if _looks_like_path(name) and not Path(name).expanduser().exists():
+        raise CollateError(f"tokenizer folder not found: {name}")
     if trust_remote_code:
         log.warning("trust_remote_code is ON for tokenizer %s: its repository code will run", name)
     try:
@@ -118,6 +120,11 @@ def load_tokenizer(
     where = f"chat template {chat_template}" if chat_template is not None else f"chat template of {name!r}"
     check_chat_template(tokenizer.chat_template, where)
     return tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

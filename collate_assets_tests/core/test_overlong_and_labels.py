@@ -258,7 +258,7 @@ def test_assistant_labels_need_an_end_of_turn(tokenizer_paths, tmp_path):
 
 
 def test_load_tokenizer_missing_folder(tmp_path):
-    with pytest.raises(CollateError, match="cannot load tokenizer") as info:
+    with pytest.raises(CollateError, match="tokenizer folder not found") as info:
         load_tokenizer(tmp_path / "no-such-tokenizer")
     assert "no-such-tokenizer" in str(info.value)
     assert "\n" not in str(info.value)
