@@ -295,7 +295,7 @@ def main() -> None:
 
 
 def print_table(results: dict, max_length: int) -> None:
-    print(f"\n| measurement | wall s | tokens | tokens/s | peak RSS MB | rows | lower bound | fill |")
+    print("\n| measurement | wall s | tokens | tokens/s | peak RSS MB | rows | lower bound | fill |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         if "error" in r:

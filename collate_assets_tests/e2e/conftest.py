@@ -216,6 +216,18 @@ def http_get(url: str, *, timeout: float = 10.0) -> bytes:
         return response.read()
 
 
+# A run's status, tags and asset selection, as the UI's run page asks for them.
+RUN_QUERY = """
+query E2ERun($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status tags { key value } assetSelection { path } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
 def graphql(url: str, query: str, variables: Mapping | None = None, *, timeout: float = 30.0) -> dict:
     """POST one query to `<url>/graphql` as the UI does; returns `data`, raises GraphQLError on errors."""
     body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()

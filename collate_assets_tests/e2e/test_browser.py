@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_DIR, SMOLLM2_DIR, DagsterDev, record_timing
+from .conftest import REPO_DIR, RUN_QUERY, SMOLLM2_DIR, DagsterDev, record_timing
 
 CHROMIUM = Path(os.environ.get("COLLATE_E2E_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium's own connections are refused on a closed network.
@@ -67,15 +67,6 @@ sync_api = pytest.importorskip(
 )
 expect = sync_api.expect
 
-RUN_STATUS_QUERY = """
-query BrowserRunStatus($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run { runId status tags { key value } assetSelection { path } }
-    ... on PythonError { message }
-  }
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +176,9 @@ def _wait_for_run(page, server: DagsterDev, run_id: str) -> str:
             break
         page.wait_for_timeout(1000)
     else:
-        status = server.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+        status = server.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]
         raise AssertionError(f"run {run_id} not finished after {RUN_TIMEOUT_S:.0f} s: {status}\n{_page_text(page)}")
-    return server.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]["status"]
+    return server.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]["status"]
 
 
 def test_materialize_packed_arrow_from_the_ui(dagster_dev, page, tmp_path):
@@ -242,7 +233,7 @@ def test_materialize_packed_arrow_from_the_ui(dagster_dev, page, tmp_path):
     expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
     shots.take(page, "run_succeeded")
 
-    run = server.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+    run = server.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags.get("dagster/partition") == PARTITION, tags
     assert sorted(a["path"] for a in run["assetSelection"]) == [["packed_arrow"], ["tokenized_conversations"]]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import ASSET_JOB, REPOSITORY_NAME, DagsterDev, open_instance
+from .conftest import ASSET_JOB, REPOSITORY_NAME, RUN_QUERY, DagsterDev, open_instance
 
 PARTITION = "demo_small.jsonl"
 SELECTED = [["packed_arrow"], ["tokenized_conversations"]]
@@ -49,15 +49,6 @@ query E2EAssetNodes($assetKeys: [AssetKeyInput!]!) {
 }
 """
 
-RUN_QUERY = """
-query E2ERun($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run { runId status tags { key value } assetSelection { path } }
-    ... on PythonError { message }
-  }
-}
-"""
 
 MATERIALIZATION_QUERY = """
 query E2EMaterialization($assetKeys: [AssetKeyInput!]!, $partitions: [String!]) {

@@ -12,7 +12,6 @@ import collections
 import gzip
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -37,11 +35,11 @@ from collate_assets.core import (
     rejects_path_for,
     tokenize_file,
 )
-from collate_assets.core.reader import DEFAULT_MAX_LINE_BYTES
+from collate_assets.core import DEFAULT_MAX_LINE_BYTES
 from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
 from collate_assets.defs.checks import PACKED_CHECKS
 from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.partitions import INPUT_FILES, file_name_to_key, register_partitions
+from collate_assets.defs.partitions import INPUT_FILES, register_partitions
 from collate_assets.defs.resources import CollatePaths, PackingSettings, TokenizerResource
 from collate_assets.defs.run import _failure_message
 from collate_assets.sample import DEMO_TOKENIZER_DIR

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import shutil
 import subprocess
 import unicodedata
@@ -25,7 +24,7 @@ import orjson
 import pytest
 
 from collate_assets.cli import build_parser
-from collate_assets.core import CollateError, CollateSettings, collate_file, list_input_files, load_tokenizer, tokenize_file
+from collate_assets.core import CollateError, CollateSettings, collate_file, list_input_files, load_tokenizer
 from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
 from collate_assets.defs.checks import PACKED_CHECKS
 from collate_assets.defs.io_managers import io_managers
