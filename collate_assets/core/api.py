@@ -27,7 +27,7 @@ import pyarrow as pa
 from jinja2.exceptions import SecurityError
 
 from . import packing
-from .chat import ChatEncoder
+from .chat import ChatEncoder, Rendered
 from .errors import CollateError
 from .reader import Reject, input_stem, iter_chunks, list_input_files
 from .settings import EXTENSIONS, IGNORE_INDEX, CollateSettings, check_format
@@ -108,14 +108,11 @@ def tokenize_file(
     if max_line_bytes is None:
         max_line_bytes = settings.max_line_bytes
     stats = TokenizeStats(file=str(input_path), max_length=settings.max_length)
-    encoder = ChatEncoder(tokenizer, settings.labels)
+    encoder = ChatEncoder(
+        tokenizer, settings.labels, train_empty_think=settings.train_empty_think,
+        reasoning_turns=settings.reasoning_turns,
+    )
     lengths_written: list[np.ndarray] = []
-    assistant = settings.labels == "assistant"
-
-    def render(chunk):
-        texts = encoder.render(chunk.conversations)
-        skeletons = encoder.render_skeletons(chunk.conversations) if assistant else None
-        return chunk, texts, skeletons
 
     with contextlib.ExitStack() as outer:
         rejects = _RejectLog(stats, outer, rejects_path, settings.strict)
@@ -126,10 +123,8 @@ def tokenize_file(
                 writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
                 pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
 
-                def finish(chunk, texts, skeletons, encodings):
-                    batch, lengths = _chunk_to_batch(
-                        chunk, texts, skeletons, encodings, encoder, settings, stats, rejects
-                    )
+                def finish(chunk, rendered, encodings):
+                    batch, lengths = _chunk_to_batch(chunk, rendered, encodings, encoder, settings, stats, rejects)
                     if batch is not None:
                         writer.write_batch(batch)
                         lengths_written.append(lengths)
@@ -142,12 +137,12 @@ def tokenize_file(
                 for chunk in iter_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes):
                     stats.lines_read += chunk.lines_read
                     stats.blank_lines += chunk.blank_lines
-                    rendered = render(chunk)
-                    good = [t for t in rendered[1] if isinstance(t, str)]
-                    future = pool.submit(encoder.encode_texts, good)
+                    rendered = encoder.render(chunk.conversations)
+                    texts = [t for r in rendered if isinstance(r, Rendered) for t in r.texts]
+                    future = pool.submit(encoder.encode_texts, texts)
                     if pending is not None:
                         finish(*pending[0], pending[1].result())
-                    pending = (rendered, future)
+                    pending = ((chunk, rendered), future)
                 if pending is not None:
                     finish(*pending[0], pending[1].result())
                 if stats.rejected and not stats.conversations:
@@ -169,7 +164,7 @@ def tokenize_file(
     return stats
 
 
-def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, settings, stats, rejects):
+def _chunk_to_batch(chunk, rendered, encodings, encoder: ChatEncoder, settings, stats, rejects):
     """Labels and overlong policy for one chunk; returns the spill record batch and lengths."""
     # Rejects are logged in line order: the reader's are merged with the ones found here.
     reader_rejects = iter(chunk.rejects)
@@ -186,76 +181,43 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
     labels_out: list[np.ndarray] = []
     lines_out: list[int] = []
     enc_iter = iter(encodings)
-    for k, (line, conversation, text) in enumerate(zip(chunk.line_numbers, chunk.conversations, texts)):
+    for k, (line, conversation, result) in enumerate(zip(chunk.line_numbers, chunk.conversations, rendered)):
         log_reader_rejects(line)
-        excerpt = chunk.excerpts[k] if k < len(chunk.excerpts) else _excerpt(conversation)
-        if isinstance(text, SecurityError) or (skeletons is not None and isinstance(skeletons[k], SecurityError)):
-            error = text if isinstance(text, SecurityError) else skeletons[k]
+        excerpt = chunk.excerpts[k] if k < len(chunk.excerpts) else _excerpt(conversation.messages)
+        if isinstance(result, SecurityError):
             # A template that breaks the sandbox's rules is hostile or broken for every line: stop.
             raise CollateError(
                 f"{stats.file}:{line}: the chat template broke the Jinja sandbox's rules "
-                f"({_one_line(error)}); refusing to use it"
+                f"({_one_line(result)}); refusing to use it"
             )
-        if isinstance(text, Exception):
-            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(text)}", excerpt))
+        if isinstance(result, ValueError):
+            rejects.add(Reject(stats.file, line, str(result), excerpt))
             continue
-        encoding = next(enc_iter)
-        spans = None
-        if skeletons is not None:
-            skeleton = skeletons[k]
-            try:
-                if isinstance(skeleton, Exception):
-                    raise ValueError(f"chat template error: {_one_line(skeleton)}")
-                spans = encoder.assistant_spans(conversation, text, skeleton)
-            except ValueError as exc:
-                rejects.add(Reject(stats.file, line, str(exc), excerpt))
-                continue
-        ids, labels = encoder.labels_for(encoding, spans)
-        n = len(ids)
-        if n == 0:
-            rejects.add(Reject(stats.file, line, "chat template rendered no tokens", excerpt))
+        if isinstance(result, Exception):
+            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(result)}", excerpt))
             continue
-        stats.tokens_read += n
-        pieces = [(ids, labels)]
-        if n > max_length:
-            policy = settings.overlong
-            if policy == "error":
-                raise CollateError(
-                    f"{stats.file}:{line}: conversation has {n} tokens > max_length {max_length} (overlong=error)"
-                )
-            if policy == "drop":
-                stats.dropped += 1
-                stats.truncated_tokens += n
-                rejects.add(
-                    Reject(stats.file, line, f"overlong: {n} tokens > max_length {max_length}, dropped", excerpt)
-                )
-                continue
-            if policy == "truncate":
-                stats.truncated += 1
-                stats.truncated_tokens += n - max_length
-                pieces = [(ids[:max_length], labels[:max_length])]
-            else:  # split: every chunk is its own sequence, so its first label is ignored
-                stats.split += 1
-                pieces = []
-                for start in range(0, n, max_length):
-                    piece_labels = labels[start : start + max_length].copy()
-                    piece_labels[0] = IGNORE_INDEX
-                    pieces.append((ids[start : start + max_length], piece_labels))
+        sequences = [encoder.labels_for(next(enc_iter), mask) for mask in result.masks]
+        pieces, reason = _fit(sequences, settings, stats, line)
+        if reason is not None:
+            rejects.add(Reject(stats.file, line, reason, excerpt))
+            continue
         trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
         if trained == 0:
             reason = "no trainable token"
-            if n > max_length and settings.overlong == "truncate":
+            n = sum(len(ids) for ids, _ in sequences)
+            if any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "truncate":
                 reason += f" left after truncation to {max_length} tokens"
-            elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation):
+                stats.truncated -= 1
+                stats.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+            elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
                 reason += " (no assistant message)"
             rejects.add(Reject(stats.file, line, reason, excerpt))
-            if n > max_length and settings.overlong == "truncate":
-                stats.truncated -= 1
-                stats.truncated_tokens -= n - max_length
             stats.tokens_read -= n
             continue
         stats.conversations += 1
         stats.trained_tokens += trained
+        stats.reasoning_dropped += result.dropped_reasoning
+        stats.turn_sequences += len(result.texts) - 1
         for piece_ids, piece_labels in pieces:
             ids_out.append(piece_ids)
             labels_out.append(piece_labels)
@@ -277,6 +239,41 @@ def _chunk_to_batch(chunk, texts, skeletons, encodings, encoder: ChatEncoder, se
         schema=SPILL_SCHEMA,
     )
     return batch, lengths
+
+
+def _fit(sequences, settings, stats, line) -> tuple[list, str | None]:
+    """Apply the overlong policy to a conversation's sequences: (pieces to write, reject reason or None)."""
+    max_length = settings.max_length
+    n = sum(len(ids) for ids, _ in sequences)
+    if any(len(ids) == 0 for ids, _ in sequences):
+        return [], "chat template rendered no tokens"
+    stats.tokens_read += n
+    longest = max(len(ids) for ids, _ in sequences)
+    if longest <= max_length:
+        return sequences, None
+    policy = settings.overlong
+    if policy == "error":
+        raise CollateError(
+            f"{stats.file}:{line}: conversation has {longest} tokens > max_length {max_length} (overlong=error)"
+        )
+    if policy == "drop":
+        stats.dropped += 1
+        stats.truncated_tokens += n
+        return [], f"overlong: {longest} tokens > max_length {max_length}, dropped"
+    pieces = []
+    if policy == "truncate":
+        stats.truncated += 1
+        for ids, labels in sequences:
+            stats.truncated_tokens += max(0, len(ids) - max_length)
+            pieces.append((ids[:max_length], labels[:max_length]))
+        return pieces, None
+    stats.split += 1  # split: every chunk is its own sequence, so its first label is ignored
+    for ids, labels in sequences:
+        for start in range(0, len(ids), max_length):
+            piece_labels = labels[start : start + max_length].copy()
+            piece_labels[0] = IGNORE_INDEX
+            pieces.append((ids[start : start + max_length], piece_labels))
+    return pieces, None
 
 
 def _one_line(exc: BaseException) -> str:

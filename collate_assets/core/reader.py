@@ -28,23 +28,9 @@ from pathlib import Path
 import orjson
 
 from .errors import CollateError
+from .formats import normalize_record as normalize_conversation
 from .settings import DEFAULT_MAX_LINE_BYTES
 
-CONVERSATION_FIELDS = ("conversation", "conversations", "messages")
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bing": "assistant",
-    "bard": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "function": "tool",
-    "observation": "tool",
-}
-KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # How much of a rejected line is kept in the rejects file: enough to find it, never the whole line.
 LINE_EXCERPT_CHARS = 200
@@ -161,47 +147,6 @@ def list_input_files(source: str | Path) -> list[Path]:
 
 def _excerpt(raw: bytes) -> str:
     return raw[: LINE_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:LINE_EXCERPT_CHARS]
-
-
-def normalize_conversation(obj: object) -> list[dict]:
-    """Return the messages as [{"role", "content"}, ...]; raise ValueError with the reason otherwise."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"line is JSON {type(obj).__name__}, not an object")
-    for field in CONVERSATION_FIELDS:
-        if field in obj:
-            messages = obj[field]
-            break
-    else:
-        raise ValueError("no 'conversation', 'conversations' or 'messages' field")
-    if not isinstance(messages, list):
-        raise ValueError(f"'{field}' is {type(messages).__name__}, not a list")
-    if not messages:
-        raise ValueError(f"'{field}' is empty")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"message {i} is {type(message).__name__}, not an object")
-        if "role" in message or "content" in message:
-            role, content = message.get("role"), message.get("content")
-            if role is None:
-                raise ValueError(f"message {i} has no 'role'")
-            if not isinstance(role, str) or role not in KNOWN_ROLES:
-                raise ValueError(f"message {i} has unknown role {role!r}")
-        elif "from" in message or "value" in message:
-            speaker, content = message.get("from"), message.get("value")
-            if speaker is None:
-                raise ValueError(f"message {i} has no 'from'")
-            role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
-            if role is None:
-                raise ValueError(f"message {i} has unknown role {speaker!r}")
-        else:
-            raise ValueError(f"message {i} has neither role/content nor from/value")
-        if content is None:
-            raise ValueError(f"message {i} has no content")
-        if not isinstance(content, str):
-            raise ValueError(f"message {i} content is {type(content).__name__}, not a string")
-        out.append({"role": role, "content": content})
-    return out
 
 
 def _open_binary(path: Path):

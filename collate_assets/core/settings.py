@@ -15,11 +15,13 @@ LabelsMode = Literal["all", "assistant"]
 PackingStrategy = Literal["bfd", "greedy"]
 OverlongPolicy = Literal["truncate", "drop", "split", "error"]
 OutputFormat = Literal["arrow", "parquet", "msgpack", "jsonl"]
+ReasoningTurns = Literal["per-turn", "as-rendered"]
 
 LABELS_MODES: tuple[str, ...] = ("all", "assistant")
 PACKING_STRATEGIES: tuple[str, ...] = ("bfd", "greedy")
 OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "drop", "split", "error")
 OUTPUT_FORMATS: tuple[str, ...] = ("arrow", "parquet", "msgpack", "jsonl")
+REASONING_TURNS: tuple[str, ...] = ("per-turn", "as-rendered")
 EXTENSIONS: dict[str, str] = {
     "arrow": ".arrow",
     "parquet": ".parquet",
@@ -44,6 +46,13 @@ class CollateSettings:
     overlong: OverlongPolicy = "truncate"
     strict: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    # Reasoning of earlier turns that the template leaves out (Qwen3): "per-turn" trains each such turn
+    # in a sequence of its own (its history, then the turn with its reasoning); "as-rendered" trains
+    # what the template renders and counts the reasoning left out.
+    reasoning_turns: ReasoningTurns = "per-turn"
+    # Train the text a template inserts before an assistant turn that has no reasoning (an empty
+    # <think></think> block) under labels=assistant.
+    train_empty_think: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or self.max_length < 2:
@@ -54,6 +63,7 @@ class CollateSettings:
             ("labels", LABELS_MODES),
             ("packing", PACKING_STRATEGIES),
             ("overlong", OVERLONG_POLICIES),
+            ("reasoning_turns", REASONING_TURNS),
         ):
             value = getattr(self, name)
             if value not in allowed:

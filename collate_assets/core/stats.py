@@ -39,6 +39,8 @@ class TokenizeStats:
     tokens: int = 0  # tokens written
     trained_tokens: int = 0
     truncated_tokens: int = 0  # tokens removed by truncate or drop
+    turn_sequences: int = 0  # extra sequences: assistant turns trained alone with their reasoning (per-turn)
+    reasoning_dropped: int = 0  # assistant turns whose reasoning the template left out (as-rendered)
     histogram: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:

@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from collate_assets.core import CollateError, CollateSettings, iter_chunks, normalize_conversation, tokenize_file
-from collate_assets.core.reader import SHAREGPT_ROLES, input_stem, list_input_files
+from collate_assets.core.formats import ROLE_ALIASES
+from collate_assets.core.reader import input_stem, list_input_files
 
 ROLE_CONTENT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 SHAREGPT = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
@@ -26,7 +27,7 @@ def _all(path, **kwargs):
     chunks = list(iter_chunks(path, **kwargs))
     return (
         [n for c in chunks for n in c.line_numbers],
-        [m for c in chunks for m in c.conversations],
+        [m.messages for c in chunks for m in c.conversations],
         [r for c in chunks for r in c.rejects],
         sum(c.lines_read for c in chunks),
         sum(c.blank_lines for c in chunks),
@@ -40,7 +41,7 @@ def _all(path, **kwargs):
 @pytest.mark.parametrize("field", ["conversation", "conversations", "messages"])
 @pytest.mark.parametrize("messages", [ROLE_CONTENT, SHAREGPT], ids=["role-content", "sharegpt"])
 def test_every_field_and_message_style(field, messages):
-    assert normalize_conversation({field: messages, "id": 7, "label": True}) == ROLE_CONTENT
+    assert normalize_conversation({field: messages, "id": 7, "label": True}).messages == ROLE_CONTENT
 
 
 @pytest.mark.parametrize(
@@ -50,8 +51,8 @@ def test_every_field_and_message_style(field, messages):
      ("function", "tool"), ("observation", "tool")],
 )
 def test_sharegpt_role_mapping(speaker, role):
-    assert SHAREGPT_ROLES[speaker] == role
-    assert normalize_conversation({"conversations": [{"from": speaker, "value": "x"}]}) == [
+    assert ROLE_ALIASES[speaker] == role
+    assert normalize_conversation({"conversations": [{"from": speaker, "value": "x"}]}).messages == [
         {"role": role, "content": "x"}
     ]
 
@@ -63,21 +64,23 @@ def test_role_content_keeps_system_and_tool_and_empty_content():
         {"role": "assistant", "content": "ok", "extra": 1},
         {"role": "tool", "content": "{}"},
     ]
-    assert normalize_conversation({"messages": messages}) == [{k: m[k] for k in ("role", "content")} for m in messages]
+    assert normalize_conversation({"messages": messages}).messages == [
+        {k: m[k] for k in ("role", "content")} for m in messages
+    ]
 
 
 def test_first_field_wins_in_documented_order():
     obj = {"messages": [{"role": "user", "content": "from messages"}], "conversation": ROLE_CONTENT}
-    assert normalize_conversation(obj) == ROLE_CONTENT
+    assert normalize_conversation(obj).messages == ROLE_CONTENT
 
 
 @pytest.mark.parametrize(
     ("obj", "reason"),
     [
-        ([ROLE_CONTENT], "line is JSON list, not an object"),
-        ("text", "line is JSON str, not an object"),
-        (3, "line is JSON int, not an object"),
-        (None, "line is JSON NoneType, not an object"),
+        ([ROLE_CONTENT], "record is JSON list, not an object"),
+        ("text", "record is JSON str, not an object"),
+        (3, "record is JSON int, not an object"),
+        (None, "record is JSON NoneType, not an object"),
         ({"dialog": ROLE_CONTENT}, "no 'conversation', 'conversations' or 'messages' field"),
         ({"messages": "Hi"}, "'messages' is str, not a list"),
         ({"conversations": {"0": SHAREGPT[0]}}, "'conversations' is dict, not a list"),
@@ -88,13 +91,14 @@ def test_first_field_wins_in_documented_order():
         ({"messages": [{"role": "user", "content": None}]}, "message 0 has no content"),
         ({"messages": [ROLE_CONTENT[0], {"role": "narrator", "content": "x"}]}, "message 1 has unknown role 'narrator'"),
         ({"messages": [{"role": 1, "content": "x"}]}, "message 0 has unknown role 1"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
-         "message 0 content is list, not a string"),
-        ({"messages": [{"role": "user", "content": 42}]}, "message 0 content is int, not a string"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "message 0 has a 'image_url' content part: only text parts are supported"),
+        ({"messages": [{"role": "user", "content": 42}]}, "message 0 content is int, not a string or a list of parts"),
         ({"conversations": [{"value": "Hi"}]}, "message 0 has no 'from'"),
         ({"conversations": [{"from": "human"}]}, "message 0 has no content"),
         ({"conversations": [SHAREGPT[0], {"from": "alien", "value": "x"}]}, "message 1 has unknown role 'alien'"),
-        ({"conversations": [{"from": "human", "value": 3.5}]}, "message 0 content is float, not a string"),
+        ({"conversations": [{"from": "human", "value": 3.5}]},
+         "message 0 content is float, not a string or a list of parts"),
         ({"messages": [{"speaker": "user", "text": "Hi"}]}, "message 0 has neither role/content nor from/value"),
     ],
 )
@@ -126,7 +130,7 @@ def test_lines_blank_and_rejects_with_line_numbers(tmp_path):
     assert conversations == [ROLE_CONTENT] * 3
     assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [
         (3, "invalid JSON"),
-        (5, "line is JSON list, not an object"),
+        (5, "record is JSON list, not an object"),
         (7, "no 'conversation', 'conversations' or 'messages' field"),
         (8, "invalid UTF-8"),
         (9, "'messages' is empty"),
@@ -260,7 +264,7 @@ def test_tokenize_file_accounts_for_every_line(tmp_path, load_shared_tokenizer):
     assert rejects[0]["reason"].startswith("invalid JSON")
     assert rejects[1]["reason"] == "message 0 has unknown role 'wizard'"
     assert rejects[2]["reason"].startswith("no trainable token")
-    assert rejects[3]["reason"] == "message 0 content is int, not a string"
+    assert rejects[3]["reason"] == "message 0 content is int, not a string or a list of parts"
     assert all(r["excerpt"] for r in rejects)
     assert (stats.lines_read, stats.blank_lines, stats.conversations, stats.rejected) == (8, 2, 2, 4)
     assert stats.lines_read == stats.blank_lines + stats.conversations + stats.rejected

@@ -36,6 +36,7 @@ from collate_assets.core import (
     tokenize_file,
 )
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES
+from collate_assets.core.chat import ChatEncoder
 from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
 from collate_assets.defs.checks import PACKED_CHECKS
 from collate_assets.defs.io_managers import io_managers
@@ -148,10 +149,11 @@ def test_corpus_case_gives_its_expected_outcome(case, gz, tmp_path):
     assert len(good_lines) == tok.conversations
     if not any(k in expect for k in ("truncated", "split", "dropped")) and _settings(case).labels == "all":
         tokenizer = demo_tokenizer(case.get("chat_template"))
+        encoder = ChatEncoder(tokenizer)
         expected = collections.Counter()
         for n in good_lines:
             raw = raw_lines[n - 1]
-            conversation = normalize_conversation(orjson.loads(raw[3:] if raw.startswith(BOM) else raw))
+            conversation = encoder.adapt(normalize_conversation(orjson.loads(raw[3:] if raw.startswith(BOM) else raw)))
             expected[tuple(tokenizer.apply_chat_template(conversation, tokenize=True)["input_ids"])] += 1
         got = collections.Counter()
         for row in rows:

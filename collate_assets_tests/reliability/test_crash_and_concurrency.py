@@ -59,7 +59,7 @@ def big_input(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("big") / "in"
     folder.mkdir()
     conversations = [
-        normalize_conversation(orjson.loads(line))
+        normalize_conversation(orjson.loads(line)).messages
         for line in (DEMO_INPUT_DIR / "demo.jsonl").read_bytes().splitlines()
         if line.strip()
     ]
