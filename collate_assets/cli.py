@@ -21,6 +21,7 @@ from .core import (
     OUTPUT_FORMATS,
     OVERLONG_POLICIES,
     PACKING_STRATEGIES,
+    REASONING_TURNS,
     CollateError,
     CollateSettings,
     FileStats,
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", default="all", choices=LABELS_MODES, help="train on all tokens or only assistant turns")
     parser.add_argument("--packing", default="bfd", choices=PACKING_STRATEGIES, help="best-fit decreasing or the legacy greedy")
     parser.add_argument("--overlong", default="truncate", choices=OVERLONG_POLICIES, help="what to do with conversations longer than max length")
+    parser.add_argument("--reasoning-turns", default="per-turn", choices=REASONING_TURNS, help="reasoning the template drops from earlier turns: train each such turn alone with its history (per-turn) or train what the template renders (as-rendered)")
+    parser.add_argument("--train-empty-think", action="store_true", help="labels=assistant: also train the empty thinking block a template inserts (Qwen3)")
     parser.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file that replaces the tokenizer's")
+    parser.add_argument("--check-template", action="store_true", help="print what the chat template does (system, tools, reasoning, end of turn, a probe conversation's trained tokens) and exit")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) of the tokenizer")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's repository code to run (off by default)")
     parser.add_argument("--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N", help="reject input lines longer than N bytes unparsed (default: 8 MiB)")
@@ -94,8 +98,21 @@ def main(argv: list[str] | None = None) -> int:
             overlong=args.overlong,
             strict=args.strict,
             max_line_bytes=args.max_line_bytes,
+            reasoning_turns=args.reasoning_turns,
+            train_empty_think=args.train_empty_think,
         )
         input_path, tokenizer_name = resolve_defaults(args)
+        if args.check_template:
+            from .core import load_tokenizer
+            from .core.report import template_report
+
+            tokenizer = load_tokenizer(
+                tokenizer_name, revision=args.revision, chat_template=args.chat_template,
+                trust_remote_code=args.trust_remote_code,
+            )
+            report = template_report(tokenizer, settings)
+            print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.text())
+            return 1 if report.refusal else 0
         if args.register_only:
             from .defs.run import register_only
 

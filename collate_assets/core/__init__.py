@@ -21,6 +21,7 @@ from .settings import (
     OUTPUT_FORMATS,
     OVERLONG_POLICIES,
     PACKING_STRATEGIES,
+    REASONING_TURNS,
     CollateSettings,
 )
 from .stats import FileStats, PackStats, TokenizeStats
@@ -39,6 +40,7 @@ __all__ = [
     "OVERLONG_POLICIES",
     "PACKED_SCHEMA",
     "PACKING_STRATEGIES",
+    "REASONING_TURNS",
     "PackStats",
     "SPILL_SCHEMA",
     "TokenizeStats",

@@ -112,6 +112,7 @@ def tokenize_file(
         tokenizer, settings.labels, train_empty_think=settings.train_empty_think,
         reasoning_turns=settings.reasoning_turns,
     )
+    stats.template = encoder.info.to_dict()
     lengths_written: list[np.ndarray] = []
 
     with contextlib.ExitStack() as outer:

@@ -42,6 +42,7 @@ class TokenizeStats:
     turn_sequences: int = 0  # extra sequences: assistant turns trained alone with their reasoning (per-turn)
     reasoning_dropped: int = 0  # assistant turns whose reasoning the template left out (as-rendered)
     histogram: list = dataclasses.field(default_factory=list)
+    template: dict = dataclasses.field(default_factory=dict)  # what the chat template shows (TemplateInfo)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

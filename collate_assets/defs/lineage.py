@@ -22,7 +22,7 @@ import dagster as dg
 from collate_assets.core import CollateSettings, file_sha256
 
 # Bump when the code that writes an asset changes what it writes (the asset becomes stale).
-TOKENIZE_CODE_VERSION = "2"  # 2: line-length limit, raw-line excerpts in rejects
+TOKENIZE_CODE_VERSION = "3"  # 2: line-length limit, raw-line excerpts in rejects; 3: tools, reasoning, flags
 PACK_CODE_VERSION = "1"
 
 RAW_CONVERSATIONS = dg.AssetKey("raw_conversations")

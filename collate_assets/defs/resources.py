@@ -30,6 +30,7 @@ The output folder defaults to the working folder rather than DAGSTER_HOME: `dags
 DAGSTER_HOME uses a temporary home it deletes on exit, and the `collate` CLI writes beside the user too.
 """
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -218,18 +219,19 @@ class PackingSettings(dg.ConfigurableResource):
     max_line_bytes: int = Field(
         default=DEFAULT_MAX_LINE_BYTES, description="Input lines longer than this are rejected unparsed."
     )
+    reasoning_turns: str = Field(
+        default="per-turn",
+        description="Reasoning the template drops from earlier turns: per-turn trains each such turn in a sequence "
+        "of its own; as-rendered trains what the template renders.",
+    )
+    train_empty_think: bool = Field(
+        default=False, description="labels=assistant: also train the empty thinking block a template inserts."
+    )
 
     def to_settings(self) -> CollateSettings:
         """The engine's settings; a bad value raises CollateError naming the allowed ones."""
         try:
-            return CollateSettings(
-                max_length=self.max_length,
-                labels=self.labels,  # type: ignore[arg-type]
-                packing=self.packing,  # type: ignore[arg-type]
-                overlong=self.overlong,  # type: ignore[arg-type]
-                strict=self.strict,
-                max_line_bytes=self.max_line_bytes,
-            )
+            return CollateSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(CollateSettings)})
         except ValueError as exc:
             raise CollateError(f"packing settings: {exc}") from exc
 
@@ -271,5 +273,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 else DEFAULT_MAX_LINE_BYTES
             ),
             strict=_env_flag("COLLATE_STRICT"),
+            reasoning_turns=_env("COLLATE_REASONING_TURNS", "per-turn"),
+            train_empty_think=_env_flag("COLLATE_TRAIN_EMPTY_THINK"),
         ),
     }
