@@ -55,7 +55,7 @@ def build_input(path: Path, size: int, seed: int = 0) -> int:
     lines = []
     for data_file in DATA_FILES:
         for record in json.loads(data_file.read_text()):
-            lines.append(json.dumps({"messages": normalize_conversation(record)}, ensure_ascii=False) + "\n")
+            lines.append(json.dumps({"messages": normalize_conversation(record).messages}, ensure_ascii=False) + "\n")
     rng = random.Random(seed)
     written = count = 0
     with open(path, "w", encoding="utf-8") as f:

@@ -139,8 +139,10 @@ def tokenize_file(
                     stats.lines_read += chunk.lines_read
                     stats.blank_lines += chunk.blank_lines
                     rendered = encoder.render(chunk.conversations)
-                    texts = [t for r in rendered if isinstance(r, Rendered) for t in r.texts]
-                    future = pool.submit(encoder.encode_texts, texts)
+                    done = [r for r in rendered if isinstance(r, Rendered)]
+                    texts = [t for r in done for t in r.texts]
+                    masked = any(m is not None for r in done for m in r.masks)
+                    future = pool.submit(encoder.encode_texts, texts, masked)
                     if pending is not None:
                         finish(*pending[0], pending[1].result())
                     pending = ((chunk, rendered), future)

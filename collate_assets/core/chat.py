@@ -124,8 +124,14 @@ class ChatEncoder:
     def _probe(self) -> TemplateInfo:
         info = TemplateInfo()
         u1, a1, u2, a2 = (_probe_text(t) for t in ("U1", "A1", "U2", "A2"))
-        first = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1}]
-        more = first + [{"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
+        info.content_parts = not self._renders([{"role": "user", "content": u1}], u1) and self._renders(
+            [{"role": "user", "content": [{"type": "text", "text": u1}]}], u1)
+
+        def msg(role: str, text: str, **extra) -> dict:
+            return {"role": role, "content": [{"type": "text", "text": text}] if info.content_parts else text, **extra}
+
+        first = [msg("user", u1), msg("assistant", a1)]
+        more = first + [msg("user", u2), msg("assistant", a2)]
         last = self._apply(first)
         full = self._apply(more)
         with_prompt = self._apply(first[:1], add_generation_prompt=True)
@@ -134,7 +140,7 @@ class ChatEncoder:
         eos = getattr(self.tokenizer, "eos_token", None) or ""
         closed = last[: -len(eos)] if eos and last.endswith(eos) else last  # Phi-3 ends a rendering with eos
         info.prefix_preserving = full.startswith(closed)
-        info.end_of_turn = self._probe_end_of_turn(last, full, a1, u2, without[: without.index(u1)])
+        info.end_of_turn = self._probe_end_of_turn(last, full, a1, u2, without[: without.index(u1)], first[:1])
         if with_prompt.startswith(without) and len(with_prompt) > len(without):
             info.generation_prompt = with_prompt[len(without):]
         else:  # the template writes the assistant header after every turn: take it from a rendering
@@ -145,35 +151,30 @@ class ChatEncoder:
         header_at = last.rfind(info.generation_prompt, 0, last.index(a1)) if info.generation_prompt else -1
         if header_at >= 0:
             info.inserted_before_content = last[header_at + len(info.generation_prompt): last.index(a1)]
-        info.system = self._renders([{"role": "system", "content": _probe_text("S")}] + first, _probe_text("S"))
-        info.content_parts = not self._renders(first, a1) and self._renders(
-            [{"role": "user", "content": [{"type": "text", "text": u1}]},
-             {"role": "assistant", "content": [{"type": "text", "text": a1}]}], a1)
+        info.system = self._renders([msg("system", _probe_text("S"))] + first, _probe_text("S"))
         name = _probe_text("TOOL")
         tools = [{"type": "function", "function": {"name": name, "description": "probe",
                                                    "parameters": {"type": "object", "properties": {}}}}]
         info.tools = self._renders(first, name, tools=tools)
         call = _probe_text("CALL")
-        calling = [first[0], {"role": "assistant", "content": "",
-                              "tool_calls": [{"type": "function", "function": {"name": call, "arguments": {}}}]}]
+        calling = [first[0], msg("assistant", "", tool_calls=[
+            {"type": "function", "function": {"name": call, "arguments": {}}}])]
         info.tool_calls = self._renders(calling, call, tools=tools)
         result = _probe_text("RESULT")
-        info.tool_results = self._renders(
-            calling + [{"role": "tool", "content": result}, {"role": "assistant", "content": a2}], result, tools=tools
-        )
+        info.tool_results = self._renders(calling + [msg("tool", result), msg("assistant", a2)], result, tools=tools)
         source = self.tokenizer.chat_template or ""
         thought = _probe_text("THINK")
         for key in ("reasoning_content", "thinking", "reasoning"):
-            if key in source and self._renders([first[0], {"role": "assistant", "content": a1, key: thought}], thought):
+            if key in source and self._renders([first[0], msg("assistant", a1, **{key: thought})], thought):
                 info.reasoning_key = key
                 break
         if info.reasoning_key:
-            history = [first[0], {"role": "assistant", "content": a1, info.reasoning_key: thought},
-                       {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
+            history = [first[0], msg("assistant", a1, **{info.reasoning_key: thought}), msg("user", u2),
+                       msg("assistant", a2)]
             info.reasoning_history = "kept" if self._renders(history, thought) else "dropped"
         return info
 
-    def _probe_end_of_turn(self, last: str, more: str, a1: str, u2: str, user_header: str) -> str:
+    def _probe_end_of_turn(self, last: str, more: str, a1: str, u2: str, user_header: str, user_turn) -> str:
         """The text the template writes after every assistant turn (e.g. '<|im_end|>').
 
         It is the common start of what follows an assistant message when it is the last one and when
@@ -192,7 +193,7 @@ class ChatEncoder:
             ends.append(stop)
         bos = getattr(self.tokenizer, "bos_token", None) or ""
         header = user_header[len(bos):] if bos and user_header.startswith(bos) else user_header
-        headers = [h for h in (header, self._generation_header_guess(last, a1)) if h]
+        headers = [h for h in (header, self._generation_header_guess(user_turn)) if h]
         common = after_last[: ends[-1]] if ends else ""
         for end in [0] + ends:
             tail = common[end:]
@@ -201,11 +202,10 @@ class ChatEncoder:
                 break
         return common.rstrip()
 
-    def _generation_header_guess(self, last: str, a1: str) -> str:
+    def _generation_header_guess(self, user_turn) -> str:
         try:
-            with_prompt = self._apply(
-                [{"role": "user", "content": "x"}], add_generation_prompt=True)
-            without = self._apply([{"role": "user", "content": "x"}])
+            with_prompt = self._apply(user_turn, add_generation_prompt=True)
+            without = self._apply(user_turn)
         except Exception:
             return ""
         return with_prompt[len(without):] if with_prompt.startswith(without) else ""
@@ -230,6 +230,8 @@ class ChatEncoder:
     def adapt(self, conversation: Conversation) -> list[dict]:
         """The messages as this template reads them; ValueError when it cannot show what they hold."""
         info = self.info
+        if conversation.plain and not info.content_parts:
+            return conversation.messages
         if conversation.tools and not info.tools:
             raise ValueError("the record has tools but the chat template does not show tools")
         out = []
@@ -242,8 +244,11 @@ class ChatEncoder:
             if role == "system" and not info.system:
                 raise ValueError("the record has a system message but the chat template leaves it out")
             content = message["content"]
-            if isinstance(content, TextParts):
-                content = [{"type": "text", "text": t} for t in content] if info.content_parts else "".join(content)
+            if info.content_parts:  # the template iterates typed parts and cannot print a plain string
+                parts = content if isinstance(content, TextParts) else [content]
+                content = [{"type": "text", "text": t} for t in parts]
+            elif isinstance(content, TextParts):
+                content = "".join(content)
             adapted = {**message, "content": content}
             if "reasoning_content" in message:
                 if info.reasoning_key is None:
@@ -488,9 +493,11 @@ class ChatEncoder:
         return [h for h in dict.fromkeys(out) if h]
 
     # -- tokenizing -----------------------------------------------------------------------------------
-    def encode_texts(self, texts: list[str]):
-        """Tokenize rendered texts in one Rust call (both cores, GIL released)."""
-        return self.backend.encode_batch(texts, add_special_tokens=False)
+    def encode_texts(self, texts: list[str], offsets: bool = True):
+        """Tokenize rendered texts in one Rust call (both cores, GIL released); offsets only when masking."""
+        if offsets:
+            return self.backend.encode_batch(texts, add_special_tokens=False)
+        return self.backend.encode_batch_fast(texts, add_special_tokens=False)
 
     def labels_for(self, encoding, mask: Mask | None) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(encoding.ids, dtype=np.int32)

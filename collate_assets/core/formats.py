@@ -50,6 +50,7 @@ ROLE_ALIASES = {
     "ipython": "tool",
     "function_call": "assistant",  # ShareGPT / LLaMA-Factory: the value is the call
 }
+_PLAIN_ALIASES = {k: v for k, v in ROLE_ALIASES.items() if v in ("user", "assistant") and k != "function_call"}
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 TRAIN_FIELDS = ("train", "weight", "loss_weight")
 UNSUPPORTED_PART_TYPES = ("image", "image_url", "input_image", "audio", "audio_url", "input_audio", "video",
@@ -67,6 +68,7 @@ class Conversation:
     messages: list[dict]
     tools: list[dict] | None = None
     train: list[bool | None] | None = None
+    plain: bool = False  # only user/assistant messages with string content: nothing for a template to lack
 
     @property
     def has_tool_calls(self) -> bool:
@@ -230,9 +232,21 @@ def normalize_record(obj: object) -> Conversation:
     if isinstance(system, str) and system:
         out.append({"role": "system", "content": system})
         flags.append(None)
+    plain = not tools and not out
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise ValueError(f"message {i} is {type(message).__name__}, not an object")
+        if len(message) == 2:  # the common case, {"role", "content"} or {"from", "value"}: no copy of the rules
+            speaker, content = message.get("role", message.get("from")), message.get("content", message.get("value"))
+            if type(content) is str and (speaker == "user" or speaker == "assistant"):
+                out.append({"role": speaker, "content": content})
+                flags.append(None)
+                continue
+            if type(content) is str and speaker in _PLAIN_ALIASES:
+                out.append({"role": _PLAIN_ALIASES[speaker], "content": content})
+                flags.append(None)
+                continue
+        plain = False
         if message.get("role") is not None or "content" in message:
             speaker, content = message.get("role"), message.get("content")
             if speaker is None:
@@ -288,4 +302,4 @@ def normalize_record(obj: object) -> Conversation:
             continue
         out.append(normal)
         flags.append(_flag(message, i))
-    return Conversation(out, tools or None, flags if any(f is not None for f in flags) else None)
+    return Conversation(out, tools or None, flags if any(f is not None for f in flags) else None, plain)

@@ -201,6 +201,26 @@ def test_a_header_written_after_every_turn_is_never_trained():
     assert runs == ["Hello!<|eot_id|>", "Blue.<|eot_id|>"]
 
 
+PARTS_ONLY = (
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("record", ["plain", "typed-parts"])
+def test_a_template_that_iterates_parts_gets_parts(record, tmp_path):
+    template = tmp_path / "parts.jinja"
+    template.write_text(PARTS_ONLY)
+    encoder = ChatEncoder(load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=template), "assistant")
+    assert encoder.info.content_parts and encoder.info.end_of_turn == "<end_of_turn>"
+    conversation = normalize_record(RECORDS[record])
+    assert all(isinstance(m["content"], list) for m in encoder.adapt(conversation))
+    runs, _ = trained_runs(encoder, conversation)
+    assert runs == expected_turns(encoder, conversation)
+    assert runs[-1] in ("Blue.<end_of_turn>", "This one.<end_of_turn>")
+
+
 def test_templates_without_tools_reject_tool_records_with_a_reason(tmp_path):
     records = json.loads((SHARED_DIR / "data/llamafactory_glaive_toolcall_zh/glaive_toolcall_zh_demo.json").read_text())
     source = tmp_path / "glaive.jsonl"
