@@ -22,6 +22,7 @@ prefix preservation) are learned once by rendering probe conversations (`Templat
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -32,9 +33,12 @@ from .settings import IGNORE_INDEX
 
 _PH = "\ue000{}.{}{}\ue001"
 _PH_RE = re.compile("\ue000(\\d+)\\.([crn])(\\d*)\ue001")
+# How templates print a message's string: as it is, trimmed, or as a JSON string (`| tojson`, as
+# transformers' tojson writes it: ensure_ascii off) - the quotes are template text, the inside is the value.
 _STRIPS = (
     lambda v: v, str.strip, lambda v: v.strip("\n"), lambda v: v.lstrip("\n"), lambda v: v.rstrip("\n"),
-    str.lstrip, str.rstrip,
+    str.lstrip, str.rstrip, lambda v: json.dumps(v, ensure_ascii=False)[1:-1], lambda v: json.dumps(v)[1:-1],
+    lambda v: json.dumps(v.strip(), ensure_ascii=False)[1:-1],
 )
 
 Span = tuple[int, int]
@@ -46,6 +50,7 @@ class Mask:
 
     spans: list[Span]
     only: bool = True
+    text: str = ""  # the rendered text, to see the whitespace a token carries into a span
 
 
 @dataclasses.dataclass
@@ -136,7 +141,6 @@ class ChatEncoder:
         full = self._apply(more)
         with_prompt = self._apply(first[:1], add_generation_prompt=True)
         without = self._apply(first[:1])
-        info.always_adds_generation_prompt = with_prompt == without
         eos = getattr(self.tokenizer, "eos_token", None) or ""
         closed = last[: -len(eos)] if eos and last.endswith(eos) else last  # Phi-3 ends a rendering with eos
         info.prefix_preserving = full.startswith(closed)
@@ -148,6 +152,8 @@ class ChatEncoder:
             eot = info.end_of_turn
             header = between[between.index(eot) + len(eot):] if eot and eot in between else between
             info.generation_prompt = header.lstrip()
+            # Some Llama-3 builds write it after every turn; others (Mistral) have no generation prompt.
+            info.always_adds_generation_prompt = bool(header.strip()) and closed.rstrip().endswith(header.strip())
         header_at = last.rfind(info.generation_prompt, 0, last.index(a1)) if info.generation_prompt else -1
         if header_at >= 0:
             info.inserted_before_content = last[header_at + len(info.generation_prompt): last.index(a1)]
@@ -434,7 +440,7 @@ class ChatEncoder:
                 continue
             spans.append(self._turn_span(text, i, role, anchors[i], bounds, neighbours, wanted))
         texts = [text]
-        masks: list[Mask | None] = [Mask(spans, only=assistant_only) if spans or assistant_only else None]
+        masks: list[Mask | None] = [Mask(spans, assistant_only, text) if spans or assistant_only else None]
         for i in split_turns:
             sub_text, mask = self._turn_alone(conversation, adapted, i)
             texts.append(sub_text)
@@ -452,7 +458,7 @@ class ChatEncoder:
         if (i, "r", "") not in where:
             raise ValueError(f"the chat template leaves out the reasoning of message {i} even as the last turn")
         anchors, bounds, neighbours = self._layout(where)
-        return text, Mask([self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)])
+        return text, Mask([self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)], True, text)
 
     def _turn_span(self, text, i, role, anchors, bounds, neighbours, trained: bool) -> Span:
         """Characters of message i's turn: from the end of its header through its end-of-turn text.
@@ -517,6 +523,12 @@ class ChatEncoder:
                 within = k < len(spans)
                 inside[within] = starts[k[within]] <= offsets[within, 0]
                 inside &= offsets[:, 1] > offsets[:, 0]
+                if mask.text:
+                    # A token that carries the space before a span into it (" Hello" after "[/INST]") is in.
+                    for start in starts:
+                        j = int(np.searchsorted(offsets[:, 0], start, side="right")) - 1
+                        if j >= 0 and offsets[j, 0] < start < offsets[j, 1] and not mask.text[offsets[j, 0]:start].strip():
+                            inside[j] = True
             trained = inside if mask.only else ~inside
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
             labels[trained] = ids[trained]

@@ -201,6 +201,58 @@ def test_a_header_written_after_every_turn_is_never_trained():
     assert runs == ["Hello!<|eot_id|>", "Blue.<|eot_id|>"]
 
 
+# Written for these tests, each showing a behaviour of a stock template family: tools in the first user
+# turn, a call printed as JSON instead of the content, results through `tojson` and an "ipython" header
+# (Llama-3.1); no generation prompt, the system text folded into the first [INST] and eos after answers
+# (Mistral).
+JSON_CALLS = (
+    "{{ bos_token }}{% set msgs = messages %}{% set sys = '' %}"
+    "{% if msgs[0].role == 'system' %}{% set sys = msgs[0].content | trim %}{% set msgs = msgs[1:] %}{% endif %}"
+    "<|start_header_id|>system<|end_header_id|>\n\n{% if tools %}Tools on.\n{% endif %}{{ sys }}<|eot_id|>"
+    "{% if tools %}<|start_header_id|>user<|end_header_id|>\n\nFunctions:\n"
+    "{% for t in tools %}{{ t | tojson(indent=2) }}\n{% endfor %}{{ msgs[0].content | trim }}<|eot_id|>"
+    "{% set msgs = msgs[1:] %}{% endif %}"
+    "{% for m in msgs %}"
+    "{% if m.tool_calls %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    "{% for c in m.tool_calls %}{\"name\": \"{{ c.function.name }}\", \"parameters\": {{ c.function.arguments | tojson }}}"
+    "{% endfor %}<|eot_id|>"
+    "{% elif m.role == 'tool' %}<|start_header_id|>ipython<|end_header_id|>\n\n{{ m.content | tojson }}<|eot_id|>"
+    "{% else %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+INST = (
+    "{% set msgs = messages %}{% if msgs[0].role == 'system' %}{% set sys = msgs[0].content %}"
+    "{% set msgs = msgs[1:] %}{% endif %}{{ bos_token }}{% for m in msgs %}"
+    "{% if m.role == 'user' %}{% if loop.first and sys is defined %} [INST] {{ sys }}\n\n{{ m.content }} [/INST]"
+    "{% else %} [INST] {{ m.content }} [/INST]{% endif %}"
+    "{% elif m.role == 'assistant' %} {{ m.content }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('only user and assistant turns') }}{% endif %}{% endfor %}"
+)
+SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]"]
+
+
+@pytest.mark.parametrize("template", ["json-calls", "inst"])
+@pytest.mark.parametrize("record", list(RECORDS))
+def test_masks_of_other_template_families(template, record):
+    tokenizer = load_tokenizer(SHARED_DIR / "tokenizers" / "SmolLM2-135M-Instruct")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL})
+    tokenizer.chat_template = {"json-calls": JSON_CALLS, "inst": INST}[template]
+    encoder = ChatEncoder(tokenizer, "assistant")
+    assert encoder.info.end_of_turn == {"json-calls": "<|eot_id|>", "inst": tokenizer.eos_token}[template]
+    conversation = normalize_record(RECORDS[record])
+    [rendered] = encoder.render([conversation])
+    if isinstance(rendered, Exception):
+        assert template == "inst" or conversation.has_reasoning, rendered
+        return
+    runs, ids = trained_runs(encoder, conversation)
+    assert collections.Counter(runs) == collections.Counter(expected_turns(encoder, conversation))
+    assert not any("<|start_header_id|>" in r or "[INST]" in r for r in runs)
+    assert ids[0] == tokenizer.apply_chat_template(encoder.adapt(conversation), tools=conversation.tools,
+                                                   tokenize=True)["input_ids"]
+    if template == "json-calls" and conversation.has_tool_calls:
+        assert any(r.startswith('{"name": "add", "parameters": {"a": ') for r in runs), runs
+
+
 PARTS_ONLY = (
     "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
     "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
