@@ -238,11 +238,11 @@ def normalize_record(obj: object) -> Conversation:
             raise ValueError(f"message {i} is {type(message).__name__}, not an object")
         if len(message) == 2:  # the common case, {"role", "content"} or {"from", "value"}: no copy of the rules
             speaker, content = message.get("role", message.get("from")), message.get("content", message.get("value"))
-            if type(content) is str and (speaker == "user" or speaker == "assistant"):
+            if type(content) is str and (speaker == "user" or (speaker == "assistant" and "</think>" not in content)):
                 out.append({"role": speaker, "content": content})
                 flags.append(None)
                 continue
-            if type(content) is str and speaker in _PLAIN_ALIASES:
+            if type(content) is str and speaker in _PLAIN_ALIASES and "</think>" not in content:
                 out.append({"role": _PLAIN_ALIASES[speaker], "content": content})
                 flags.append(None)
                 continue

@@ -67,7 +67,11 @@ TYPED_PARTS = {"messages": [
     {"role": "user", "content": [{"type": "text", "text": "Again."}]},
     {"role": "assistant", "content": [{"type": "text", "text": "This one."}], "loss_weight": 1.0},
 ]}
-RECORDS = {"plain": PLAIN, "tool-calls": TOOL_CALLS, "reasoning": REASONING, "sharegpt-tools": SHAREGPT_TOOLS,
+INLINE_THINK = {"messages": [
+    {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+    {"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "<think>Wave.</think>Bye!"},
+]}
+RECORDS = {"plain": PLAIN, "inline-think": INLINE_THINK, "tool-calls": TOOL_CALLS, "reasoning": REASONING, "sharegpt-tools": SHAREGPT_TOOLS,
            "typed-parts": TYPED_PARTS}
 END_OF_TURN = {"SmolLM2-135M-Instruct": "<|im_end|>", "Phi-3-mini-4k-instruct": "<|end|>", "Qwen3": "<|im_end|>",
                "demo": "<|im_end|>"}
