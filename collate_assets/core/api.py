@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import mmap
 import os
@@ -29,7 +30,7 @@ from jinja2.exceptions import SecurityError
 from . import packing
 from .chat import ChatEncoder
 from .errors import CollateError
-from .reader import Reject, input_stem, iter_chunks, list_input_files
+from .reader import Reject, input_stem, iter_chunks, list_input_files, position_unit
 from .settings import EXTENSIONS, IGNORE_INDEX, CollateSettings, check_format
 from .stats import FileStats, PackStats, TokenizeStats, length_histogram
 from .writers import PACKED_SCHEMA, atomic_path, packed_writer
@@ -73,8 +74,15 @@ class _RejectLog:
             self.file = stack.enter_context(open(tmp, "wb"))
 
     def add(self, reject: Reject) -> None:
+        # Rejects made by the engine (template, labels, overlong) carry the default unit "line"; a file
+        # has one kind of position, which the reader's own rejects and position_unit tell.
+        unit = self.__dict__.get("unit")
+        if unit is None:
+            unit = self.unit = reject.unit if reject.unit != "line" else position_unit(reject.file)
+        if reject.unit != unit:
+            reject = dataclasses.replace(reject, unit=unit)
         if self.strict:
-            raise CollateError(f"{reject.file}:{reject.line}: {reject.reason} (strict mode)")
+            raise CollateError(f"{reject.where}: {reject.reason} (strict mode)")
         self.stats.rejected += 1
         self.stats.reject_reasons[_reason_key(reject.reason)] += 1
         if self.file is not None:
