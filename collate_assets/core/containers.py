@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,7 +78,10 @@ def excerpt(raw: bytes) -> str:
 
 def _dumps(record: object) -> bytes:
     """A record as compact JSON (values orjson has no encoding for, such as bytes, written with str)."""
-    return orjson.dumps(record, default=str)
+    try:
+        return orjson.dumps(record, default=str)
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(record, default=str, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # -- which container ----------------------------------------------------------------------------------
@@ -237,14 +241,22 @@ def _owning(stream, units: Iterator[Unit]) -> Iterator[Unit]:
 class _Counting:
     """A read-only file that counts the bytes read from it (ijson reads it in blocks)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, read_bytes: int = 0):
         self._stream = stream
-        self.read_bytes = 0
+        self.read_bytes = read_bytes
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self.read_bytes += len(data)
         return data
+
+
+class _IntegerOverflow(Exception):
+    """yajl's C parser met an integer beyond 64 bits (it cannot represent them; the Python backend can)."""
+
+
+# orjson reads integers beyond this range as floats; a .json record reads the same way.
+_INT_RANGE = range(-(1 << 63), 1 << 64)
 
 
 def _json_size(value: object) -> int:
@@ -254,15 +266,16 @@ def _json_size(value: object) -> int:
         return len(str(value))
 
 
-def _array_units(name: str, stream: _Counting, max_line_bytes: int) -> Iterator[Unit]:
+def _array_units(stream: _Counting, max_line_bytes: int, basic_parse, c_backend: bool) -> Iterator[Unit]:
     """The records of a JSON array, from ijson's parse events; only the current record is built.
 
     Each record's size is its length as compact JSON (what `orjson.dumps(record)` gives), counted event
     by event; past `max_line_bytes` the record stops being built and becomes a Bad unit. A break in the
     array (truncated file, invalid JSON, content after the closing bracket) becomes one Bad unit at
     the index where it happened, and nothing after it is read: ijson cannot resume after an error.
+    With `c_backend`, an integer beyond 64 bits raises _IntegerOverflow instead.
     """
-    import ijson  # the yajl2_c backend when it is built (it is in the wheels)
+    import ijson
 
     index = 0
     accounted = 0  # file bytes already given to a unit
@@ -284,7 +297,7 @@ def _array_units(name: str, stream: _Counting, max_line_bytes: int) -> Iterator[
         return unit
 
     try:
-        for event, value in ijson.basic_parse(stream, use_float=True, buf_size=JSON_READ_BYTES):
+        for event, value in basic_parse(stream, use_float=True, buf_size=JSON_READ_BYTES):
             if depth == 0:
                 if closed or event != "start_array":
                     raise ijson.JSONError(f"unexpected {event} outside the array")  # sniffed: cannot happen
@@ -333,6 +346,8 @@ def _array_units(name: str, stream: _Counting, max_line_bytes: int) -> Iterator[
                 counts.append(0)
                 depth += 1
             else:
+                if type(value) is int and value not in _INT_RANGE:
+                    value = float(value)
                 size += _json_size(value)
                 if depth == 1:  # a record that is not a container (the normaliser rejects it)
                     text = _dumps(value)
@@ -347,6 +362,8 @@ def _array_units(name: str, stream: _Counting, max_line_bytes: int) -> Iterator[
                 cut_excerpt = excerpt(_dumps(containers[0]))
                 containers, keys = [], []
     except ijson.JSONError as exc:
+        if c_backend and "integer overflow" in str(exc):
+            raise _IntegerOverflow from exc
         where = "after the end of the array" if closed else "here"
         text = str(exc).strip().splitlines()
         size = 0
@@ -355,6 +372,35 @@ def _array_units(name: str, stream: _Counting, max_line_bytes: int) -> Iterator[
         return
     if not closed:  # yajl reports an array that is never closed as an error; kept as a safety net
         yield emitted(Bad("the JSON array is not closed (truncated file?); nothing after it was read", ""))
+
+
+def _json_array(stream, offset: int, max_line_bytes: int) -> Iterator[Unit]:
+    """The records of the JSON array starting at `offset`: ijson's yajl2 C backend, else its Python one.
+
+    The C backend stops at an integer beyond 64 bits; the array is then read again from the start
+    with the pure-Python backend (slower, rare), skipping the records already given.
+    """
+    import ijson  # the yajl2_c backend when it is built (it is in the wheels)
+
+    c_backend = ijson.backend == "yajl2_c"
+    given = 0  # records given
+    given_bytes = offset
+    stream.seek(offset)
+    try:
+        for unit in _array_units(_Counting(stream, offset), max_line_bytes, ijson.basic_parse, c_backend):
+            yield unit
+            given += 1
+            given_bytes += unit[2]
+    except _IntegerOverflow:
+        stream.seek(offset)
+        seen = offset
+        python = ijson.get_backend("python")
+        for position, payload, nbytes, size in _array_units(_Counting(stream, offset), max_line_bytes,
+                                                            python.basic_parse, False):
+            seen += nbytes
+            if position >= given:
+                yield position, payload, max(0, seen - given_bytes), size
+                given_bytes = max(given_bytes, seen)
 
 
 def _attach(parent, key, value) -> None:
@@ -387,8 +433,7 @@ def _json_units(name: str, stream, max_line_bytes: int) -> Iterator[Unit]:
         if first == b"":
             return  # empty or blank: no record, like an empty .jsonl
         if first == b"[":
-            stream.seek(offset)
-            yield from _array_units(name, _Counting(stream), max_line_bytes)
+            yield from _json_array(stream, offset, max_line_bytes)
             return
         if first == b"{" and _looks_like_jsonl(stream, offset, max_line_bytes):
             stream.seek(0)
