@@ -43,8 +43,11 @@ EXCERPT_CHARS = 200
 # The record fields normalize_conversation looks for, in its order: a Parquet file needs one as a column.
 CONVERSATION_COLUMNS = ("conversation", "conversations", "messages")
 BOM = b"\xef\xbb\xbf"
-# Compressed bytes handed to the zstd decompressor at a time: bounds what one call can expand to.
-ZSTD_READ_BYTES = 1 << 14
+# Compressed bytes read from a .zst file at a time, and handed to the decompressor at a time. zstandard's
+# decompressobj has no output limit and a compressed byte can stand for ~10 KiB (a 128 KiB block of
+# repeats in ~12 bytes), so small feeds bound what one call returns (512 B -> at most a few MiB).
+ZSTD_READ_BYTES = 1 << 16
+ZSTD_FEED_BYTES = 512
 # Bytes ijson reads from a .json file at a time.
 JSON_READ_BYTES = 1 << 16
 # Parquet rows converted to Python objects at a time.
@@ -132,7 +135,8 @@ class _ZstdReader(io.RawIOBase):
 
     zstandard's `stream_reader` reports a file cut inside a frame as a clean end of file, so the frames
     are decoded here with `decompressobj`, which says when a frame is complete. Compressed input is fed
-    ZSTD_READ_BYTES at a time. `compressed_read` counts the compressed bytes consumed.
+    ZSTD_FEED_BYTES at a time (memory stays bounded on highly compressed input). `compressed_read`
+    counts the compressed bytes read from the file.
     """
 
     def __init__(self, path: Path):
@@ -143,6 +147,7 @@ class _ZstdReader(io.RawIOBase):
         self._dctx = zstandard.ZstdDecompressor()
         self._frame = None  # the decompressobj of a frame that has started and not ended
         self._pending = memoryview(b"")
+        self._input = memoryview(b"")
         self.compressed_read = 0
 
     def readable(self) -> bool:
@@ -150,12 +155,15 @@ class _ZstdReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while not self._pending:
-            data = self._file.read(ZSTD_READ_BYTES)
-            if not data:
-                if self._frame is not None:
-                    raise EOFError("zstd: compressed file ended before the end of a frame (truncated?)")
-                return 0
-            self.compressed_read += len(data)
+            if not self._input:
+                data = self._file.read(ZSTD_READ_BYTES)
+                if not data:
+                    if self._frame is not None:
+                        raise EOFError("zstd: compressed file ended before the end of a frame (truncated?)")
+                    return 0
+                self.compressed_read += len(data)
+                self._input = memoryview(data)
+            data, self._input = self._input[:ZSTD_FEED_BYTES], self._input[ZSTD_FEED_BYTES:]
             out = []
             try:
                 while data:

@@ -357,6 +357,27 @@ def test_corrupt_zstd_fails_the_file(tmp_path, damage, message):
         list(iter_chunks(path))
 
 
+def test_highly_compressed_zstd_is_decoded_in_bounded_memory(tmp_path):
+    """64 MB of one repeated line compress to a few KB: decoding must not expand them in one piece."""
+    line = orjson.dumps({"messages": [{"role": "user", "content": "r" * 400}, ROLE_CONTENT[1]]}) + b"\n"
+    count = (64 << 20) // len(line)
+    path = tmp_path / "repeats.jsonl.zst"
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=19).stream_writer(out, closefd=False) as writer:
+        for _ in range(count // 1000):
+            writer.write(line * 1000)
+    path.write_bytes(out.getvalue())
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        read = sum(c.lines_read for c in iter_chunks(path, chunk_lines=256))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read == count // 1000 * 1000
+    assert peak < 16_000_000, f"peak {peak:,} bytes of Python allocations"
+
+
 def test_zstd_line_over_max_line_bytes_rejected(tmp_path):
     records = [{"messages": ROLE_CONTENT}, {"messages": ROLE_CONTENT, "pad": "z" * 50_000}, {"messages": ROLE_CONTENT}]
     path = write_zst(tmp_path / "long.jsonl.zst", records)
