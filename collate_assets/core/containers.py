@@ -434,22 +434,33 @@ def _looks_like_jsonl(stream, offset: int, max_line_bytes: int) -> bool:
         return False
 
 
-def _json_units(name: str, stream, max_line_bytes: int) -> Iterator[Unit]:
-    """The records of a .json file: one JSON array, or JSON Lines when it holds JSON Lines."""
-    with stream:
+def _no_units() -> Iterator[Unit]:
+    yield from ()
+
+
+def _open_json(path: Path, max_line_bytes: int) -> tuple[str, Iterator[Unit]]:
+    """A .json file: one JSON array ("index" positions), or JSON Lines when it holds JSON Lines ("line").
+
+    Anything else (a pretty-printed object, a string, a number) is a CollateError naming the file.
+    """
+    stream = open(path, "rb")
+    try:
         first, offset = _first_byte(stream)
-        if first == b"":
-            return  # empty or blank: no record, like an empty .jsonl
+        if first == b"":  # empty or blank: no record, like an empty .jsonl
+            stream.close()
+            return "index", _no_units()
         if first == b"[":
-            yield from _json_array(stream, offset, max_line_bytes)
-            return
+            return "index", _owning(stream, _json_array(stream, offset, max_line_bytes))
         if first == b"{" and _looks_like_jsonl(stream, offset, max_line_bytes):
             stream.seek(0)
-            yield from _jsonl_units(stream, max_line_bytes)
-            return
+            return "line", _owning(stream, _jsonl_units(stream, max_line_bytes))
+    except BaseException:
+        stream.close()
+        raise
+    stream.close()
     what = "one JSON object over several lines" if first == b"{" else f"{first.decode('latin-1')!r}"
     raise CollateError(
-        f"{name}: not a JSON array of records: the file starts with {what}; a .json input holds one array "
+        f"{path}: not a JSON array of records: the file starts with {what}; a .json input holds one array "
         "of conversation objects ([{...}, {...}]) or JSON Lines (one object a line)"
     )
 
@@ -527,20 +538,21 @@ def _parquet_units(path: Path, parquet, columns: list[str], max_line_bytes: int)
 # -- all of them --------------------------------------------------------------------------------------
 
 
-def open_units(path: Path, max_line_bytes: int) -> Iterator[Unit]:
-    """The units of an input file by its container (see the module docstring).
+def open_units(path: Path, max_line_bytes: int) -> tuple[str, Iterator[Unit]]:
+    """The kind of position ("line", "index", "row") and the units of an input file (see the module docstring).
 
-    The file is opened here (OSError when it cannot be; CollateError for a Parquet file that is
-    not one or has no conversation column); the rest is read as the units are taken.
+    The file is opened here (OSError when it cannot be; CollateError for a Parquet file that is not
+    one or has no conversation column, or a .json that is neither an array nor JSON Lines); the rest
+    is read as the units are taken.
     """
     kind = container_of(path)
     if kind == "parquet":
         parquet, columns = _open_parquet(path)
-        return _parquet_units(path, parquet, columns, max_line_bytes)
+        return "row", _parquet_units(path, parquet, columns, max_line_bytes)
     if kind == "json":
-        return _json_units(str(path), open(path, "rb"), max_line_bytes)
+        return _open_json(path, max_line_bytes)
     stream, consumed = _open_jsonl(path)
-    return _owning(stream, _jsonl_units(stream, max_line_bytes, consumed))
+    return "line", _owning(stream, _jsonl_units(stream, max_line_bytes, consumed))
 
 
 def progress_total(path: str | Path) -> int:

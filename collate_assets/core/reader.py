@@ -249,9 +249,8 @@ def iter_chunks(
     if problem is not None:
         # Checked before opening: opening a FIFO for reading would block until a writer comes.
         raise CollateError(f"{name}: cannot open: {problem}")
-    unit = containers.UNITS[containers.container_of(path)]
     try:
-        units = containers.open_units(path, max_line_bytes)
+        unit, units = containers.open_units(path, max_line_bytes)
     except OSError as exc:
         raise CollateError(f"{name}: cannot open: {exc.strerror or exc}") from exc
     chunk = LineChunk([], [], [], 0, 0, 0)
@@ -262,8 +261,6 @@ def iter_chunks(
     try:
         with contextlib.closing(units):
             for position, payload, nbytes, weight in units:
-                if records == 0 and unit == "index" and type(payload) is bytes:
-                    unit = "line"  # a .json holding JSON Lines
                 records += 1
                 chunk.lines_read += 1
                 chunk.bytes_read += nbytes

@@ -213,7 +213,7 @@ def test_json_numbers_read_as_orjson_reads_them(tmp_path):
     records[3]["n"] = 10**30
     records[4]["m"] = -(2**63)
     path = write_json(tmp_path / "f.json", records)
-    units = list(containers.open_units(path, 1 << 20))
+    units = list(containers.open_units(path, 1 << 20)[1])
     got = [payload.record for _, payload, _, _ in units]
     assert got == orjson.loads(path.read_bytes())
     assert type(got[0]["score"]) is float and type(got[3]["n"]) is float and type(got[4]["m"]) is int
@@ -232,11 +232,12 @@ def test_json_with_bom_and_blank_or_empty_file(tmp_path):
 
 def test_json_holding_json_lines_is_read_as_json_lines(tmp_path):
     path = tmp_path / "lines.json"
-    path.write_bytes(orjson.dumps({"messages": ROLE_CONTENT}) + b"\n\n{broken\n" + orjson.dumps({"conversations": SHAREGPT}) + b"\n")
+    path.write_bytes(b"\n" + orjson.dumps({"messages": ROLE_CONTENT}) + b"\n\n{broken\n"
+                     + orjson.dumps({"conversations": SHAREGPT}) + b"\n")
     positions, got, rejects, read, blank, nbytes = _all(path)
-    assert positions == [1, 4] and len(got) == 2
-    assert [(r.line, r.unit, r.reason.split(":")[0]) for r in rejects] == [(3, "line", "invalid JSON")]
-    assert (read, blank, nbytes) == (4, 1, path.stat().st_size)
+    assert positions == [2, 5] and len(got) == 2
+    assert [(r.line, r.unit, r.reason.split(":")[0]) for r in rejects] == [(4, "line", "invalid JSON")]
+    assert (read, blank, nbytes) == (5, 2, path.stat().st_size)
     assert position_unit(path) == "line"
 
 
@@ -398,7 +399,7 @@ def test_parquet_rows_pass_columns_through_and_drop_null_struct_fields(tmp_path)
     path = write_parquet(tmp_path / "p.parquet", records)
     schema = pq.read_schema(path)
     assert pa.types.is_list(schema.field("messages").type) and pa.types.is_string(schema.field("tools").type)
-    got = [payload.record for _, payload, _, _ in containers.open_units(path, 1 << 20)]
+    got = [payload.record for _, payload, _, _ in containers.open_units(path, 1 << 20)[1]]
     # null struct fields ("name" in the second message) and null columns read like absent keys
     assert got == [records[0], {"conversations": SHAREGPT, "id": 2}]
     positions, conversations, rejects, _, _, nbytes = _all(path)
@@ -409,7 +410,7 @@ def test_parquet_rows_pass_columns_through_and_drop_null_struct_fields(tmp_path)
 def test_parquet_tools_as_a_list_of_structs(tmp_path):
     tools = [{"type": "function", "function": {"name": "f", "description": "d"}}, {"type": "function", "function": {"name": "g"}}]
     path = write_parquet(tmp_path / "t.parquet", [{"messages": ROLE_CONTENT, "tools": tools}])
-    [(_, payload, _, _)] = list(containers.open_units(path, 1 << 20))
+    [(_, payload, _, _)] = list(containers.open_units(path, 1 << 20)[1])
     assert payload.record["tools"] == tools  # g's missing description stays missing
 
 
