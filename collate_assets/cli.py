@@ -43,9 +43,12 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collate",
-        description="Pack chat conversations (JSONL) into padding-free training rows, one output per input file.",
+        description="Pack chat conversations (JSON Lines, JSON arrays, Parquet) into padding-free training rows, one output per input file.",
     )
-    parser.add_argument("-i", "--input", help="a .jsonl/.jsonl.gz file or a folder of them (default: the embedded sample)")
+    parser.add_argument(
+        "-i", "--input",
+        help="an input file (.jsonl, .jsonl.gz, .jsonl.zst, .json array, .parquet) or a folder of them (default: the embedded sample)",
+    )
     parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT, help=f"output folder (default: ./{DEFAULT_OUTPUT})")
     parser.add_argument("-t", "--tokenizer", help="Hugging Face hub id (org/name) or local folder (default: the demo tokenizer)")
     parser.add_argument("-f", "--format", default="arrow", choices=OUTPUT_FORMATS, help="output format (default: arrow)")
@@ -157,12 +160,13 @@ def _run_engine(args, input_path: Path, tokenizer_name: str, settings: CollateSe
     from tqdm import tqdm
 
     from .core import collate_file, list_input_files, load_tokenizer, output_path_for
+    from .core.reader import progress_total
 
     files = list_input_files(input_path)
     tokenizer = load_tokenizer(
         tokenizer_name, revision=args.revision, chat_template=args.chat_template, trust_remote_code=args.trust_remote_code
     )
-    total = sum(_input_size(f) for f in files)
+    total = sum(progress_total(f) for f in files)
     results = []
     with tqdm(total=total, unit="B", unit_scale=True, desc="collate", disable=args.quiet, file=sys.stderr) as bar:
         for path in files:
@@ -178,18 +182,6 @@ def _run_engine(args, input_path: Path, tokenizer_name: str, settings: CollateSe
                 )
             )
     return results
-
-
-def _input_size(path: Path) -> int:
-    """Uncompressed size for the progress bar (gzip stores it modulo 4 GiB in its last 4 bytes)."""
-    if path.name.endswith(".gz"):
-        try:
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                return int.from_bytes(f.read(4), "little")
-        except OSError:
-            return 0
-    return path.stat().st_size
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class _RejectLog:
 
     def add(self, reject: Reject) -> None:
         if self.strict:
-            raise CollateError(f"{reject.file}:{reject.line}: {reject.reason} (strict mode)")
+            raise CollateError(f"{reject.where}: {reject.reason} (strict mode)")
         self.stats.rejected += 1
         self.stats.reject_reasons[_reason_key(reject.reason)] += 1
         if self.file is not None:
@@ -194,15 +194,15 @@ def _chunk_to_batch(chunk, rendered, encodings, encoder: ChatEncoder, settings, 
                 f"({_one_line(result)}); refusing to use it"
             )
         if isinstance(result, ValueError):
-            rejects.add(Reject(stats.file, line, str(result), excerpt))
+            rejects.add(Reject(stats.file, line, str(result), excerpt, chunk.unit))
             continue
         if isinstance(result, Exception):
-            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(result)}", excerpt))
+            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(result)}", excerpt, chunk.unit))
             continue
         sequences = [encoder.labels_for(next(enc_iter), mask) for mask in result.masks]
         pieces, reason = _fit(sequences, settings, stats, line)
         if reason is not None:
-            rejects.add(Reject(stats.file, line, reason, excerpt))
+            rejects.add(Reject(stats.file, line, reason, excerpt, chunk.unit))
             continue
         trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
         if trained == 0:
@@ -214,7 +214,7 @@ def _chunk_to_batch(chunk, rendered, encodings, encoder: ChatEncoder, settings, 
                 stats.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
             elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
                 reason += " (no assistant message)"
-            rejects.add(Reject(stats.file, line, reason, excerpt))
+            rejects.add(Reject(stats.file, line, reason, excerpt, chunk.unit))
             stats.tokens_read -= n
             continue
         stats.conversations += 1

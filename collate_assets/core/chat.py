@@ -50,7 +50,6 @@ class Mask:
 
     spans: list[Span]
     only: bool = True
-    text: str = ""  # the rendered text, to see the whitespace a token carries into a span
 
 
 @dataclasses.dataclass
@@ -151,12 +150,15 @@ class ChatEncoder:
             between = last[last.index(u1) + len(u1): last.index(a1)]
             eot = info.end_of_turn
             header = between[between.index(eot) + len(eot):] if eot and eot in between else between
-            info.generation_prompt = header.lstrip()
+            # Without a generation prompt the whitespace around the header is the answer's own (" Hello"
+            # after "[/INST]" is one token the model writes).
+            info.generation_prompt = header.strip()
             # Some Llama-3 builds write it after every turn; others (Mistral) have no generation prompt.
             info.always_adds_generation_prompt = bool(header.strip()) and closed.rstrip().endswith(header.strip())
         header_at = last.rfind(info.generation_prompt, 0, last.index(a1)) if info.generation_prompt else -1
         if header_at >= 0:
-            info.inserted_before_content = last[header_at + len(info.generation_prompt): last.index(a1)]
+            inserted = last[header_at + len(info.generation_prompt): last.index(a1)]
+            info.inserted_before_content = inserted if inserted.strip() else ""  # a space is the answer's own
         info.system = self._renders([msg("system", _probe_text("S"))] + first, _probe_text("S"))
         name = _probe_text("TOOL")
         tools = [{"type": "function", "function": {"name": name, "description": "probe",
@@ -440,7 +442,7 @@ class ChatEncoder:
                 continue
             spans.append(self._turn_span(text, i, role, anchors[i], bounds, neighbours, wanted))
         texts = [text]
-        masks: list[Mask | None] = [Mask(spans, assistant_only, text) if spans or assistant_only else None]
+        masks: list[Mask | None] = [Mask(spans, assistant_only) if spans or assistant_only else None]
         for i in split_turns:
             sub_text, mask = self._turn_alone(conversation, adapted, i)
             texts.append(sub_text)
@@ -458,7 +460,7 @@ class ChatEncoder:
         if (i, "r", "") not in where:
             raise ValueError(f"the chat template leaves out the reasoning of message {i} even as the last turn")
         anchors, bounds, neighbours = self._layout(where)
-        return text, Mask([self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)], True, text)
+        return text, Mask([self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)])
 
     def _turn_span(self, text, i, role, anchors, bounds, neighbours, trained: bool) -> Span:
         """Characters of message i's turn: from the end of its header through its end-of-turn text.
@@ -523,12 +525,7 @@ class ChatEncoder:
                 within = k < len(spans)
                 inside[within] = starts[k[within]] <= offsets[within, 0]
                 inside &= offsets[:, 1] > offsets[:, 0]
-                if mask.text:
-                    # A token that carries the space before a span into it (" Hello" after "[/INST]") is in.
-                    for start in starts:
-                        j = int(np.searchsorted(offsets[:, 0], start, side="right")) - 1
-                        if j >= 0 and offsets[j, 0] < start < offsets[j, 1] and not mask.text[offsets[j, 0]:start].strip():
-                            inside[j] = True
+
             trained = inside if mask.only else ~inside
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
             labels[trained] = ids[trained]

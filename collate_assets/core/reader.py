@@ -1,12 +1,13 @@
-"""Read JSONL conversation files in chunks and normalise every message to role/content.
+"""Read conversation files in chunks and normalise every message to role/content.
 
-Accepted shapes, one JSON object per line:
+Containers (see containers.py): `.jsonl`, `.jsonl.gz`, `.jsonl.zst` (one record a line), `.json` (one
+array of records, streamed; or JSON Lines) and `.parquet` (one record a row). Accepted record shapes:
   {"conversation": [...]}, {"conversations": [...]} or {"messages": [...]}
 with messages either {"role", "content"} or ShareGPT {"from", "value"}.
 Other fields are ignored. Bad lines are reported as rejects, never dropped silently.
 
-A line longer than `max_line_bytes` (default 8 MiB) is rejected without being parsed or kept in
-memory: tokenizing one 16 MB line takes ~2.5 GB of RAM, and no conversation that fits a training
+A line (or record) longer than `max_line_bytes` (default 8 MiB) is rejected without being parsed
+or kept in memory: tokenizing one 16 MB line takes ~2.5 GB of RAM, and no conversation that fits a training
 context comes near 8 MiB of text (128k tokens are ~0.5 MB).
 
 Only regular files are read. In a folder, entries named like input files that are not regular files
@@ -15,9 +16,8 @@ Only regular files are read. In a folder, entries named like input files that ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import gzip
-import io
 import logging
 import os
 import stat
@@ -27,34 +27,50 @@ from pathlib import Path
 
 import orjson
 
+from . import containers
 from .errors import CollateError
 from .formats import normalize_record as normalize_conversation
 from .settings import DEFAULT_MAX_LINE_BYTES
 
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet")
+# For messages: the input files a folder is searched for.
+INPUT_PATTERNS = ", ".join(f"*{suffix}" for suffix in INPUT_SUFFIXES)
 # How much of a rejected line is kept in the rejects file: enough to find it, never the whole line.
 LINE_EXCERPT_CHARS = 200
-_BOM = b"\xef\xbb\xbf"
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Reject:
-    """One input line that could not become a training sequence."""
+    """One input record that could not become a training sequence.
+
+    `line` is its position in the file, of the kind `unit` says: "line" (JSON Lines, 1-based),
+    "index" (a .json array, 0-based) or "row" (Parquet, 0-based). The rejects file writes it under
+    that name: {"file", "line" | "index" | "row", "reason", "excerpt"}.
+    """
 
     file: str
     line: int
     reason: str
     excerpt: str
+    unit: str = "line"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"file": self.file, self.unit: self.line, "reason": self.reason, "excerpt": self.excerpt}
+
+    @property
+    def where(self) -> str:
+        """`file:12` for a line, `file index 3` / `file row 3` otherwise."""
+        return f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file} {self.unit} {self.line}"
 
 
 @dataclasses.dataclass
 class LineChunk:
-    """A chunk of consecutive lines: the parsed conversations and the rejects among them."""
+    """A chunk of consecutive lines (or records): the parsed conversations and the rejects among them.
+
+    `line_numbers` are positions in the file (see Reject.line); `lines_read` counts records read.
+    """
 
     line_numbers: list[int]
     conversations: list[list[dict]]
@@ -64,6 +80,7 @@ class LineChunk:
     bytes_read: int
     # The start of each conversation's line, for rejects found later (template, overlong, labels).
     excerpts: list[str] = dataclasses.field(default_factory=list)
+    unit: str = "line"  # what the positions are (see Reject.unit), for the rejects found later
 
 
 def is_input_file(path: Path) -> bool:
@@ -71,12 +88,16 @@ def is_input_file(path: Path) -> bool:
 
 
 def input_stem(path: Path) -> str:
-    """`name.jsonl` and `name.jsonl.gz` both give `name`."""
+    """`name.jsonl`, `name.jsonl.gz`, `name.jsonl.zst`, `name.json` and `name.parquet` all give `name`."""
     name = path.name
-    for suffix in INPUT_SUFFIXES[::-1]:
+    for suffix in sorted(INPUT_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
+
+
+position_unit = containers.position_unit
+progress_total = containers.progress_total
 
 
 def input_file_problem(path: Path, folder: Path | None = None) -> str | None:
@@ -108,7 +129,8 @@ def input_file_problem(path: Path, folder: Path | None = None) -> str | None:
 def scan_input_files(folder: str | Path) -> tuple[list[Path], list[str]]:
     """The input files directly in `folder`, sorted, and a warning for each entry left out.
 
-    Entries are named `*.jsonl` / `*.jsonl.gz`; left out (with the reason) are folders, FIFOs and
+    Entries are named like INPUT_SUFFIXES (`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`, `*.json`,
+    `*.parquet`); left out (with the reason) are folders, FIFOs and
     other special files, broken symlinks and symlinks that resolve outside `folder`.
     """
     folder = Path(folder)
@@ -125,7 +147,7 @@ def scan_input_files(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def list_input_files(source: str | Path) -> list[Path]:
-    """The `*.jsonl` / `*.jsonl.gz` files of a folder (not recursive), sorted; or the one file given.
+    """The input files of a folder (INPUT_SUFFIXES; not recursive), sorted; or the one file given.
 
     Entries of the folder that cannot be input files are skipped with a logged warning (see
     `scan_input_files`).
@@ -141,7 +163,7 @@ def list_input_files(source: str | Path) -> list[Path]:
     for warning in warnings:
         log.warning("%s: %s", path, warning)
     if not files:
-        raise CollateError(f"no *.jsonl or *.jsonl.gz files in {path}")
+        raise CollateError(f"no input files ({INPUT_PATTERNS}) in {path}")
     return files
 
 
@@ -149,11 +171,6 @@ def _excerpt(raw: bytes) -> str:
     return raw[: LINE_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:LINE_EXCERPT_CHARS]
 
 
-def _open_binary(path: Path):
-    if path.name.endswith(".gz"):
-        # Opened by name so that closing the GzipFile closes the file too (not so with fileobj=).
-        return gzip.GzipFile(filename=path, mode="rb")
-    return open(path, "rb")
 
 
 def iter_chunks(
@@ -164,10 +181,13 @@ def iter_chunks(
 ) -> Iterator[LineChunk]:
     """Yield the file as chunks of parsed conversations; never the whole file in memory.
 
-    A chunk closes at `chunk_lines` lines or `chunk_bytes` bytes, whichever comes first. A line
+    A chunk closes at `chunk_lines` records or `chunk_bytes` bytes, whichever comes first. A line
     longer than `max_line_bytes` (its newline not counted) is rejected without being parsed, and
-    at most `max_line_bytes` of it is held in memory. A file that cannot be read (missing, not a
-    regular file, corrupt gzip) raises CollateError.
+    at most `max_line_bytes` of it is held in memory; a .json or Parquet record longer than that as
+    compact JSON is rejected too (see containers.py). A file that cannot be read (missing, not a
+    regular file, corrupt gzip or zstd or Parquet, a .json that is neither an array nor JSON Lines,
+    a Parquet file without a conversation column) raises CollateError. A .json array that breaks
+    part way is read up to the break, which becomes one reject (the records before it are kept).
     """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes!r}")
@@ -178,62 +198,59 @@ def iter_chunks(
         # Checked before opening: opening a FIFO for reading would block until a writer comes.
         raise CollateError(f"{name}: cannot open: {problem}")
     try:
-        stream = _open_binary(path)
+        unit, units = containers.open_units(path, max_line_bytes)
     except OSError as exc:
         raise CollateError(f"{name}: cannot open: {exc.strerror or exc}") from exc
-    chunk = LineChunk([], [], [], 0, 0, 0)
+    chunk = LineChunk([], [], [], 0, 0, 0, unit=unit)
     size = 0
-    line_no = 0
+    position = None
+    records = 0
+    parse = orjson.loads
     try:
-        with stream:
-            reader = io.BufferedReader(stream) if isinstance(stream, gzip.GzipFile) else stream
-            readline = reader.readline
-            while raw := readline(max_line_bytes + 1):
-                line_no += 1
-                length = len(raw)
-                if length > max_line_bytes and not raw.endswith(b"\n"):
-                    # Longer than the limit: keep its start, skip the rest without holding it.
-                    head = raw[: LINE_EXCERPT_CHARS * 4]
-                    del raw
-                    while piece := readline(1 << 20):
-                        length += len(piece)
-                        if piece.endswith(b"\n"):
-                            break
-                    content = length - 1 if piece.endswith(b"\n") else length
-                    reason = f"line longer than {max_line_bytes} bytes ({content} bytes); not parsed"
-                    chunk.rejects.append(Reject(name, line_no, reason, _excerpt(head)))
-                    chunk.lines_read += 1
-                    chunk.bytes_read += length
-                    size += length
+        with contextlib.closing(units):
+            for position, payload, nbytes, weight in units:
+                records += 1
+                chunk.lines_read += 1
+                chunk.bytes_read += nbytes
+                size += weight
+                if payload is None:
+                    chunk.blank_lines += 1
                 else:
-                    chunk.lines_read += 1
-                    chunk.bytes_read += length
-                    size += length
-                    if line_no == 1 and raw.startswith(_BOM):
-                        raw = raw[3:]
-                    if not raw.strip():
-                        chunk.blank_lines += 1
-                    else:
+                    if type(payload) is bytes:
+                        excerpt = _excerpt(payload)
                         try:
-                            messages = normalize_conversation(orjson.loads(raw))
+                            record = parse(payload)
                         except orjson.JSONDecodeError as exc:
                             reason = f"invalid JSON: {exc}"
                             try:
-                                raw.decode("utf-8")
+                                payload.decode("utf-8")
                             except UnicodeDecodeError as bad:
                                 reason = f"invalid UTF-8: bad byte at offset {bad.start}"
-                            chunk.rejects.append(Reject(name, line_no, reason, _excerpt(raw)))
+                            chunk.rejects.append(Reject(name, position, reason, excerpt, unit))
+                            record = _NO_RECORD
+                    elif type(payload) is containers.Bad:
+                        chunk.rejects.append(Reject(name, position, payload.reason, payload.excerpt, unit))
+                        record = _NO_RECORD
+                    else:
+                        record, excerpt = payload.record, payload.excerpt
+                    if record is not _NO_RECORD:
+                        try:
+                            messages = normalize_conversation(record)
                         except ValueError as exc:
-                            chunk.rejects.append(Reject(name, line_no, str(exc), _excerpt(raw)))
+                            chunk.rejects.append(Reject(name, position, str(exc), excerpt, unit))
                         else:
-                            chunk.line_numbers.append(line_no)
+                            chunk.line_numbers.append(position)
                             chunk.conversations.append(messages)
-                            chunk.excerpts.append(_excerpt(raw))
+                            chunk.excerpts.append(excerpt)
                 if chunk.lines_read >= chunk_lines or size >= chunk_bytes:
                     yield chunk
-                    chunk = LineChunk([], [], [], 0, 0, 0)
+                    chunk = LineChunk([], [], [], 0, 0, 0, unit=unit)
                     size = 0
     except (OSError, EOFError, zlib.error) as exc:
-        raise CollateError(f"{name}: cannot read after line {line_no}: {exc}") from exc
+        where = f"line {position or 0}" if unit == "line" else f"{records} records"
+        raise CollateError(f"{name}: cannot read after {where}: {exc}") from exc
     if chunk.lines_read:
         yield chunk
+
+
+_NO_RECORD = object()

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, TokenizeStats, file_sha256, tokenize_file
-from collate_assets.core.reader import input_file_problem
+from collate_assets.core.reader import input_file_problem, progress_total
 
 from . import lineage
 from .io_managers import PackRequest, TokenizedSpill
@@ -31,7 +31,10 @@ SPILL_COLUMNS = dg.TableSchema(
     ]
 )
 
-RAW_DESCRIPTION = """The input JSONL files, one partition per file of the input folder.
+RAW_DESCRIPTION = """The input conversation files, one partition per file of the input folder.
+
+Containers: JSON Lines (`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`), one JSON array of records (`*.json`,
+or JSON Lines under that name) and Parquet (`*.parquet`, a conversation list column); all streamed.
 
 The data version of a partition is the sha256 of its file's bytes, so editing a file marks its
 tokenized and packed partitions stale. `input_files_sensor` records these observations as it sees
@@ -47,7 +50,10 @@ with warnings.catch_warnings():
         partitions_def=INPUT_FILES,
         group_name=GROUP,
         description=RAW_DESCRIPTION,
-        metadata={"format": "JSONL chat conversations, one per line (*.jsonl, *.jsonl.gz)"},
+        metadata={
+            "format": "chat conversations: JSON Lines (*.jsonl, *.jsonl.gz, *.jsonl.zst), a JSON array (*.json) "
+            "or Parquet rows (*.parquet)"
+        },
         tags={"dagster/kind/jsonl": ""},
     )
     def raw_conversations(context: dg.OpExecutionContext, paths: CollatePaths) -> dg.DataVersionsByPartition:
@@ -122,7 +128,7 @@ def tokenized_conversations(
         result = previous
         stats = TokenizeStats.from_dict(previous.stats)
     else:
-        progress = _progress_logger(context, before.st_size)
+        progress = _progress_logger(context, progress_total(source))
         context.log.info(f"tokenizing {source} ({before.st_size:,} bytes) with {identity['name']} into {spill}")
         try:
             stats = tokenize_file(source, spill, tok, settings, rejects_path=rejects, progress=progress)

@@ -11,8 +11,8 @@ so `...` never appears and `%` itself is always escaped (`%25`), which makes the
     v1...final.jsonl    -> v1.%2E%2Efinal.jsonl
     données.jsonl       -> donn%C3%A9es.jsonl
 
-Only the files directly in the input folder are partitions (`*.jsonl`, `*.jsonl.gz`); subfolders are not
-scanned, matching `collate_assets.core.list_input_files`. Entries that are not regular files and symlinks
+Only the files directly in the input folder are partitions (`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`,
+`*.json`, `*.parquet`: `collate_assets.core.reader.INPUT_SUFFIXES`); subfolders are not scanned, matching `collate_assets.core.list_input_files`. Entries that are not regular files and symlinks
 that resolve outside the input folder are skipped with a warning; `CollatePaths.input_path` refuses them
 again when a partition is materialized (the folder may have changed since it was scanned).
 
@@ -28,7 +28,7 @@ import dagster as dg
 
 from collate_assets.core import CollateError
 from collate_assets.core import input_stem as _input_stem
-from collate_assets.core.reader import scan_input_files
+from collate_assets.core.reader import INPUT_PATTERNS, scan_input_files
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def key_to_file_name(key: str) -> str:
 
 
 def output_stem(key: str) -> str:
-    """The stem every output of partition `key` is named after: `name.jsonl(.gz)` -> `name`."""
+    """The stem every output of partition `key` is named after: `name.jsonl(.gz|.zst)`, `name.json`, `name.parquet` -> `name`."""
     return _input_stem(Path(key_to_file_name(key)))
 
 
@@ -87,8 +87,8 @@ def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]
     """The input files of `input_dir` by partition key, and warnings about files left out.
 
     A missing or empty folder gives no files (no error: a sensor must not fail while a folder is
-    being created). Two files with the same stem (`x.jsonl` and `x.jsonl.gz`) would write the same
-    outputs, so only the first in sorted order is kept. Folders, special files, broken symlinks and
+    being created). Two files with the same stem (`x.jsonl` and `x.jsonl.gz`, or `x.json` and
+    `x.parquet`) would write the same outputs, so only the first in sorted order is kept. Folders, special files, broken symlinks and
     symlinks leading outside `input_dir` are left out too.
     """
     by_key, clashes, skipped = _scan(input_dir)
@@ -141,7 +141,7 @@ def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, 
         for warning in skipped:
             log.warning("%s: %s", source, warning)
         if not files:
-            raise CollateError(f"no *.jsonl or *.jsonl.gz files in {source}")
+            raise CollateError(f"no input files ({INPUT_PATTERNS}) in {source}")
     known = set(instance.get_dynamic_partitions(INPUT_FILES.name))
     new = [key for key in files if key not in known]
     if new:

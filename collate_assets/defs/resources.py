@@ -42,7 +42,7 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES, EXTENSIONS, CollateError, CollateSettings, load_tokenizer, tokenizer_fingerprint
-from collate_assets.core.reader import INPUT_SUFFIXES, input_file_problem
+from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem
 
 from .partitions import key_to_file_name
 from .partitions import output_stem as _output_stem
@@ -52,7 +52,7 @@ LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 def _input_file_name(partition_key: str) -> str:
-    """The input file name of a partition key: a bare `*.jsonl` / `*.jsonl.gz` name, or CollateError."""
+    """The input file name of a partition key: a bare input file name (INPUT_SUFFIXES), or CollateError."""
     try:
         name = key_to_file_name(partition_key)
     except ValueError as exc:
@@ -62,7 +62,7 @@ def _input_file_name(partition_key: str) -> str:
             "not typed by hand"
         ) from exc
     if not name.endswith(INPUT_SUFFIXES):
-        raise CollateError(f"partition key {partition_key!r} does not name a *.jsonl or *.jsonl.gz file")
+        raise CollateError(f"partition key {partition_key!r} does not name an input file ({INPUT_PATTERNS})")
     return name
 
 
@@ -87,11 +87,11 @@ def local_path(path: UPath) -> Path:
 class CollatePaths(dg.ConfigurableResource):
     """Where input files are read and outputs written.
 
-    Layout of one partition (input file `<name>.jsonl` or `<name>.jsonl.gz`):
+    Layout of one partition (input file `<name>.jsonl`, `.jsonl.gz`, `.jsonl.zst`, `.json` or `.parquet`):
 
         <output_dir>/<format>/<name>.<ext>      packed rows (arrow, parquet, msgpack, jsonl)
         <spill_dir>/<name>.arrow                tokenized sequences (Arrow IPC file)
-        <spill_dir>/<name>.rejects.jsonl        lines that could not be used, with the reason
+        <spill_dir>/<name>.rejects.jsonl        records that could not be used, with the reason
         <spill_dir>/<name>.manifest.json        how the spill was made (input hash, tokenizer, settings, stats)
         <spill_dir>/<name>.<format>.packed.json what each packed file was written from (size, lineage, stats)
 
@@ -99,7 +99,9 @@ class CollatePaths(dg.ConfigurableResource):
     `<output_dir>/<name>.<ext>` and the rejects file sits beside them as `<name>.rejects.jsonl`.
     """
 
-    input_dir: str = Field(description="Folder of *.jsonl / *.jsonl.gz input files (subfolders are not scanned).")
+    input_dir: str = Field(
+        description="Folder of input files: *.jsonl, *.jsonl.gz, *.jsonl.zst, *.json, *.parquet (subfolders are not scanned)."
+    )
     output_dir: str = Field(
         description="Folder or URL for packed outputs: a local path, file://, or any fsspec URL (s3://, gs://, memory://)."
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats, list_input_files
+from collate_assets.core.reader import progress_total
 
 from .assets import PACKED_ASSETS, PROGRESS_SINKS, raw_conversations, tokenized_conversations
 from .checks import PACKED_CHECKS
@@ -99,7 +100,7 @@ def run_collate(
     resources["tokenizer"].load()  # a bad tokenizer fails here, once, with the loader's message
     packed = PACKED_ASSETS[fmt]
     selection = dg.AssetSelection.assets(tokenized_conversations, packed)
-    total = sum(f.stat().st_size for f in files)
+    total = sum(progress_total(f) for f in files)
     results = []
     with get_instance() as instance, contextlib.ExitStack() as stack:
         keys = register_partitions(instance, input_path)

@@ -226,15 +226,15 @@ def test_empty_file_yields_nothing(tmp_path):
 
 
 def test_input_listing(tmp_path):
-    for name in ("b.jsonl", "a.jsonl.gz", "notes.txt", "c.json"):
+    for name in ("b.jsonl", "a.jsonl.gz", "notes.txt", "c.json", "d.parquet", "e.jsonl.zst", "f.csv", "g.json.gz"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.jsonl").mkdir()
-    assert [p.name for p in list_input_files(tmp_path)] == ["a.jsonl.gz", "b.jsonl"]
+    assert [p.name for p in list_input_files(tmp_path)] == ["a.jsonl.gz", "b.jsonl", "c.json", "d.parquet", "e.jsonl.zst"]
     assert list_input_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]
-    assert [input_stem(p) for p in list_input_files(tmp_path)] == ["a", "b"]
+    assert [input_stem(p) for p in list_input_files(tmp_path)] == ["a", "b", "c", "d", "e"]
     with pytest.raises(CollateError, match="input not found"):
         list_input_files(tmp_path / "nowhere")
-    with pytest.raises(CollateError, match="no \\*.jsonl"):
+    with pytest.raises(CollateError, match="no input files \\(\\*.jsonl, \\*.jsonl.gz, \\*.jsonl.zst, \\*.json, \\*.parquet\\)"):
         list_input_files(tmp_path / "sub.jsonl")
 
 

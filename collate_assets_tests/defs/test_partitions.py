@@ -79,6 +79,8 @@ def test_keys_are_accepted_by_dagster():
 def test_output_stem_strips_jsonl_and_gz():
     assert output_stem(file_name_to_key("a b.jsonl.gz")) == "a b"
     assert output_stem(file_name_to_key("v1...final.jsonl")) == "v1...final"
+    for name in ("x.json", "x.parquet", "x.jsonl.zst"):
+        assert output_stem(file_name_to_key(name)) == "x"
 
 
 def test_scan_lists_only_input_files_at_top_level_and_skips_stem_clashes(tmp_path):
@@ -116,9 +118,19 @@ def test_register_partitions_adds_only_missing_keys_and_observes_files(tmp_path)
 
 def test_register_partitions_refuses_empty_folder_and_stem_clash(tmp_path):
     with dg.instance_for_test() as instance:
-        with pytest.raises(CollateError, match="no \\*.jsonl"):
+        with pytest.raises(CollateError, match="no input files \\(\\*.jsonl, .*\\*.parquet\\)"):
             register_partitions(instance, tmp_path)
         (tmp_path / "a.jsonl").write_text("")
         (tmp_path / "a.jsonl.gz").write_bytes(b"")
         with pytest.raises(CollateError, match="overwrite"):
             register_partitions(instance, tmp_path)
+
+
+@pytest.mark.parametrize("other", ["x.json", "x.parquet", "x.jsonl.zst"])
+def test_stem_clash_across_containers(tmp_path, other):
+    (tmp_path / "x.jsonl").write_text("")
+    (tmp_path / other).write_bytes(b"")
+    files, warnings = scan_input_folder(tmp_path)
+    assert len(files) == 1 and len(warnings) == 1 and "outputs would overwrite" in warnings[0]
+    with dg.instance_for_test() as instance, pytest.raises(CollateError, match="overwrite"):
+        register_partitions(instance, tmp_path)
