@@ -25,6 +25,8 @@ to the defaults below, not to the environment, so repeat them (or write `{env: C
 | `COLLATE_OVERLONG`           | `packing.overlong`            | truncate                                  |
 | `COLLATE_STRICT`             | `packing.strict`              | false (read when the code loads)          |
 | `COLLATE_MAX_LINE_BYTES`     | `packing.max_line_bytes`      | 8388608 (8 MiB)                           |
+| `COLLATE_RENDER_TIMEOUT`     | `tokenizer.render_timeout_seconds` | 5 (seconds per conversation; read when the code loads) |
+| `COLLATE_RENDER_MAX_CHARS`   | `tokenizer.render_max_chars`  | 33554432 (32 Mi characters)               |
 
 The output folder defaults to the working folder rather than DAGSTER_HOME: `dagster dev` without
 DAGSTER_HOME uses a temporary home it deletes on exit, and the `collate` CLI writes beside the user too.
@@ -41,6 +43,8 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES, EXTENSIONS, CollateError, CollateSettings, load_tokenizer, tokenizer_fingerprint
+from collate_assets.core.settings import DEFAULT_RENDER_MAX_CHARS, DEFAULT_RENDER_SECONDS
+from collate_assets.core.template_limits import RenderLimits
 from collate_assets.core.reader import INPUT_SUFFIXES, input_file_problem
 
 from .partitions import key_to_file_name
@@ -170,6 +174,14 @@ class TokenizerResource(dg.ConfigurableResource):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     chat_template: str | None = Field(default=None, description="Path to a Jinja chat template replacing the tokenizer's.")
     trust_remote_code: bool = Field(default=False, description="Run the tokenizer repository's own code (only if you trust it).")
+    render_timeout_seconds: float = Field(
+        default=DEFAULT_RENDER_SECONDS,
+        description="Longest time the chat template may take to render one conversation; longer ones are rejected.",
+    )
+    render_max_chars: int = Field(
+        default=DEFAULT_RENDER_MAX_CHARS,
+        description="Most characters (or items) anything the chat template makes for one conversation may have.",
+    )
 
     _tokenizer: Any = PrivateAttr(default=None)
     _fingerprint: str | None = PrivateAttr(default=None)
@@ -186,8 +198,15 @@ class TokenizerResource(dg.ConfigurableResource):
                 revision=self.revision,
                 chat_template=self.chat_template,
                 trust_remote_code=self.trust_remote_code,
+                render_limits=self.render_limits(),
             )
         return self._tokenizer
+
+    def render_limits(self) -> RenderLimits:
+        try:
+            return RenderLimits(seconds=float(self.render_timeout_seconds), max_chars=int(self.render_max_chars))
+        except ValueError as exc:
+            raise CollateError(f"tokenizer settings: {exc}") from exc
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -259,6 +278,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             revision=_env("COLLATE_TOKENIZER_REVISION", None),
             chat_template=_env("COLLATE_CHAT_TEMPLATE", None),
             trust_remote_code=_env_flag("COLLATE_TRUST_REMOTE_CODE"),
+            render_timeout_seconds=(
+                float(os.environ["COLLATE_RENDER_TIMEOUT"]) if os.environ.get("COLLATE_RENDER_TIMEOUT") else DEFAULT_RENDER_SECONDS
+            ),
+            render_max_chars=(
+                dg.EnvVar.int("COLLATE_RENDER_MAX_CHARS") if os.environ.get("COLLATE_RENDER_MAX_CHARS") else DEFAULT_RENDER_MAX_CHARS
+            ),
         ),
         "packing": PackingSettings(
             max_length=dg.EnvVar.int("COLLATE_MAX_LENGTH") if os.environ.get("COLLATE_MAX_LENGTH") else 8192,
