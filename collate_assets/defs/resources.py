@@ -46,6 +46,7 @@ from collate_assets.core import DEFAULT_MAX_LINE_BYTES, EXTENSIONS, CollateError
 from collate_assets.core.settings import DEFAULT_RENDER_MAX_CHARS, DEFAULT_RENDER_SECONDS
 from collate_assets.core.template_limits import RenderLimits
 from collate_assets.core.reader import INPUT_SUFFIXES, input_file_problem
+from collate_assets.core.writers import fit_name, output_folder_problem
 
 from .partitions import key_to_file_name
 from .partitions import output_stem as _output_stem
@@ -132,9 +133,23 @@ class CollatePaths(dg.ConfigurableResource):
     def output_root(self) -> UPath:
         return UPath(self.output_dir)
 
+    def check_folders(self) -> None:
+        """CollateError when an output or spill folder is the input folder or inside it."""
+        folders = [self.spill_root()]
+        if is_local(self.output_root()):
+            folders.insert(0, local_path(self.output_root()))
+        for folder in folders:
+            problem = output_folder_problem(Path(self.input_dir), folder)
+            if problem is not None:
+                raise CollateError(f"paths: {problem}; set another output_dir / spill_dir")
+
+    def file_name(self, partition_key: str, suffix: str) -> str:
+        """`<stem><suffix>` of a partition, shortened if too long for a file name."""
+        return fit_name(output_stem(partition_key), suffix)
+
     def output_path(self, partition_key: str, fmt: str) -> UPath:
         """`<output_dir>[/<fmt>]/<stem><ext>`: the stem of a bare file name, so never outside output_dir."""
-        name = f"{output_stem(partition_key)}{EXTENSIONS[fmt]}"
+        name = self.file_name(partition_key, EXTENSIONS[fmt])
         if self.layout == "flat":
             return self.output_root() / name
         if self.layout != "by_format":
@@ -152,16 +167,16 @@ class CollatePaths(dg.ConfigurableResource):
         return Path(tempfile.gettempdir()) / "collate_spill" / tag
 
     def spill_path(self, partition_key: str) -> Path:
-        return self.spill_root() / f"{output_stem(partition_key)}.arrow"
+        return self.spill_root() / self.file_name(partition_key, ".arrow")
 
     def rejects_path(self, partition_key: str) -> Path:
-        name = f"{output_stem(partition_key)}.rejects.jsonl"
+        name = self.file_name(partition_key, ".rejects.jsonl")
         if self.layout == "flat" and is_local(self.output_root()):
             return local_path(self.output_root()) / name
         return self.spill_root() / name
 
     def manifest_path(self, partition_key: str) -> Path:
-        return self.spill_root() / f"{output_stem(partition_key)}.manifest.json"
+        return self.spill_root() / self.file_name(partition_key, ".manifest.json")
 
 
 class TokenizerResource(dg.ConfigurableResource):
