@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 # The argument choices, repeated here so that parsing needs no heavy import (core pulls in numpy,
-# pyarrow and transformers); test_cli checks they equal the engine's.
+# pyarrow and transformers); a test checks they equal the engine's.
 OUTPUT_FORMATS = ("arrow", "parquet", "msgpack", "jsonl")
 LABELS_MODES = ("all", "assistant")
 PACKING_STRATEGIES = ("bfd", "greedy")
@@ -291,9 +291,8 @@ def _work(args, input_path: Path, tokenizer_name: str, settings_class, limits_cl
     if args.no_dagster:
         return "stats", _run_engine(args, input_path, tokenizer_name, settings, limits, show_progress)
     from .defs.run import run_collate
-    from .core import list_input_files
 
-    total = sum(_input_size(f) for f in _safe_list(list_input_files, input_path))
+    total = sum(_input_size(f) for f in _input_files_quietly(input_path))
     progress = make_progress(total, show_progress)
     try:
         outcome = run_collate(
@@ -314,13 +313,15 @@ def _work(args, input_path: Path, tokenizer_name: str, settings_class, limits_cl
     return "stats", (outcome.results, outcome.failures)
 
 
-def _safe_list(list_files, input_path: Path) -> list[Path]:
-    from .core import CollateError
+def _input_files_quietly(input_path: Path) -> list[Path]:
+    """The input files, for the progress total (warnings are printed once, by the run)."""
+    from .core.reader import scan_input_files
 
-    try:
-        return list_files(input_path)
-    except CollateError:
-        return []
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        return scan_input_files(input_path)[0]
+    return []
 
 
 def _run_engine(args, input_path: Path, tokenizer_name: str, settings, limits, show_progress: bool):

@@ -158,6 +158,8 @@ def output_folder_problem(input_path: str | Path, output_dir: str | Path) -> str
     the input folder (of a file: its folder) nor inside it. Compared after resolving symlinks.
     """
     source = Path(input_path).expanduser()
+    if not source.exists():
+        return None  # nothing there to protect (the missing input is reported where it is read)
     folder = source if source.is_dir() else source.parent
     folder = folder.resolve()
     out = Path(output_dir).expanduser().resolve()

@@ -110,7 +110,8 @@ def run_collate(
 ) -> CollateRun:
     """Materialize every input file as its own partition; a file that fails does not stop the others.
 
-    `progress` (optional) has `update(nbytes)` and `set_postfix_str(text)`; `warn(text)` gets each
+    `progress` (optional: None/False, True for a tqdm bar, or an object with `update(nbytes)` and
+    `set_postfix_str(text)`, such as a tqdm bar) shows the bytes read; `warn(text)` gets each
     warning (entries of the folder left out, a run's warnings).
     """
     warn = warn or (lambda text: print(f"collate: warning: {text}", file=sys.stderr))
@@ -120,6 +121,13 @@ def run_collate(
     files, failures, skipped = plan_inputs(input_path)
     for warning in skipped:
         warn(f"{shown(input_path)}: {warning}")
+    if progress is True:  # (the old boolean: a bar of its own)
+        from tqdm import tqdm
+
+        total = sum(path.stat().st_size for path in files.values())
+        progress = tqdm(total=total, unit="B", unit_scale=True, desc="collate", leave=False, file=sys.stderr)
+    elif not progress:
+        progress = None
     input_dir = input_path if input_path.is_dir() else input_path.parent
     output_dir = output_dir.resolve()
     limits = render_limits or RenderLimits()

@@ -535,3 +535,13 @@ def test_two_inputs_with_the_same_stem_the_others_still_run(tmp_path, engine):
     assert (tmp_path / "out" / "x.arrow").is_file() and (tmp_path / "out" / "y.arrow").is_file()
     last = result.stderr.strip().splitlines()[-1]
     assert "x.jsonl.gz" in last and "not processed" in last and "overwrite" in last
+
+
+def test_the_cli_argument_choices_equal_the_engines():
+    """cli.py repeats them so that parsing (and the signal handlers) come before the heavy imports."""
+    from collate_assets import cli
+    from collate_assets.core import settings
+
+    for name in ("OUTPUT_FORMATS", "LABELS_MODES", "PACKING_STRATEGIES", "OVERLONG_POLICIES", "DEFAULT_MAX_LINE_BYTES",
+                 "MAX_LENGTH_CEILING", "DEFAULT_RENDER_SECONDS", "DEFAULT_RENDER_MAX_CHARS"):
+        assert getattr(cli, name) == getattr(settings, name), name
