@@ -33,6 +33,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from time import monotonic as _monotonic
 
 import jinja2
@@ -60,6 +61,8 @@ class RenderLimits:
 
 DEFAULT_LIMITS = RenderLimits()
 _LIMITS_BY_TEMPLATE: dict[str, RenderLimits] = {}
+# The compiled environments of each template text, to update their size limit (see set_limits).
+_ENVIRONMENTS: dict[str, "weakref.WeakSet"] = {}
 
 
 class TemplateLimitError(TemplateError):
@@ -76,6 +79,8 @@ class _Timeout(BaseException):
 def set_limits(template: str, limits: RenderLimits) -> None:
     """Render `template` (the chat template's text) under `limits` from now on."""
     _LIMITS_BY_TEMPLATE[template] = limits
+    for env in list(_ENVIRONMENTS.get(template, ())):
+        env.max_chars = limits.max_chars
 
 
 def limits_for(template: str | None) -> RenderLimits:
@@ -355,24 +360,30 @@ class _BoundedCodeGenerator(CodeGenerator):
             return True
         return any(n.name in self._grown for n in node.find_all(nodes.Name))
 
+    # The checks are written inline (a walrus and len(), no Python call): `+` runs often in templates.
+    _CHECK = (
+        ")).__class__ is not str and _v.__class__ is not list or len(_v) <= environment.max_chars"
+        " else environment.too_big(_v))"
+    )
+
     def visit_Add(self, node, frame) -> None:
-        if self._may_grow(node):
-            return super().visit_Add(node, frame)  # intercepted: environment.call_binop
         self.write("(")
+        if self._may_grow(node):
+            self.write("_v if (_v := (")
         self.visit(node.left, frame)
         self.write(" + ")
         self.visit(node.right, frame)
-        self.write(")")
+        self.write(self._CHECK if self._may_grow(node) else ")")
 
     @optimizeconst
     def visit_Concat(self, node, frame) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape or not self._may_grow(node):
             return super().visit_Concat.__wrapped__(self, node, frame)
-        self.write("environment.bounded_str_join((")
+        self.write("(_v if (_v := (str_join((")
         for arg in node.nodes:
             self.visit(arg, frame)
             self.write(", ")
-        self.write("))")
+        self.write("))" + self._CHECK)
 
 
 class BoundedTemplate(jinja2.Template):
@@ -471,6 +482,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._source: str | None = None
+        self.max_chars = DEFAULT_LIMITS.max_chars  # read by the compiled size checks
         self.concat = self._bounded_concat  # block sets, macros, `~` go through here or _bounded_str_join
 
     @property
@@ -494,9 +506,15 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             raise _too_big("text block", len(out), cap)
         return out
 
+    def too_big(self, value):
+        """Raise for a value over the size limit (called from the compiled checks)."""
+        raise _too_big("'+' or '~'", _size(value), self.max_chars)
+
     def from_string(self, source, globals=None, template_class=None):
         if isinstance(source, str):
             self._source = source
+            self.max_chars = limits_for(source).max_chars
+            _ENVIRONMENTS.setdefault(source, weakref.WeakSet()).add(self)
         self._bound_callables()
         with _Guard(self.limits.seconds):  # constant folding at compile time runs template code too
             return super().from_string(source, globals, template_class)
