@@ -45,6 +45,9 @@ def _on_signal(signo, _frame) -> None:
     cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
     cleanup.start()
     cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
+    writers = sys.modules.get("collate_assets.core.writers")
+    if cleanup.is_alive() and writers is not None:
+        writers.cleanup_temps()
     name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
     try:
         sys.stderr.write(f"\ncollate: interrupted{name}\n")
@@ -56,13 +59,15 @@ def _on_signal(signo, _frame) -> None:
 def _cleanup_interrupted() -> None:
     writers = sys.modules.get("collate_assets.core.writers")
     if writers is not None:
-        writers.cleanup_temps()
+        writers.cleanup_temps()  # first: from now on the work starts no new file
     run = sys.modules.get("collate_assets.defs.run")
     if run is not None and run.ACTIVE.get("instance") is not None:
         try:
             run.cancel_dead_runs(run.ACTIVE["instance"], pid=os.getpid())
         except Exception:  # the next run cancels it (its process is gone by then)
             pass
+    if writers is not None:
+        writers.cleanup_temps()  # and what was being made meanwhile
 
 
 def install_signal_handlers() -> dict:

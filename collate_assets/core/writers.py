@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,16 @@ REJECT_FIELDS = ("file", "line", "reason", "excerpt")
 # Longest file name (bytes) on the file systems we write to (ext4, xfs, btrfs, tmpfs, APFS: 255).
 NAME_MAX = 255
 
-# Temporary files and folders this process is writing: removed on Ctrl-C / SIGTERM (see cli.py).
+# Temporary files and folders this process is writing, and the folders it writes them in: removed
+# on Ctrl-C / SIGTERM (see cli.py), after which no new one is made.
 _LIVE_TEMPS: set[Path] = set()
+_TEMP_DIRS: set[Path] = set()
+_STOPPING = threading.Event()
+
+
+def _check_not_stopping() -> None:
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt("collate is being interrupted: no new file is started")
 
 
 def fit_name(stem: str, suffix: str = "", prefix: str = "", limit: int = NAME_MAX) -> str:
@@ -171,8 +180,21 @@ def output_folder_problem(input_path: str | Path, output_dir: str | Path) -> str
 
 
 def cleanup_temps() -> None:
-    """Remove the temporary files and folders this process is writing (for an interrupted run)."""
-    for path in list(_LIVE_TEMPS):
+    """Remove the temporary files and folders this process is writing (for an interrupted run).
+
+    From then on no new temporary is made (atomic_path and work_dir raise KeyboardInterrupt). Besides
+    the registered ones, every entry named with this process's owner tag in the folders it wrote to
+    is removed, so one made a moment before registration goes too.
+    """
+    _STOPPING.set()
+    tag = _owner_tag()
+    doomed = set(_LIVE_TEMPS)
+    for folder in list(_TEMP_DIRS):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if f".{tag}." in entry.name or entry.name.startswith(f"collate-{tag}-"):
+                    doomed.add(Path(entry.path))
+    for path in doomed:
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -262,11 +284,16 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     check_replaceable(path)
+    _check_not_stopping()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, temp_name_pattern(path))
+    _TEMP_DIRS.add(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path)}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     _LIVE_TEMPS.add(Path(tmp))
+    if _STOPPING.is_set():
+        os.unlink(tmp)
+        _check_not_stopping()
     # mkstemp makes the file private (0600); outputs get the usual permissions for this umask.
     umask = os.umask(0)
     os.umask(umask)
@@ -291,7 +318,9 @@ def work_dir(parent: str | Path | None = None, prefix: str = "collate-"):
     Folders of the same prefix left by dead processes in `parent` are removed first.
     """
     parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    _check_not_stopping()
     remove_stale_temps(parent, rf"{re.escape(prefix)}(?P<tag>[0-9a-f]{{8}}-\d+)-[a-z0-9_]{{8}}")
+    _TEMP_DIRS.add(parent)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}{_owner_tag()}-", dir=parent) as tmp:
         _LIVE_TEMPS.add(Path(tmp))
         try:
