@@ -3,8 +3,14 @@
     collate -i IN -o OUT -t TOKENIZER -f arrow -m 8192
 
 With no -i / -t it runs on the embedded sample and demo tokenizer.
-Exit codes: 0 done, 1 a problem with the input, tokenizer or output (one line says what and where),
-2 a bad argument.
+Exit codes: 0 done; 1 a problem with the input, tokenizer or output (one line says what and where;
+with several files, every other file is still processed and each failed one is named at the end);
+2 a bad argument; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+
+Ctrl-C and SIGTERM are handled by the main thread, which only supervises: the work runs in a
+worker thread (so neither Dagster nor a library can take the signal over). On a signal the command
+removes the temporary files it is writing, marks its open Dagster run canceled, prints
+`collate: interrupted` and exits at once; finished outputs stay, nothing partial is left.
 """
 
 from __future__ import annotations
@@ -12,20 +18,69 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
-from .core import (
-    DEFAULT_MAX_LINE_BYTES,
-    LABELS_MODES,
-    OUTPUT_FORMATS,
-    OVERLONG_POLICIES,
-    PACKING_STRATEGIES,
-    REASONING_TURNS,
-    CollateError,
-    CollateSettings,
-    FileStats,
-)
+# The argument choices, repeated here so that parsing needs no heavy import (core pulls in numpy,
+# pyarrow and transformers); a test checks they equal the engine's.
+OUTPUT_FORMATS = ("arrow", "parquet", "msgpack", "jsonl")
+LABELS_MODES = ("all", "assistant")
+PACKING_STRATEGIES = ("bfd", "greedy")
+OVERLONG_POLICIES = ("truncate", "drop", "split", "error")
+REASONING_TURNS = ("per-turn", "as-rendered")
+DEFAULT_MAX_LINE_BYTES = 8 << 20
+MAX_LENGTH_CEILING = 1 << 24
+DEFAULT_RENDER_SECONDS = 5.0
+DEFAULT_RENDER_MAX_CHARS = 32 << 20
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _on_signal(signo, _frame) -> None:
+    """Ctrl-C / SIGTERM: clean up what is being written, say so, exit now (130 / 143)."""
+    # Both signals are ignored from here on: a second Ctrl-C must not interrupt the cleanup.
+    for sig in EXIT_INTERRUPTED:
+        signal.signal(sig, signal.SIG_IGN)
+    cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
+    cleanup.start()
+    cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
+    writers = sys.modules.get("collate_assets.core.writers")
+    if cleanup.is_alive() and writers is not None:
+        writers.cleanup_temps()
+    name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
+    try:
+        sys.stderr.write(f"\ncollate: interrupted{name}\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED.get(signo, 128 + signo))
+
+
+def _cleanup_interrupted() -> None:
+    writers = sys.modules.get("collate_assets.core.writers")
+    if writers is not None:
+        writers.cleanup_temps()  # first: from now on the work starts no new file
+    run = sys.modules.get("collate_assets.defs.run")
+    if run is not None and run.ACTIVE.get("instance") is not None:
+        try:
+            run.cancel_dead_runs(run.ACTIVE["instance"], pid=os.getpid())
+        except Exception:  # the next run cancels it (its process is gone by then)
+            pass
+    if writers is not None:
+        writers.cleanup_temps()  # and what was being made meanwhile
+
+
+def install_signal_handlers() -> dict:
+    """Take SIGINT and SIGTERM (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _on_signal) for sig in EXIT_INTERRUPTED}
+
+
+if __name__ == "__main__" or Path(sys.argv[0]).name == "collate":
+    # Before the heavy imports: Ctrl-C during them is handled too.
+    install_signal_handlers()
 
 DEFAULT_OUTPUT = "collate_output"
 
@@ -37,6 +92,30 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be at least 2: {value}")
+    return value
+
+
+def _max_length(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_LENGTH_CEILING:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LENGTH_CEILING} (16 Mi tokens): {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
+    return value
+
+
+def _render_chars(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"must be at least 1024: {value}")
     return value
 
 
@@ -52,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT, help=f"output folder (default: ./{DEFAULT_OUTPUT})")
     parser.add_argument("-t", "--tokenizer", help="Hugging Face hub id (org/name) or local folder (default: the demo tokenizer)")
     parser.add_argument("-f", "--format", default="arrow", choices=OUTPUT_FORMATS, help="output format (default: arrow)")
-    parser.add_argument("-m", "--max-length", type=_positive_int, default=8192, help="tokens per packed row (default: 8192)")
+    parser.add_argument("-m", "--max-length", type=_max_length, default=8192, help=f"tokens per packed row, 2..{MAX_LENGTH_CEILING} (default: 8192)")
     parser.add_argument("--labels", default="all", choices=LABELS_MODES, help="train on all tokens or only assistant turns")
     parser.add_argument("--packing", default="bfd", choices=PACKING_STRATEGIES, help="best-fit decreasing or the legacy greedy")
     parser.add_argument("--overlong", default="truncate", choices=OVERLONG_POLICIES, help="what to do with conversations longer than max length")
@@ -63,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) of the tokenizer")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's repository code to run (off by default)")
     parser.add_argument("--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N", help="reject input lines longer than N bytes unparsed (default: 8 MiB)")
+    parser.add_argument("--render-timeout", type=_seconds, default=DEFAULT_RENDER_SECONDS, metavar="SECONDS", help=f"longest the chat template may render one conversation; longer ones are rejected (default: {DEFAULT_RENDER_SECONDS:g})")
+    parser.add_argument("--render-max-chars", type=_render_chars, default=DEFAULT_RENDER_MAX_CHARS, metavar="N", help="most characters anything the chat template makes for one conversation may have (default: 32 Mi)")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad line instead of writing it to the rejects file")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
@@ -77,10 +158,16 @@ def resolve_defaults(args: argparse.Namespace) -> tuple[Path, str]:
     return Path(args.input) if args.input else DEMO_INPUT_DIR, args.tokenizer or str(DEMO_TOKENIZER_DIR)
 
 
-def format_stats(stats: FileStats) -> str:
+def _shown(value) -> str:
+    from .core.writers import shown
+
+    return shown(value)
+
+
+def format_stats(stats) -> str:
     t, p = stats.tokenize, stats.pack
     lines = [
-        f"{t.file} -> {p.output}",
+        f"{_shown(t.file)} -> {_shown(p.output)}",
         f"  conversations {t.conversations} written, {t.rejected} rejected"
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(t.reject_reasons.items()))})" if t.rejected else "")
         + f", {t.blank_lines} blank lines; truncated {t.truncated}, dropped {t.dropped}, split {t.split}",
@@ -90,11 +177,117 @@ def format_stats(stats: FileStats) -> str:
     return "\n".join(lines)
 
 
+class PlainProgress:
+    """Progress for a stderr that is not a terminal: one plain line every `every` seconds (no bar)."""
+
+    def __init__(self, total: int, every: float | None = None, stream=None):
+        if every is None:
+            every = float(os.environ.get("COLLATE_PROGRESS_SECONDS") or 5.0)
+        self.total, self.every, self.stream = total, every, stream or sys.stderr
+        self.done = 0
+        self.name = ""
+        self.last = time.monotonic()
+
+    def update(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            share = f" ({self.done / self.total:.0%})" if self.total else ""
+            self.stream.write(f"collate: {self.done / 1e6:.1f} of {self.total / 1e6:.1f} MB read{share} {self.name}\n")
+            self.stream.flush()
+
+    def set_postfix_str(self, text: str) -> None:
+        self.name = text
+
+    def close(self) -> None:
+        pass
+
+
+def make_progress(total: int, enabled: bool):
+    """A tqdm bar on a terminal, plain lines every few seconds otherwise, or None when disabled."""
+    if not enabled:
+        return None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="B", unit_scale=True, desc="collate", leave=False, file=sys.stderr)
+    return PlainProgress(total)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = install_signal_handlers()
     try:
-        settings = CollateSettings(
+        return _main(parser, args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .core import CollateError, CollateSettings
+    from .core.template_limits import RenderLimits
+    from .core.writers import output_folder_problem
+
+    input_path, tokenizer_name = resolve_defaults(args)
+    if args.input and not args.register_only:
+        problem = output_folder_problem(input_path, Path(args.output))
+        if problem is not None:
+            parser.error(f"{problem}; give an output folder outside the input folder")
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["value"] = _work(args, input_path, tokenizer_name, CollateSettings, RenderLimits)
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    # The main thread only waits (and so takes Ctrl-C at once); the work runs in this thread.
+    worker = threading.Thread(target=work, name="collate-work", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.2)
+    error = box.get("error")
+    if error is not None:
+        if isinstance(error, CollateError):
+            print(f"collate: error: {_shown(error)}", file=sys.stderr)
+            return 1
+        if isinstance(error, KeyboardInterrupt):
+            print("collate: interrupted", file=sys.stderr)
+            return 130
+        if os.environ.get("COLLATE_DEBUG"):
+            raise error
+        print(f"collate: error: {type(error).__name__}: {_shown(error)}", file=sys.stderr)
+        return 1
+    kind, value = box["value"]
+    if kind == "report":
+        print(json.dumps(value.to_dict(), indent=2, ensure_ascii=False) if args.json else value.text())
+        return 1 if value.refusal else 0
+    if kind == "keys":
+        print("\n".join(value))
+        return 0
+    results, failures = value
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, default=_shown))
+    else:
+        for result in results:
+            print(format_stats(result))
+    if failures and len(results) + len(failures) > 1:
+        print(f"collate: {len(failures)} of {len(results) + len(failures)} files failed:", file=sys.stderr)
+    for path, message in failures:
+        text = _shown(message)
+        name = _shown(path)
+        print(f"collate: error: {text if name in text else f'{name}: {text}'}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _work(args, input_path: Path, tokenizer_name: str, settings_class, limits_class):
+    from .core import CollateError
+
+    try:
+        settings = settings_class(
             max_length=args.max_length,
             labels=args.labels,
             packing=args.packing,
@@ -104,84 +297,109 @@ def main(argv: list[str] | None = None) -> int:
             reasoning_turns=args.reasoning_turns,
             train_empty_think=args.train_empty_think,
         )
-        input_path, tokenizer_name = resolve_defaults(args)
-        if args.check_template:
-            from .core import load_tokenizer
-            from .core.report import template_report
+        limits = limits_class(seconds=args.render_timeout, max_chars=args.render_max_chars)
+    except ValueError as exc:
+        raise CollateError(str(exc)) from exc
+    if args.check_template:
+        from .core import load_tokenizer
+        from .core.report import template_report
 
-            tokenizer = load_tokenizer(
-                tokenizer_name, revision=args.revision, chat_template=args.chat_template,
-                trust_remote_code=args.trust_remote_code,
-            )
-            report = template_report(tokenizer, settings)
-            print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.text())
-            return 1 if report.refusal else 0
-        if args.register_only:
-            from .defs.run import register_only
+        tokenizer = load_tokenizer(
+            tokenizer_name, revision=args.revision, chat_template=args.chat_template,
+            trust_remote_code=args.trust_remote_code, render_limits=limits,
+        )
+        return "report", template_report(tokenizer, settings)
+    if args.register_only:
+        from .defs.run import register_only
 
-            print("\n".join(register_only(input_path)))
-            return 0
-        if args.no_dagster:
-            results = _run_engine(args, input_path, tokenizer_name, settings)
-        else:
-            from .defs.run import run_collate
-
-            results = run_collate(
-                input_path=input_path,
-                output_dir=Path(args.output),
-                tokenizer=tokenizer_name,
-                revision=args.revision,
-                chat_template=args.chat_template,
-                trust_remote_code=args.trust_remote_code,
-                settings=settings,
-                fmt=args.format,
-                progress=not args.quiet,
-            )
-    except CollateError as exc:
-        print(f"collate: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("collate: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an unexpected failure still ends with one readable line
-        if os.environ.get("COLLATE_DEBUG"):
-            raise
-        print(f"collate: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for result in results:
-            print(format_stats(result))
-    return 0
-
-
-def _run_engine(args, input_path: Path, tokenizer_name: str, settings: CollateSettings) -> list[FileStats]:
-    from tqdm import tqdm
-
-    from .core import collate_file, list_input_files, load_tokenizer, output_path_for
+        return "keys", register_only(input_path)
+    show_progress = not (args.quiet or args.json)
+    if args.no_dagster:
+        return "stats", _run_engine(args, input_path, tokenizer_name, settings, limits, show_progress)
     from .core.reader import progress_total
+    from .defs.run import run_collate
 
-    files = list_input_files(input_path)
+    total = sum(progress_total(f) for f in _input_files_quietly(input_path))
+    progress = make_progress(total, show_progress)
+    try:
+        outcome = run_collate(
+            input_path=input_path,
+            output_dir=Path(args.output),
+            tokenizer=tokenizer_name,
+            revision=args.revision,
+            chat_template=args.chat_template,
+            trust_remote_code=args.trust_remote_code,
+            settings=settings,
+            fmt=args.format,
+            progress=progress,
+            render_limits=limits,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    return "stats", (outcome.results, outcome.failures)
+
+
+def _input_files_quietly(input_path: Path) -> list[Path]:
+    """The input files, for the progress total (warnings are printed once, by the run)."""
+    from .core.reader import scan_input_files
+
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        return scan_input_files(input_path)[0]
+    return []
+
+
+def _run_engine(args, input_path: Path, tokenizer_name: str, settings, limits, show_progress: bool):
+    """--no-dagster: the engine directly, file after file; a failed file does not stop the others."""
+    from .core import CollateError, collate_file, load_tokenizer, output_path_for
+    from .core.reader import INPUT_PATTERNS, progress_total, scan_input_files
+    from .core.writers import output_folder_problem
+
+    problem = output_folder_problem(input_path, Path(args.output))
+    if problem is not None:
+        raise CollateError(problem)
+    if input_path.is_dir():
+        files, warnings = scan_input_files(input_path)
+        for warning in warnings:
+            print(f"collate: warning: {_shown(input_path)}: {warning}", file=sys.stderr)
+        if not files:
+            raise CollateError(f"no input files ({INPUT_PATTERNS}) in {_shown(input_path)}")
+    elif input_path.exists():
+        files = [input_path]
+    else:
+        raise CollateError(f"input not found: {_shown(input_path)}")
     tokenizer = load_tokenizer(
-        tokenizer_name, revision=args.revision, chat_template=args.chat_template, trust_remote_code=args.trust_remote_code
+        tokenizer_name, revision=args.revision, chat_template=args.chat_template,
+        trust_remote_code=args.trust_remote_code, render_limits=limits,
     )
-    total = sum(progress_total(f) for f in files)
-    results = []
-    with tqdm(total=total, unit="B", unit_scale=True, desc="collate", disable=args.quiet, file=sys.stderr) as bar:
+    progress = make_progress(sum(progress_total(f) for f in files), show_progress)
+    results, failures, outputs = [], [], {}
+    try:
         for path in files:
-            bar.set_postfix_str(path.name)
-            results.append(
-                collate_file(
-                    path,
-                    output_path_for(path, Path(args.output), args.format),
-                    tokenizer,
-                    settings,
-                    args.format,
-                    progress=lambda nbytes, _lines: bar.update(nbytes),
-                )
-            )
-    return results
+            output = output_path_for(path, Path(args.output), args.format)
+            if output in outputs:
+                failures.append((path, f"not processed: its outputs would overwrite those of {_shown(outputs[output].name)}"))
+                continue
+            outputs[output] = path
+            if progress is not None:
+                progress.set_postfix_str(_shown(path.name))
+            try:
+                results.append(collate_file(
+                    path, output, tokenizer, settings, args.format,
+                    progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None else None,
+                ))
+            except CollateError as exc:
+                failures.append((path, str(exc)))
+            except Exception as exc:  # unexpected, but still only this file's failure
+                if os.environ.get("COLLATE_DEBUG"):
+                    raise
+                failures.append((path, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if progress is not None:
+            progress.close()
+    return results, failures
 
 
 if __name__ == "__main__":

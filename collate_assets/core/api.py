@@ -32,7 +32,7 @@ from .errors import CollateError
 from .reader import Reject, input_stem, iter_chunks, list_input_files
 from .settings import EXTENSIONS, IGNORE_INDEX, CollateSettings, check_format
 from .stats import FileStats, PackStats, TokenizeStats, length_histogram
-from .writers import PACKED_SCHEMA, atomic_path, packed_writer
+from .writers import PACKED_SCHEMA, atomic_path, fit_name, output_folder_problem, packed_writer, shown
 from .writers import work_dir as _work_dir
 
 SPILL_SCHEMA = pa.schema(
@@ -78,7 +78,9 @@ class _RejectLog:
         self.stats.rejected += 1
         self.stats.reject_reasons[_reason_key(reject.reason)] += 1
         if self.file is not None:
-            self.file.write(orjson.dumps(reject.to_dict()) + b"\n")
+            record = reject.to_dict()
+            record["file"] = shown(record["file"])  # a file name with non-UTF-8 bytes, escaped
+            self.file.write(orjson.dumps(record) + b"\n")
 
 
 def tokenize_file(
@@ -413,12 +415,12 @@ def _offsets(counts) -> np.ndarray:
 
 
 def output_path_for(input_path: Path, output_dir: Path, fmt: str) -> Path:
-    """`in/name.jsonl(.gz)` → `out/name.<ext>`."""
-    return Path(output_dir) / f"{input_stem(Path(input_path))}{EXTENSIONS[fmt]}"
+    """`in/name.jsonl(.gz)` → `out/name.<ext>` (a name too long for the file system is shortened)."""
+    return Path(output_dir) / fit_name(input_stem(Path(input_path)), EXTENSIONS[fmt])
 
 
 def rejects_path_for(output_path: Path) -> Path:
-    return output_path.with_name(output_path.name.rsplit(".", 1)[0] + ".rejects.jsonl")
+    return output_path.with_name(fit_name(output_path.name.rsplit(".", 1)[0], ".rejects.jsonl"))
 
 
 def collate_file(
@@ -463,7 +465,13 @@ def collate_folder(
     progress: Progress | None = None,
     max_line_bytes: int | None = None,
 ) -> list[FileStats]:
-    """Collate every `*.jsonl(.gz)` of a folder (or one file): one output per input file."""
+    """Collate every `*.jsonl(.gz)` of a folder (or one file): one output per input file.
+
+    The output folder may not be the input folder or inside it (CollateError).
+    """
+    problem = output_folder_problem(input_dir, output_dir)
+    if problem is not None:
+        raise CollateError(problem)
     return [
         collate_file(path, output_path_for(path, Path(output_dir), fmt), tokenizer, settings, fmt,
                      progress=progress, max_line_bytes=max_line_bytes)

@@ -105,6 +105,8 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
     if n == 0:
         return []
 
+    if m_len > _TREE_MAX_LENGTH:
+        return _bfd_sorted_capacities(arr, m_len)
     order = _decreasing_order(arr)
     sorted_len = arr[order]
     # Items of equal length are handled as one run: that lets a single bin take
@@ -222,6 +224,90 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
                     tree[i] = v
                     i >>= 1
 
+    return bins
+
+
+# Up to this max_length the capacities are indexed by a segment tree over 0..max_length (a few MB at
+# most); beyond it, by a sorted list of the capacities in use, so memory follows the number of rows
+# and never max_length itself.
+_TREE_MAX_LENGTH = 1 << 16
+
+
+def _bfd_sorted_capacities(arr: np.ndarray, m_len: int) -> list[list[int]]:
+    """Best-fit decreasing exactly as above, with the open capacities in a sorted list (any max_length)."""
+    import bisect
+
+    n = arr.shape[0]
+    order = _decreasing_order(arr)
+    sorted_len = arr[order]
+    cuts = np.flatnonzero(sorted_len[1:] != sorted_len[:-1]) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    ends = np.concatenate((cuts, [n])).tolist()
+    run_lengths = sorted_len[starts].tolist()
+    order_list = order.tolist()
+    caps: list[int] = []  # capacities with at least one open bin, ascending
+    stacks: dict[int, list[int]] = {}
+    bins: list[list[int]] = []
+
+    def push(c: int, ids) -> None:
+        dest = stacks.get(c)
+        if dest is None:
+            stacks[c] = list(ids)
+        else:
+            dest.extend(ids)
+
+    for s, p, end in zip(run_lengths, starts, ends):
+        rem = end - p
+        touched: list[int] = []
+        k_cap = bisect.bisect_left(caps, s)
+        while rem and k_cap < len(caps):
+            c = caps[k_cap]
+            stack = stacks[c]
+            touched.append(c)
+            per_bin = c // s
+            while stack and rem:
+                b = stack.pop()
+                k = per_bin if per_bin < rem else rem
+                if k == 1:
+                    bins[b].append(order_list[p])
+                else:
+                    bins[b].extend(order_list[p : p + k])
+                p += k
+                rem -= k
+                nc = c - k * s
+                if nc:
+                    push(nc, (b,))
+                    touched.append(nc)
+            k_cap += 1
+        if rem:
+            per_bin = m_len // s
+            full = rem // per_bin
+            first = len(bins)
+            if per_bin == 1:
+                bins += [[x] for x in order_list[p:end]]
+            else:
+                bins += [order_list[j : j + per_bin] for j in range(p, p + full * per_bin, per_bin)]
+            p += full * per_bin
+            nc = m_len - per_bin * s
+            if nc and full:
+                push(nc, range(first, first + full))
+                touched.append(nc)
+            last = end - p
+            if last:
+                bins.append(order_list[p:end])
+                nc = m_len - last * s
+                push(nc, (len(bins) - 1,))
+                touched.append(nc)
+        for c in set(touched):
+            i = bisect.bisect_left(caps, c)
+            present = i < len(caps) and caps[i] == c
+            if stacks.get(c):
+                if not present:
+                    caps.insert(i, c)
+            else:
+                stacks.pop(c, None)
+                if present:
+                    del caps[i]
     return bins
 
 

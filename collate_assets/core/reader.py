@@ -130,19 +130,27 @@ def scan_input_files(folder: str | Path) -> tuple[list[Path], list[str]]:
     """The input files directly in `folder`, sorted, and a warning for each entry left out.
 
     Entries are named like INPUT_SUFFIXES (`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`, `*.json`,
-    `*.parquet`); left out (with the reason) are folders, FIFOs and
-    other special files, broken symlinks and symlinks that resolve outside `folder`.
+    `*.parquet`); left out (with the reason) are folders, FIFOs and other special files, broken
+    symlinks and symlinks that resolve outside `folder`. Subfolders (not hidden ones) are counted in
+    one warning: they are not read.
     """
     folder = Path(folder)
     files, warnings = [], []
+    subfolders = 0
     for path in sorted(folder.iterdir()):
         if not path.name.endswith(INPUT_SUFFIXES):
+            subfolders += path.is_dir() and not path.name.startswith(".")
             continue
         problem = input_file_problem(path, folder)
         if problem is None:
             files.append(path)
         else:
             warnings.append(f"{path.name} skipped: {problem}")
+    if subfolders:
+        # Not an error (an output folder may live there), but never silent.
+        warnings.append(
+            f"{subfolders} subfolder{'s' if subfolders > 1 else ''} skipped: the input folder is not read recursively"
+        )
     return files, warnings
 
 

@@ -34,6 +34,13 @@ DEFAULT_MAX_LENGTH = 8192
 # Lines longer than this are rejected unparsed: tokenizing a 16 MB line takes ~2.5 GB of memory, and
 # no conversation that fits a training context comes near 8 MiB of text (128k tokens are ~0.5 MB).
 DEFAULT_MAX_LINE_BYTES = 8 << 20
+# The largest max_length accepted: 16 Mi tokens, far above any model's context today. Larger values
+# are a typo (or an attempt to exhaust memory), refused with an argument error.
+MAX_LENGTH_CEILING = 1 << 24
+# Chat-template rendering bounds, per conversation (see core/template_limits.py). A normal render
+# takes well under a millisecond per conversation, a 8 MiB one a fraction of a second.
+DEFAULT_RENDER_SECONDS = 5.0
+DEFAULT_RENDER_MAX_CHARS = 32 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,8 @@ class CollateSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        if self.max_length > MAX_LENGTH_CEILING:
+            raise ValueError(f"max_length must be at most {MAX_LENGTH_CEILING} (16 Mi tokens), got {self.max_length!r}")
         if not isinstance(self.max_line_bytes, int) or self.max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be a positive integer, got {self.max_line_bytes!r}")
         for name, allowed in (

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from .errors import CollateError
+from .template_limits import PROBE_CONVERSATIONS, RenderLimits, TemplateLimitError, install, set_limits
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +81,22 @@ def load_tokenizer(
     revision: str | None = None,
     chat_template: str | Path | None = None,
     trust_remote_code: bool = False,
+    render_limits: RenderLimits | None = None,
 ):
     """Load `name_or_path` (hub id `org/name` or a local folder) as a fast tokenizer.
 
     `chat_template` is a path to a Jinja file that replaces the tokenizer's own template.
     A tokenizer without a chat template (and no file given) is an error: we would not know
-    how to render conversations.
+    how to render conversations. So is one that cannot encode ordinary text (a folder without its
+    `tokenizer.json` loads as a vocabulary of special tokens only): a probe sentence must come back
+    from encode + decode, with few unknown tokens. The chat template renders under `render_limits`
+    (time and size per conversation, see `template_limits`) and is refused when it goes over them
+    on probe conversations.
     """
     from transformers import AutoTokenizer
+
+    install()
+    limits = render_limits if render_limits is not None else RenderLimits()
 
     name = str(name_or_path)
     if _looks_like_path(name) and not Path(name).expanduser().exists():
@@ -99,9 +109,15 @@ def load_tokenizer(
         )
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF errors)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not _looks_like_path(name) and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            first_line += (
+                " (HF_HUB_OFFLINE is set, so only the local Hugging Face cache is read: download the tokenizer "
+                "first, give a local folder, or unset HF_HUB_OFFLINE)"
+            )
         raise CollateError(f"cannot load tokenizer {name!r}: {first_line}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise CollateError(f"tokenizer {name!r} has no fast (Rust) implementation; collate needs one")
+    check_encodes_text(tokenizer, name)
     if chat_template is not None:
         template_path = Path(chat_template)
         try:
@@ -119,7 +135,68 @@ def load_tokenizer(
         )
     where = f"chat template {chat_template}" if chat_template is not None else f"chat template of {name!r}"
     check_chat_template(tokenizer.chat_template, where)
+    set_limits(tokenizer.chat_template, limits)
+    probe_chat_template(tokenizer, where)
     return tokenizer
+
+
+# Ordinary text every tokenizer for chat data must encode: letters, digits, punctuation, accents.
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789, naïve café! Hello world?"
+MAX_UNKNOWN_SHARE = 0.1
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
+
+
+def check_encodes_text(tokenizer, name: str) -> None:
+    """Raise CollateError unless `tokenizer` encodes and decodes PROBE_TEXT with few unknown tokens."""
+    backend = tokenizer.backend_tokenizer
+    encoding = backend.encode(PROBE_TEXT, add_special_tokens=False)
+    ids = list(encoding.ids)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    unknown = sum(1 for i in ids if i in special or i == tokenizer.unk_token_id)
+    decoded = backend.decode(ids, skip_special_tokens=False) if ids else ""
+    problems = []
+    if not ids:
+        problems.append("it encodes a probe sentence to no token at all")
+    elif unknown > MAX_UNKNOWN_SHARE * len(ids):
+        problems.append(f"{unknown} of the {len(ids)} tokens of a probe sentence are unknown or special")
+    elif " ".join(decoded.split()).lower() != " ".join(PROBE_TEXT.split()).lower():
+        problems.append(f"a probe sentence does not come back from encode + decode (got {decoded[:80]!r})")
+    if not problems:
+        return
+    vocabulary = backend.get_vocab_size(with_added_tokens=True)
+    detail = f"vocabulary of {vocabulary} tokens"
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        present = [f for f in _TOKENIZER_FILES if (folder / f).is_file()]
+        if "tokenizer.json" not in present:
+            detail += f"; {folder} has no tokenizer.json" + (
+                f" (only {', '.join(present)})" if present else " nor any other vocabulary file"
+            )
+    raise CollateError(
+        f"tokenizer {name!r} cannot encode ordinary text: {problems[0]} ({detail}); refusing it, as every "
+        "conversation would become unknown or special tokens"
+    )
+
+
+def probe_chat_template(tokenizer, where: str) -> None:
+    """Render the probe conversations; a template over its limits (or breaking the sandbox) is refused.
+
+    A template that rejects a probe for its own reasons (say, it wants a system turn) is left to
+    rendering, which rejects such conversations one by one.
+    """
+    from jinja2.exceptions import SecurityError
+
+    for conversation in PROBE_CONVERSATIONS:
+        try:
+            tokenizer.apply_chat_template(conversation, tokenize=False)
+        except TemplateLimitError as exc:
+            raise CollateError(f"{where} goes over its render limits on a probe conversation ({exc}); refusing to use it") from exc
+        except SecurityError as exc:
+            raise CollateError(
+                f"{where} broke the Jinja sandbox's rules on a probe conversation ({exc}); refusing to use it"
+            ) from exc
+        except Exception:
+            continue
 
 
 def _looks_like_path(name: str) -> bool:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +30,177 @@ from .settings import check_format
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 PACKED_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in PACKED_COLUMNS])
+# The column names of a tokenized spill and the fields of a rejects line (see core.api, core.reader).
+SPILL_COLUMNS = ("input_ids", "labels", "line")
+REJECT_FIELDS = ("file", "line", "reason", "excerpt")
+# Longest file name (bytes) on the file systems we write to (ext4, xfs, btrfs, tmpfs, APFS: 255).
+NAME_MAX = 255
+
+# Temporary files and folders this process is writing, and the folders it writes them in: removed
+# on Ctrl-C / SIGTERM (see cli.py), after which no new one is made.
+_LIVE_TEMPS: set[Path] = set()
+_TEMP_DIRS: set[Path] = set()
+_STOPPING = threading.Event()
+
+
+def _check_not_stopping() -> None:
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt("collate is being interrupted: no new file is started")
+
+
+def fit_name(stem: str, suffix: str = "", prefix: str = "", limit: int = NAME_MAX) -> str:
+    """`prefix + stem + suffix`, with `stem` shortened if the whole is over `limit` bytes.
+
+    A shortened stem keeps its start and gets `~` and 8 hex digits of its sha256, so different
+    stems stay different and the same stem always gives the same name. Names are measured in
+    file-system bytes (`os.fsencode`: UTF-8, and non-UTF-8 bytes as they are on disk).
+    """
+    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
+    if not _is_utf8(stem):
+        # Bytes that are not UTF-8 (legal in a POSIX name) are written %XX: libraries that take
+        # paths as UTF-8 text (pyarrow) could not open the name otherwise. The hash keeps it unique.
+        stem = _escape_non_utf8(os.fsencode(stem)) + "~" + digest
+    name = prefix + stem + suffix
+    if len(os.fsencode(name)) <= limit:
+        return name
+    budget = limit - len(os.fsencode(prefix + suffix)) - 9
+    if budget < 1:
+        raise CollateError(f"cannot make a file name of at most {limit} bytes ending in {suffix!r}")
+    head, used = [], 0
+    for char in stem:
+        size = len(os.fsencode(char))
+        if used + size > budget:
+            break
+        head.append(char)
+        used += size
+    return f"{prefix}{''.join(head)}~{digest}{suffix}"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_non_utf8(raw: bytes) -> str:
+    """`raw` decoded as UTF-8, each byte that is not part of valid UTF-8 written `%XX`."""
+    out, i = [], 0
+    while i < len(raw):
+        try:
+            out.append(raw[i:].decode("utf-8"))
+            break
+        except UnicodeDecodeError as exc:
+            out.append(raw[i : i + exc.start].decode("utf-8"))
+            out.append("".join(f"%{b:02X}" for b in raw[i + exc.start : i + exc.end]))
+            i += exc.end
+    return "".join(out)
+
+
+def shown(value: object) -> str:
+    """A path or name as text fit for messages and JSON: bytes that are not UTF-8 written `\\xNN`."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def written_by_collate(path: str | Path) -> bool:
+    """Whether the regular file at `path` is one this tool writes (an output, spill, rejects file or
+    record), judged from its content: only such files are ever replaced. Empty files count as ours."""
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if info.st_size == 0:
+        return True
+    name = path.name
+    try:
+        if name.endswith(".arrow"):
+            try:
+                with pa.memory_map(str(path)) as source:
+                    schema = pa.ipc.open_stream(source).schema
+            except pa.ArrowInvalid:
+                with pa.memory_map(str(path)) as source:
+                    schema = pa.ipc.open_file(source).schema
+            return tuple(schema.names) in (PACKED_COLUMNS, SPILL_COLUMNS)
+        if name.endswith(".parquet"):
+            return tuple(pq.read_schema(str(path)).names) == PACKED_COLUMNS
+        if name.endswith(".msgpack"):
+            with open(path, "rb") as f:
+                first = next(iter(msgpack.Unpacker(f, raw=False, max_buffer_size=64 << 20)))
+            return isinstance(first, dict) and tuple(first) == PACKED_COLUMNS
+        if name.endswith(".jsonl"):
+            with open(path, "rb") as f:
+                first = orjson.loads(f.readline(64 << 20))
+            return isinstance(first, dict) and tuple(first) in (PACKED_COLUMNS, REJECT_FIELDS)
+        if name.endswith(".json"):
+            with open(path, "rb") as f:
+                record = json.loads(f.read(64 << 20))  # (json: manifests may hold escaped non-UTF-8 names)
+            return isinstance(record, dict) and "lineage" in record
+    except Exception:  # unreadable or another format: not ours
+        return False
+    return False
+
+
+def check_replaceable(path: str | Path) -> None:
+    """CollateError unless `path` is free or holds a file this tool wrote (never replace a user's file)."""
+    path = Path(path)
+    if os.path.lexists(path) and not written_by_collate(path):
+        kind = "folder" if path.is_dir() else "symlink" if path.is_symlink() else "file"
+        raise CollateError(
+            f"{shown(path)} exists and is a {kind} this tool did not write: not replacing it "
+            "(move it away or choose another output folder)"
+        )
+
+
+def output_folder_problem(input_path: str | Path, output_dir: str | Path) -> str | None:
+    """Why `output_dir` may not hold the outputs of `input_path` (a file or folder), or None.
+
+    Outputs never go where an input could be read or overwritten: the output folder may not be
+    the input folder (of a file: its folder) nor inside it. Compared after resolving symlinks.
+    """
+    source = Path(input_path).expanduser()
+    if not source.exists():
+        return None  # nothing there to protect (the missing input is reported where it is read)
+    folder = source if source.is_dir() else source.parent
+    folder = folder.resolve()
+    out = Path(output_dir).expanduser().resolve()
+    if out == folder:
+        return f"the output folder {shown(out)} is the input folder: outputs would be read as inputs or replace them"
+    if out.is_relative_to(folder):
+        return f"the output folder {shown(out)} is inside the input folder {shown(folder)}"
+    return None
+
+
+def cleanup_temps() -> None:
+    """Remove the temporary files and folders this process is writing (for an interrupted run).
+
+    From then on no new temporary is made (atomic_path and work_dir raise KeyboardInterrupt). Besides
+    the registered ones, every entry named with this process's owner tag in the folders it wrote to
+    is removed, so one made a moment before registration goes too.
+    """
+    _STOPPING.set()
+    tag = _owner_tag()
+    doomed = set(_LIVE_TEMPS)
+    for folder in list(_TEMP_DIRS):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if f".{tag}." in entry.name or entry.name.startswith(f"collate-{tag}-"):
+                    doomed.add(Path(entry.path))
+    for path in doomed:
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+        _LIVE_TEMPS.discard(path)
 
 
 def _owner_tag() -> str:
@@ -82,9 +256,18 @@ def remove_stale_temps(folder: str | Path, pattern: str) -> list[Path]:
     return removed
 
 
+# `.<host>-<pid>.<random>.tmp` after the name: the host hash, a pid, mkstemp's 8 characters.
+_TEMP_SUFFIX_BYTES = len(".00000000-4194304..12345678.tmp") + 4
+
+
+def _temp_stem(path: str | Path) -> str:
+    """The part of the target's name in its temporary names (shortened so they fit NAME_MAX)."""
+    return fit_name(Path(path).name, "x" * _TEMP_SUFFIX_BYTES, ".")[1 : -_TEMP_SUFFIX_BYTES]
+
+
 def temp_name_pattern(path: str | Path) -> str:
     """The names `atomic_path(path)` gives its temporary files: `.<name>.<host>-<pid>.<random>.tmp`."""
-    return rf"\.{re.escape(Path(path).name)}\.(?P<tag>[0-9a-f]{{8}}-\d+)\.[a-z0-9_]{{8}}\.tmp"
+    return rf"\.{re.escape(_temp_stem(path))}\.(?P<tag>[0-9a-f]{{8}}-\d+)\.[a-z0-9_]{{8}}\.tmp"
 
 
 @contextlib.contextmanager
@@ -93,13 +276,24 @@ def atomic_path(path: str | Path):
 
     The temporary name `.<name>.<host>-<pid>.<random>.tmp` is hidden, never ends like an input or
     output file, and names its writer: temporaries of the same target left by dead processes
-    (a run killed with SIGKILL) are removed when the target is written again.
+    (a run killed with SIGKILL) are removed when the target is written again. `<name>` is shortened
+    when the whole would be longer than a file name may be.
+
+    An existing `path` is replaced only if this tool wrote it (`written_by_collate`); anything else
+    there (a user's file, a folder, a symlink) raises CollateError before anything is written.
     """
     path = Path(path)
+    check_replaceable(path)
+    _check_not_stopping()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, temp_name_pattern(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
+    _TEMP_DIRS.add(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path)}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    _LIVE_TEMPS.add(Path(tmp))
+    if _STOPPING.is_set():
+        os.unlink(tmp)
+        _check_not_stopping()
     # mkstemp makes the file private (0600); outputs get the usual permissions for this umask.
     umask = os.umask(0)
     os.umask(umask)
@@ -113,6 +307,8 @@ def atomic_path(path: str | Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        _LIVE_TEMPS.discard(Path(tmp))
 
 
 @contextlib.contextmanager
@@ -122,9 +318,15 @@ def work_dir(parent: str | Path | None = None, prefix: str = "collate-"):
     Folders of the same prefix left by dead processes in `parent` are removed first.
     """
     parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    _check_not_stopping()
     remove_stale_temps(parent, rf"{re.escape(prefix)}(?P<tag>[0-9a-f]{{8}}-\d+)-[a-z0-9_]{{8}}")
+    _TEMP_DIRS.add(parent)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}{_owner_tag()}-", dir=parent) as tmp:
-        yield Path(tmp)
+        _LIVE_TEMPS.add(Path(tmp))
+        try:
+            yield Path(tmp)
+        finally:
+            _LIVE_TEMPS.discard(Path(tmp))
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:

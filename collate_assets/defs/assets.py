@@ -103,6 +103,7 @@ def tokenized_conversations(
     """
     key = context.partition_key
     try:
+        paths.check_folders()
         source = paths.input_path(key)
     except CollateError as exc:
         raise _failure(exc) from exc

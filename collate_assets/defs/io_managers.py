@@ -27,7 +27,6 @@ from upath import UPath
 
 from collate_assets.core import EXTENSIONS, OUTPUT_FORMATS, CollateSettings, PackStats, atomic_path, pack_spill
 
-from .partitions import output_stem
 from .resources import CollatePaths, is_local, local_path
 
 PACKED_COLUMNS = dg.TableSchema(
@@ -182,7 +181,8 @@ class PackedFileIOManager(dg.IOManager):
             raise dg.Failure(f"{self.fmt}_io_manager received a {obj.fmt} pack request", allow_retries=False)
         key = context.asset_partition_key
         dest = self.paths.output_path(key, self.fmt)
-        record = self.paths.spill_root() / f"{output_stem(key)}.{self.fmt}.packed.json"
+        self.paths.check_folders()
+        record = self.paths.spill_root() / self.paths.file_name(key, f".{self.fmt}.packed.json")
         stats = _unchanged_output(record, dest, obj.lineage)
         if stats is not None:
             context.log.info(f"{dest} is already packed from this spill with these settings: kept as it is")

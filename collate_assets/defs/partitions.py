@@ -110,7 +110,7 @@ def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]
         key = file_name_to_key(path.name)
         stem = _input_stem(path)
         if stem in stems:
-            clashes.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]}")
+            clashes.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]} (same name before .jsonl)")
             continue
         stems[stem] = path.name
         by_key[key] = path
@@ -137,11 +137,18 @@ def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, 
     else:
         files, clashes, skipped = _scan(source)
         if clashes:
-            raise CollateError("; ".join(clashes))
+            raise CollateError(
+                "; ".join(c.replace(" skipped:", ":", 1) for c in clashes) + ": nothing registered, rename one of them"
+            )
         for warning in skipped:
             log.warning("%s: %s", source, warning)
         if not files:
             raise CollateError(f"no input files ({INPUT_PATTERNS}) in {source}")
+    return register_keys(instance, files, observe=observe)
+
+
+def register_keys(instance: dg.DagsterInstance, files: dict[str, Path], *, observe: bool = True) -> list[str]:
+    """Add the partitions `files` (key -> input file) the instance does not know yet; returns the keys."""
     known = set(instance.get_dynamic_partitions(INPUT_FILES.name))
     new = [key for key in files if key not in known]
     if new:

@@ -25,6 +25,8 @@ to the defaults below, not to the environment, so repeat them (or write `{env: C
 | `COLLATE_OVERLONG`           | `packing.overlong`            | truncate                                  |
 | `COLLATE_STRICT`             | `packing.strict`              | false (read when the code loads)          |
 | `COLLATE_MAX_LINE_BYTES`     | `packing.max_line_bytes`      | 8388608 (8 MiB)                           |
+| `COLLATE_RENDER_TIMEOUT`     | `tokenizer.render_timeout_seconds` | 5 (seconds per conversation; read when the code loads) |
+| `COLLATE_RENDER_MAX_CHARS`   | `tokenizer.render_max_chars`  | 33554432 (32 Mi characters)               |
 
 The output folder defaults to the working folder rather than DAGSTER_HOME: `dagster dev` without
 DAGSTER_HOME uses a temporary home it deletes on exit, and the `collate` CLI writes beside the user too.
@@ -43,6 +45,9 @@ from upath import UPath
 
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES, EXTENSIONS, CollateError, CollateSettings, load_tokenizer, tokenizer_fingerprint
 from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem
+from collate_assets.core.settings import DEFAULT_RENDER_MAX_CHARS, DEFAULT_RENDER_SECONDS
+from collate_assets.core.template_limits import RenderLimits
+from collate_assets.core.writers import fit_name, output_folder_problem
 
 from .partitions import key_to_file_name
 from .partitions import output_stem as _output_stem
@@ -131,9 +136,23 @@ class CollatePaths(dg.ConfigurableResource):
     def output_root(self) -> UPath:
         return UPath(self.output_dir)
 
+    def check_folders(self) -> None:
+        """CollateError when an output or spill folder is the input folder or inside it."""
+        folders = [self.spill_root()]
+        if is_local(self.output_root()):
+            folders.insert(0, local_path(self.output_root()))
+        for folder in folders:
+            problem = output_folder_problem(Path(self.input_dir), folder)
+            if problem is not None:
+                raise CollateError(f"paths: {problem}; set another output_dir / spill_dir")
+
+    def file_name(self, partition_key: str, suffix: str) -> str:
+        """`<stem><suffix>` of a partition, shortened if too long for a file name."""
+        return fit_name(output_stem(partition_key), suffix)
+
     def output_path(self, partition_key: str, fmt: str) -> UPath:
         """`<output_dir>[/<fmt>]/<stem><ext>`: the stem of a bare file name, so never outside output_dir."""
-        name = f"{output_stem(partition_key)}{EXTENSIONS[fmt]}"
+        name = self.file_name(partition_key, EXTENSIONS[fmt])
         if self.layout == "flat":
             return self.output_root() / name
         if self.layout != "by_format":
@@ -151,16 +170,16 @@ class CollatePaths(dg.ConfigurableResource):
         return Path(tempfile.gettempdir()) / "collate_spill" / tag
 
     def spill_path(self, partition_key: str) -> Path:
-        return self.spill_root() / f"{output_stem(partition_key)}.arrow"
+        return self.spill_root() / self.file_name(partition_key, ".arrow")
 
     def rejects_path(self, partition_key: str) -> Path:
-        name = f"{output_stem(partition_key)}.rejects.jsonl"
+        name = self.file_name(partition_key, ".rejects.jsonl")
         if self.layout == "flat" and is_local(self.output_root()):
             return local_path(self.output_root()) / name
         return self.spill_root() / name
 
     def manifest_path(self, partition_key: str) -> Path:
-        return self.spill_root() / f"{output_stem(partition_key)}.manifest.json"
+        return self.spill_root() / self.file_name(partition_key, ".manifest.json")
 
 
 class TokenizerResource(dg.ConfigurableResource):
@@ -173,6 +192,14 @@ class TokenizerResource(dg.ConfigurableResource):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     chat_template: str | None = Field(default=None, description="Path to a Jinja chat template replacing the tokenizer's.")
     trust_remote_code: bool = Field(default=False, description="Run the tokenizer repository's own code (only if you trust it).")
+    render_timeout_seconds: float = Field(
+        default=DEFAULT_RENDER_SECONDS,
+        description="Longest time the chat template may take to render one conversation; longer ones are rejected.",
+    )
+    render_max_chars: int = Field(
+        default=DEFAULT_RENDER_MAX_CHARS,
+        description="Most characters (or items) anything the chat template makes for one conversation may have.",
+    )
 
     _tokenizer: Any = PrivateAttr(default=None)
     _fingerprint: str | None = PrivateAttr(default=None)
@@ -189,8 +216,15 @@ class TokenizerResource(dg.ConfigurableResource):
                 revision=self.revision,
                 chat_template=self.chat_template,
                 trust_remote_code=self.trust_remote_code,
+                render_limits=self.render_limits(),
             )
         return self._tokenizer
+
+    def render_limits(self) -> RenderLimits:
+        try:
+            return RenderLimits(seconds=float(self.render_timeout_seconds), max_chars=int(self.render_max_chars))
+        except ValueError as exc:
+            raise CollateError(f"tokenizer settings: {exc}") from exc
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -263,6 +297,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             revision=_env("COLLATE_TOKENIZER_REVISION", None),
             chat_template=_env("COLLATE_CHAT_TEMPLATE", None),
             trust_remote_code=_env_flag("COLLATE_TRUST_REMOTE_CODE"),
+            render_timeout_seconds=(
+                float(os.environ["COLLATE_RENDER_TIMEOUT"]) if os.environ.get("COLLATE_RENDER_TIMEOUT") else DEFAULT_RENDER_SECONDS
+            ),
+            render_max_chars=(
+                dg.EnvVar.int("COLLATE_RENDER_MAX_CHARS") if os.environ.get("COLLATE_RENDER_MAX_CHARS") else DEFAULT_RENDER_MAX_CHARS
+            ),
         ),
         "packing": PackingSettings(
             max_length=dg.EnvVar.int("COLLATE_MAX_LENGTH") if os.environ.get("COLLATE_MAX_LENGTH") else 8192,

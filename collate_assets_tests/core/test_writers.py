@@ -53,19 +53,23 @@ def test_atomic_path_leaves_nothing_on_exception(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# An old file this tool wrote (a rejects line): atomic_path replaces only such files.
+OLD_REJECTS = b'{"file":"in.jsonl","line":1,"reason":"invalid JSON","excerpt":"{"}\n'
+
+
 def test_atomic_path_keeps_the_old_file_on_exception(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old")
+    target = tmp_path / "out.rejects.jsonl"
+    target.write_bytes(OLD_REJECTS)
     with pytest.raises(KeyboardInterrupt):
         with atomic_path(target) as tmp:
             tmp.write_bytes(b"new")
             raise KeyboardInterrupt
-    assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
+    assert target.read_bytes() == OLD_REJECTS and _leftovers(tmp_path) == []
 
 
 def test_atomic_path_replaces_the_old_file_on_success(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old")
+    target = tmp_path / "out.rejects.jsonl"
+    target.write_bytes(OLD_REJECTS)
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and _leftovers(tmp_path) == []

@@ -90,7 +90,8 @@ def test_scan_lists_only_input_files_at_top_level_and_skips_stem_clashes(tmp_pat
     (tmp_path / "sub" / "deep.jsonl").write_text("")
     files, warnings = scan_input_folder(tmp_path)
     assert list(files) == ["a.jsonl", "b.jsonl"]
-    assert len(warnings) == 1 and "a.jsonl.gz" in warnings[0]
+    assert len(warnings) == 2 and "a.jsonl.gz" in warnings[1]
+    assert warnings[0].startswith("1 subfolder skipped")  # said, not silent
 
 
 def test_scan_of_missing_or_empty_folder_gives_nothing(tmp_path):

@@ -114,9 +114,20 @@ SANDBOX_SECURITY_ERRORS = {
 
 
 @pytest.mark.parametrize("name", list(SANDBOX_SECURITY_ERRORS))
+def test_a_template_breaking_the_sandbox_on_a_probe_is_refused_at_load(name, tmp_path):
+    template = _template(tmp_path, SANDBOX_SECURITY_ERRORS[name])
+    with pytest.raises(CollateError, match="broke the Jinja sandbox's rules on a probe conversation") as info:
+        load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=template)
+    assert str(template) in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(SANDBOX_SECURITY_ERRORS))
 def test_a_security_error_while_rendering_fails_the_file(name, tmp_path):
-    tokenizer = load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=_template(tmp_path, SANDBOX_SECURITY_ERRORS[name]))
-    source = _input(tmp_path)
+    # Only for a conversation the load-time probes do not have: the file fails when it meets it.
+    body = "{% if messages[0].content == 'trigger' %}" + SANDBOX_SECURITY_ERRORS[name] + "{% endif %}{{ messages[0].content }}"
+    tokenizer = load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=_template(tmp_path, body))
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"messages": [{"role": "user", "content": "trigger"}]}\n')
     with pytest.raises(CollateError) as info:
         collate_file(source, tmp_path / "out" / "in.arrow", tokenizer, CollateSettings(max_length=256))
     message = str(info.value)
@@ -152,13 +163,25 @@ def test_a_template_trying_to_read_files_or_the_environment_only_gets_errors(nam
     assert b"root:" not in _everything_written(out)
 
 
-def test_what_the_sandbox_silences_renders_as_nothing(tokenizer):
-    """Names built at render time dodge the load-time check, but the sandbox still hands back nothing."""
+@pytest.mark.parametrize(
+    "sneaky",
+    [
+        "{{ messages|attr('__cl' ~ 'ass__') }}",
+        "{{ messages|attr('_'*2 ~ 'class' ~ '_'*2) }}",
+        "{{ messages[('_' * 2) ~ 'class__'] }}",
+        "{% set n = ['__', 'globals', '__']|join %}{{ cycler.__init__|attr(n) }}",
+        "{{ (messages|attr('__cl' ~ 'ass__'))|attr('__in' ~ 'it__') }}",
+    ],
+)
+def test_a_dunder_reached_dynamically_is_refused_like_a_static_one(tokenizer, sneaky):
+    """Names built at render time dodge the load-time syntax check; the sandbox refuses them when
+    rendering (SecurityError) instead of handing back an empty value."""
+    from jinja2.exceptions import SecurityError
     from transformers.utils import chat_template_utils
 
-    sneaky = "{{ messages|attr('__cl' ~ 'ass__') }}|{{ (messages|attr('__cl' ~ 'ass__'))|attr('__in' ~ 'it__') }}|"
-    rendered = chat_template_utils._compile_jinja_template(sneaky).render(messages=[])
-    assert rendered == "||"
+    tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)  # bounded sandbox installed
+    with pytest.raises(SecurityError, match="unsafe"):
+        chat_template_utils._compile_jinja_template(sneaky).render(messages=[])
 
 
 def test_a_template_exploit_fails_the_dagster_partition(tmp_path):
