@@ -22,6 +22,7 @@ prefix preservation) are learned once by rendering probe conversations (`Templat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -407,10 +408,12 @@ class ChatEncoder:
     def _layout(where: dict) -> tuple[dict, dict, dict]:
         """Per message: its pieces (span, field), its extent, and the messages rendered before and after it."""
         anchors: dict[int, list[tuple[Span, str]]] = {}
-        for (i, field, _), span in where.items():
+        bounds: dict[int, Span] = {}
+        for (i, field, _), span in where.items():  # in the order of the rendering
             anchors.setdefault(i, []).append((span, field))
-        bounds = {i: (min(s for (s, _), _ in a), max(e for (_, e), _ in a)) for i, a in anchors.items()}
-        order = [i for _, i in sorted((b[0], i) for i, b in bounds.items())]
+            start, end = bounds.get(i, span)
+            bounds[i] = (min(start, span[0]), max(end, span[1]))
+        order = sorted(bounds, key=lambda i: bounds[i][0])
         neighbours = {i: (order[n - 1] if n else None, order[n + 1] if n + 1 < len(order) else None)
                       for n, i in enumerate(order)}
         return anchors, bounds, neighbours
@@ -474,7 +477,7 @@ class ChatEncoder:
         ceiling = bounds[after][0] if after is not None else len(text)
         start = first
         if role == "assistant":
-            for header in self._header_candidates():
+            for header in self._headers:
                 header_at = text.rfind(header, floor, first)
                 if header_at >= 0:
                     start = header_at + len(header)
@@ -492,7 +495,9 @@ class ChatEncoder:
             return (start, last)
         return (start, end_at + len(eot))
 
-    def _header_candidates(self) -> list[str]:
+    @functools.cached_property
+    def _headers(self) -> list[str]:
+        """The generation prompt, then shorter forms of it (a history turn may not repeat all of it)."""
         prompt = self.info.generation_prompt
         out = [prompt, prompt.rstrip()]
         if prompt:
