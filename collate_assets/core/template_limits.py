@@ -44,6 +44,22 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .settings import DEFAULT_RENDER_MAX_CHARS, DEFAULT_RENDER_SECONDS
 
+# Attributes no chat template has a use for: the ways out of a Jinja sandbox go through these.
+_FORBIDDEN_ATTRIBUTES = frozenset(
+    {"mro", "func_globals", "func_code", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
+     "ag_code", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back", "co_code"}
+)
+
+
+def forbidden_attribute(attribute: object) -> bool:
+    if not isinstance(attribute, str):
+        return False
+    # Dunders, and name-mangled privates such as `_TemplateReference__context`. A single leading
+    # underscore alone is allowed: `message._meta` may be a plain dict key.
+    return attribute.startswith("__") or (attribute.startswith("_") and "__" in attribute) or (
+        attribute in _FORBIDDEN_ATTRIBUTES
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class RenderLimits:
@@ -602,9 +618,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return _check_value(result, cap, f"{operator!r}") if isinstance(result, _SIZED) else result
 
     def unsafe_undefined(self, obj, attribute):
-        from .tokenizer import _forbidden
-
-        if _forbidden(attribute):
+        if forbidden_attribute(attribute):
             raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
         return super().unsafe_undefined(obj, attribute)
 

@@ -16,26 +16,16 @@ import os
 from pathlib import Path
 
 from .errors import CollateError
-from .template_limits import PROBE_CONVERSATIONS, RenderLimits, TemplateLimitError, install, set_limits
-
-log = logging.getLogger(__name__)
-
-# Attributes no chat template has a use for: the ways out of a Jinja sandbox go through these.
-_FORBIDDEN_ATTRIBUTES = frozenset(
-    {"mro", "func_globals", "func_code", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
-     "ag_code", "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back", "co_code"}
+from .template_limits import (
+    PROBE_CONVERSATIONS,
+    RenderLimits,
+    TemplateLimitError,
+    forbidden_attribute,
+    install,
+    set_limits,
 )
 
-
-def _forbidden(attribute: object) -> bool:
-    if not isinstance(attribute, str):
-        return False
-    # Dunders, and name-mangled privates such as `_TemplateReference__context`. A single leading
-    # underscore alone is allowed: `message._meta` may be a plain dict key.
-    return attribute.startswith("__") or (attribute.startswith("_") and "__" in attribute) or (
-        attribute in _FORBIDDEN_ATTRIBUTES
-    )
-
+log = logging.getLogger(__name__)
 
 def check_chat_template(source: str, name: str = "chat template") -> None:
     """Raise CollateError if the template names a Python internal (`__class__`, `__globals__`, ...).
@@ -69,7 +59,7 @@ def check_chat_template(source: str, name: str = "chat template") -> None:
             attribute = node.args[0].value
         else:
             continue
-        if _forbidden(attribute):
+        if forbidden_attribute(attribute):
             raise CollateError(
                 f"{name} reaches for {attribute!r} (line {node.lineno}), a Python internal that the Jinja "
                 "sandbox forbids (SecurityError); refusing to use this template"
