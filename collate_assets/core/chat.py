@@ -144,9 +144,10 @@ class ChatEncoder:
         eos = getattr(self.tokenizer, "eos_token", None) or ""
         closed = last[: -len(eos)] if eos and last.endswith(eos) else last  # Phi-3 ends a rendering with eos
         info.prefix_preserving = full.startswith(closed)
-        info.end_of_turn = self._probe_end_of_turn(last, full, a1, u2, without[: without.index(u1)], first[:1])
-        if with_prompt.startswith(without) and len(with_prompt) > len(without):
-            info.generation_prompt = with_prompt[len(without):]
+        prompt = with_prompt[len(without):] if with_prompt.startswith(without) else ""
+        info.end_of_turn = self._probe_end_of_turn(last, full, a1, u2, [without[: without.index(u1)], prompt])
+        if prompt:
+            info.generation_prompt = prompt
         else:  # the template writes the assistant header after every turn: take it from a rendering
             between = last[last.index(u1) + len(u1): last.index(a1)]
             eot = info.end_of_turn
@@ -183,7 +184,7 @@ class ChatEncoder:
             info.reasoning_history = "kept" if self._renders(history, thought) else "dropped"
         return info
 
-    def _probe_end_of_turn(self, last: str, more: str, a1: str, u2: str, user_header: str, user_turn) -> str:
+    def _probe_end_of_turn(self, last: str, more: str, a1: str, u2: str, next_headers: list[str]) -> str:
         """The text the template writes after every assistant turn (e.g. '<|im_end|>').
 
         It is the common start of what follows an assistant message when it is the last one and when
@@ -201,8 +202,8 @@ class ChatEncoder:
                 break
             ends.append(stop)
         bos = getattr(self.tokenizer, "bos_token", None) or ""
-        header = user_header[len(bos):] if bos and user_header.startswith(bos) else user_header
-        headers = [h for h in (header, self._generation_header_guess(user_turn)) if h]
+        headers = [h[len(bos):] if bos and h.startswith(bos) else h for h in next_headers]
+        headers = [h for h in headers if h]  # the user header (text before the first user content), the prompt
         common = after_last[: ends[-1]] if ends else ""
         for end in [0] + ends:
             tail = common[end:]
@@ -210,14 +211,6 @@ class ChatEncoder:
                 common = common[:end]
                 break
         return common.rstrip()
-
-    def _generation_header_guess(self, user_turn) -> str:
-        try:
-            with_prompt = self._apply(user_turn, add_generation_prompt=True)
-            without = self._apply(user_turn)
-        except Exception:
-            return ""
-        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
 
     def _check_probe_mask(self) -> None:
         """Refuse a template whose assistant mask would train everything or nothing."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import bisect
+
 import numpy as np
 
 __all__ = [
@@ -97,149 +99,18 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
     >>> pack_best_fit_decreasing([], 8)
     []
 
-    Complexity is O(n log n) for the sort plus O(n log max_length) for placement.
+    Complexity is O(n log n) for the sort plus, per run of equal lengths, a binary search over the
+    capacities in use; memory follows the number of bins, never max_length.
     """
     m_len = _check_max_length(max_length)
     arr = _as_lengths(lengths, m_len)
-    n = arr.shape[0]
-    if n == 0:
+    if arr.shape[0] == 0:
         return []
-
-    if m_len > _TREE_MAX_LENGTH:
-        return _bfd_sorted_capacities(arr, m_len)
-    order = _decreasing_order(arr)
-    sorted_len = arr[order]
-    # Items of equal length are handled as one run: that lets a single bin take
-    # several of them at once and lets new bins be created in bulk, which is
-    # where almost all the time would otherwise go for large inputs.
-    cuts = np.flatnonzero(sorted_len[1:] != sorted_len[:-1]) + 1
-    starts = np.concatenate(([0], cuts)).tolist()
-    ends = np.concatenate((cuts, [n])).tolist()
-    run_lengths = sorted_len[starts].tolist()
-    order_list = order.tolist()
-
-    # Segment tree over remaining capacities 0..max_length. Leaf c holds c if at
-    # least one open bin has exactly c free tokens, else -1; inner nodes hold the
-    # max of their children. "Smallest capacity >= s with a bin" is then a single
-    # root-to-leaf walk: go left whenever the left subtree's max is >= s.
-    size = 1 << m_len.bit_length()  # power of two > max_length, so leaf max_length exists
-    tree = [-1] * (2 * size)
-    # stacks[c]: ids of open bins with c free tokens, most recent last. Created
-    # lazily because max_length may be large while few capacities are in use.
-    stacks: list[list[int] | None] = [None] * (m_len + 1)
-    bins: list[list[int]] = []
-
-    for s, p, end in zip(run_lengths, starts, ends):
-        rem = end - p
-        touched: list[int] = []
-
-        # Phase 1: existing bins, visited in ascending capacity from s upwards.
-        # A bin with c free tokens takes min(c // s, rem) items and drops below s,
-        # so it cannot be picked again in this run. That also means the tree need
-        # not be updated until the run ends: every capacity that changes is either
-        # below s or behind the cursor, and the search always starts past both.
-        lo = s
-        while rem and tree[1] >= lo:
-            i = 1
-            while i < size:
-                i <<= 1
-                if tree[i] < lo:
-                    i += 1
-            c = i - size
-            stack = stacks[c]
-            touched.append(c)
-            per_bin = c // s
-            while stack and rem:
-                b = stack.pop()
-                k = per_bin if per_bin < rem else rem
-                if k == 1:
-                    bins[b].append(order_list[p])
-                else:
-                    bins[b].extend(order_list[p : p + k])
-                p += k
-                rem -= k
-                nc = c - k * s
-                if nc:
-                    dest = stacks[nc]
-                    if dest is None:
-                        stacks[nc] = [b]
-                    else:
-                        dest.append(b)
-                    touched.append(nc)
-            lo = c + 1
-
-        # Phase 2: nothing left fits, so open new bins. Each new bin would be the
-        # best fit for the next item of this run until it has fewer than s free
-        # tokens, so it takes per_bin items; the bins are made in bulk.
-        if rem:
-            per_bin = m_len // s
-            full = rem // per_bin
-            first = len(bins)
-            if per_bin == 1:
-                bins += [[x] for x in order_list[p:end]]
-            else:
-                bins += [order_list[j : j + per_bin] for j in range(p, p + full * per_bin, per_bin)]
-            p += full * per_bin
-            nc = m_len - per_bin * s
-            if nc and full:
-                dest = stacks[nc]
-                if dest is None:
-                    stacks[nc] = list(range(first, first + full))
-                else:
-                    dest.extend(range(first, first + full))
-                touched.append(nc)
-            last = end - p
-            if last:
-                # Created after the full bins, so it is pushed last (LIFO rule).
-                bins.append(order_list[p:end])
-                nc = m_len - last * s
-                dest = stacks[nc]
-                if dest is None:
-                    stacks[nc] = [len(bins) - 1]
-                else:
-                    dest.append(len(bins) - 1)
-                touched.append(nc)
-
-        # Bring the tree in line with the stacks for every capacity this run used.
-        for c in touched:
-            want = c if stacks[c] else -1
-            i = c + size
-            if tree[i] == want:
-                continue
-            tree[i] = want
-            if want >= 0:
-                # Maxima only grow here, so stop at the first ancestor already >= c.
-                i >>= 1
-                while i and tree[i] < want:
-                    tree[i] = want
-                    i >>= 1
-            else:
-                i >>= 1
-                while i:
-                    a = tree[2 * i]
-                    b2 = tree[2 * i + 1]
-                    v = a if a > b2 else b2
-                    if tree[i] == v:
-                        break
-                    tree[i] = v
-                    i >>= 1
-
-    return bins
-
-
-# Up to this max_length the capacities are indexed by a segment tree over 0..max_length (a few MB at
-# most); beyond it, by a sorted list of the capacities in use, so memory follows the number of rows
-# and never max_length itself.
-_TREE_MAX_LENGTH = 1 << 16
-
-
-def _bfd_sorted_capacities(arr: np.ndarray, m_len: int) -> list[list[int]]:
-    """Best-fit decreasing exactly as above, with the open capacities in a sorted list (any max_length)."""
-    import bisect
-
     n = arr.shape[0]
     order = _decreasing_order(arr)
     sorted_len = arr[order]
+    # Items of equal length are handled as one run: a single bin can take several of them at once and
+    # new bins are made in bulk, which is where almost all the time would otherwise go.
     cuts = np.flatnonzero(sorted_len[1:] != sorted_len[:-1]) + 1
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [n])).tolist()
@@ -259,6 +130,9 @@ def _bfd_sorted_capacities(arr: np.ndarray, m_len: int) -> list[list[int]]:
     for s, p, end in zip(run_lengths, starts, ends):
         rem = end - p
         touched: list[int] = []
+        # Existing bins, in ascending free space from s up. A bin with c free tokens takes
+        # min(c // s, rem) items and then has fewer than s free (or the run is done), so `caps` can
+        # be brought up to date once the run ends: what changed is below s or behind the cursor.
         k_cap = bisect.bisect_left(caps, s)
         while rem and k_cap < len(caps):
             c = caps[k_cap]
@@ -279,7 +153,7 @@ def _bfd_sorted_capacities(arr: np.ndarray, m_len: int) -> list[list[int]]:
                     push(nc, (b,))
                     touched.append(nc)
             k_cap += 1
-        if rem:
+        if rem:  # nothing open fits: new bins, each taking per_bin items (the last bin the rest)
             per_bin = m_len // s
             full = rem // per_bin
             first = len(bins)

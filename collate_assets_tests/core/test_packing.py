@@ -25,7 +25,7 @@ def reference_bfd(lengths: list[int], max_length: int) -> list[list[int]]:
 
     Ties between bins with the same free space go to the one modified most
     recently, which is the LIFO rule the fast version documents. Comparing
-    against this checks the run batching and lazy tree updates, not just the
+    against this checks the run batching and the lazy capacity updates, not just the
     invariants.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -55,7 +55,7 @@ def reference_bfd(lengths: list[int], max_length: int) -> list[list[int]]:
 def packing_inputs(draw, max_items: int = 120):
     max_length = draw(st.integers(1, 10_000))
     # A small pool of distinct values gives long runs of equal lengths (the
-    # batched path); free integers give mostly distinct lengths (the tree path).
+    # batched path); free integers give mostly distinct lengths (one item per run).
     pool = draw(st.lists(st.integers(1, max_length), min_size=1, max_size=6))
     item = st.one_of(st.integers(1, max_length), st.sampled_from(pool))
     lengths = draw(st.lists(item, max_size=max_items))
