@@ -1,4 +1,4 @@
-"""The collation engine: read JSONL chats, render + tokenize, label, pack, write. No Dagster here."""
+"""The collation engine: read conversation files (JSONL, JSON, Parquet), render + tokenize, label, pack, write. No Dagster here."""
 
 from .api import (
     SPILL_SCHEMA,
