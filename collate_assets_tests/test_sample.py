@@ -4,15 +4,29 @@ well-formed in all three input shapes, and the build script reproduces the commi
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR, SAMPLE_DIR  # noqa: E402
-from collate_assets.sample import build_demo  # noqa: E402
+
+# The builder is a script outside the package (scripts/ is not a package): load it by its path.
+BUILD_DEMO_PATH = Path(__file__).resolve().parent.parent / "scripts" / "build_demo.py"
+
+
+def _load_build_demo():
+    spec = importlib.util.spec_from_file_location("build_demo", BUILD_DEMO_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_demo = _load_build_demo()
 
 SAMPLE_FILES = ("demo.jsonl", "demo_small.jsonl")
 FIELDS = ("conversation", "messages", "conversations")

@@ -1,6 +1,7 @@
 """The embedded default: a small sample of chat conversations and a demo tokenizer.
 
-Both were written for this project and are rebuilt by ``python -m collate_assets.sample.build_demo``.
+Both were written for this project and are rebuilt by ``python scripts/build_demo.py`` from the
+repository root (the builder is not part of the installed package; this folder holds only its output).
 """
 
 from __future__ import annotations

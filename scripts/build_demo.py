@@ -1,7 +1,8 @@
 """Build the embedded demo sample: chat conversations and a small demo tokenizer.
 
-Run ``python -m collate_assets.sample.build_demo`` to regenerate everything under
-``collate_assets/sample/`` (or pass ``--out DIR`` to build elsewhere). The text is original,
+Run ``python scripts/build_demo.py`` from the repository root to regenerate everything under
+``collate_assets/sample/`` (or pass ``--out DIR`` to build elsewhere). The script lives outside the
+package, so an install ships the sample files but not their builder. The text is original,
 written for this project: hand-written topic templates and phrase banks, combined by a
 ``random.Random`` with a fixed seed, so the same code always writes the same bytes.
 
@@ -25,6 +26,10 @@ import shutil
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+
+# The package's sample folder, found from this file (scripts/ sits beside collate_assets/), so the
+# script writes into the checkout it belongs to whatever the current directory is.
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "collate_assets" / "sample"
 
 SEED = 20250611
 MAIN_COUNT = 300
@@ -2802,11 +2807,11 @@ def train_tokenizer(texts: list[str], out_dir: Path) -> None:
 
 
 def build(out_dir: Path | str | None = None) -> dict[str, Path]:
-    """Write ``conversations/`` and ``tokenizer/`` under ``out_dir`` (default: this folder).
+    """Write ``conversations/`` and ``tokenizer/`` under ``out_dir`` (default: ``collate_assets/sample/``).
 
     Returns the paths written, relative names to absolute paths.
     """
-    out = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parent
+    out = Path(out_dir) if out_dir is not None else SAMPLE_DIR
     conv_dir = out / "conversations"
     tok_dir = out / "tokenizer"
     conv_dir.mkdir(parents=True, exist_ok=True)
@@ -2828,7 +2833,7 @@ def build(out_dir: Path | str | None = None) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="folder to build into (default: the package's sample folder)")
+    parser.add_argument("--out", type=Path, default=None, help="folder to build into (default: collate_assets/sample/ of this checkout)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name, path in build(args.out).items():
