@@ -35,9 +35,10 @@ from collate_assets.core import (  # noqa: E402
     read_packed,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TOKENIZER_DIR = SHARED / "tokenizers" / "SmolLM2-135M-Instruct"
-KTO_DEMO = SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json"
+from collate_assets_tests.helpers import SHARED_DIR  # noqa: E402
+
+TOKENIZER_DIR = SHARED_DIR / "tokenizers" / "SmolLM2-135M-Instruct"
+KTO_DEMO = SHARED_DIR / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json"
 
 CONVERSATIONS = 40
 MAX_LENGTH = 1024

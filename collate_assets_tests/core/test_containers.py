@@ -23,7 +23,7 @@ from collate_assets.core import containers
 from collate_assets.core.reader import INPUT_SUFFIXES, Reject, input_stem, list_input_files, position_unit, progress_total
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from ..conftest import SHARED_DIR, load_shared_tokenizer
+from collate_assets_tests.helpers import SHARED_DIR, load_shared_tokenizer
 
 ROLE_CONTENT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 SHAREGPT = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]

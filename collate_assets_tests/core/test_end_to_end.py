@@ -26,7 +26,7 @@ from collate_assets.core import (
     tokenize_file,
 )
 from collate_assets.core.settings import DEFAULT_MAX_LENGTH
-from collate_assets_tests.conftest import slice_matches, split_sequences, trained_regions
+from collate_assets_tests.helpers import slice_matches, split_sequences, trained_regions
 
 # What each template writes after every assistant turn: trained with the turn so the model learns to stop.
 END_OF_TURN = {

@@ -11,7 +11,7 @@ import pytest
 from collate_assets.core.formats import normalize_record
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from ..conftest import SHARED_DIR
+from collate_assets_tests.helpers import SHARED_DIR
 
 CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
 SPEC = {"name": "add", "description": "Add", "parameters": {"type": "object", "properties": {}}}

@@ -20,7 +20,7 @@ from collate_assets.core.formats import normalize_record
 from collate_assets.core.settings import IGNORE_INDEX
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from ..conftest import SHARED_DIR, TOKENIZER_NAMES, load_shared_tokenizer
+from collate_assets_tests.helpers import SHARED_DIR, TOKENIZER_NAMES, load_shared_tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add two numbers",
                                             "parameters": {"type": "object", "properties": {

@@ -25,7 +25,7 @@ from collate_assets.core import (
     read_packed,
     tokenize_file,
 )
-from collate_assets_tests.conftest import slice_matches, split_sequences, trained_regions
+from collate_assets_tests.helpers import slice_matches, split_sequences, trained_regions
 
 MAX_LENGTH = 64
 SHORT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]

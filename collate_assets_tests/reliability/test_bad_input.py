@@ -45,7 +45,7 @@ from collate_assets.defs.resources import CollatePaths, PackingSettings, Tokeniz
 from collate_assets.defs.run import _failure_message
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from .conftest import CORPUS_DIR, corpus, corpus_cases, demo_tokenizer, subprocess_env
+from collate_assets_tests.helpers import CORPUS_DIR, corpus, corpus_cases, demo_tokenizer, subprocess_env
 
 CASES = corpus_cases()
 BOM = b"\xef\xbb\xbf"

@@ -34,7 +34,7 @@ from collate_assets.core.reader import scan_input_files
 from collate_assets.core.writers import atomic_path, temp_name_pattern, work_dir
 from collate_assets.sample import DEMO_INPUT_DIR
 
-from .conftest import collate_command, subprocess_env
+from collate_assets_tests.helpers import collate_command, subprocess_env
 
 MAX_LENGTH = 2048
 FORMAT = "jsonl"  # the slowest writer: the widest window for a kill while the output is being written

@@ -31,7 +31,7 @@ from collate_assets.defs.io_managers import io_managers
 from collate_assets.defs.partitions import file_name_to_key, register_partitions
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
-from .conftest import collate_command, subprocess_env
+from collate_assets_tests.helpers import collate_command, subprocess_env
 
 SHARED_TOKENIZERS = Path(__file__).resolve().parents[3] / "shared" / "tokenizers"
 GOOD_LINES = (DEMO_INPUT_DIR / "demo_small.jsonl").read_bytes().splitlines(keepends=True)[:6]

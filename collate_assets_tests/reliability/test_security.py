@@ -33,7 +33,7 @@ from collate_assets.defs.resources import CollatePaths, PackingSettings, Tokeniz
 from collate_assets.defs.run import _failure_message
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from .conftest import CORPUS_DIR, collate_command, subprocess_env
+from collate_assets_tests.helpers import CORPUS_DIR, collate_command, subprocess_env
 
 SECRET = "hf_secret_test_value"
 GOOD = orjson.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
