@@ -1,22 +1,31 @@
-"""The Dagster code location: `dagster dev -w workspace.yaml` or `-m collate_assets.definitions`."""
+"""The Dagster code location: `dagster dev -w workspace.yaml` or `-m collate_assets.definitions`.
+
+The default dataset comes from the `COLLATE_*` environment variables (the demo sample and tokenizer
+when none is set); every `defs.yaml` of a dataset Component under `$COLLATE_DATASETS_DIR` adds one
+more dataset with its own key prefix and asset group.
+"""
+
+import os
+from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
-from collate_assets.defs.checks import PACKED_CHECKS
-from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.jobs import collate_job
-from collate_assets.defs.resources import resources_from_env
-from collate_assets.defs.schedules import nightly_collate
-from collate_assets.defs.sensors import input_files_sensor
+from collate_assets.core import CollateSettings
+from collate_assets.defs.dataset import build_dataset_defs
 
-# The executor is Dagster's default (multiprocess): each step runs in its own process, so steps pass
-# files (spill manifest, packed outputs), never in-memory objects.
-defs = dg.Definitions(
-    assets=[raw_conversations, tokenized_conversations, *PACKED_ASSETS.values()],
-    asset_checks=PACKED_CHECKS,
-    jobs=[collate_job],
-    sensors=[input_files_sensor],
-    schedules=[nightly_collate],
-    resources={**resources_from_env(), **io_managers()},
-)
+# Each run is one process with its steps in it: the tokenizer loads once per run, and a run of one
+# small file costs one process start instead of one per step.
+EXECUTOR = dg.in_process_executor
+
+
+def build_definitions() -> dg.Definitions:
+    parts = [build_dataset_defs(CollateSettings.from_env())]
+    datasets_dir = os.environ.get("COLLATE_DATASETS_DIR", "").strip()
+    if datasets_dir:
+        from collate_assets.defs.component import load_datasets
+
+        parts.append(load_datasets(Path(datasets_dir)))
+    return dg.Definitions.merge(*parts, dg.Definitions(executor=EXECUTOR))
+
+
+defs = build_definitions()

@@ -1,67 +1,60 @@
-"""The collation engine: read conversation files (JSONL, JSON, Parquet), render + tokenize, label, pack, write. No Dagster here."""
+"""The collation engine: read conversation files (JSONL, JSON, Parquet), render + tokenize, label, pack, write. No Dagster here.
 
-from .api import (
-    SPILL_SCHEMA,
-    collate_file,
-    collate_folder,
-    output_path_for,
-    pack_spill,
-    rejects_path_for,
-    spill_lengths,
-    tokenize_file,
-)
-from .errors import CollateError
-from .packing import lower_bound, pack, pack_best_fit_decreasing, pack_greedy
-from .reader import input_stem, iter_chunks, list_input_files, normalize_conversation
-from .settings import (
-    DEFAULT_MAX_LINE_BYTES,
-    EXTENSIONS,
-    IGNORE_INDEX,
-    LABELS_MODES,
-    OUTPUT_FORMATS,
-    OVERLONG_POLICIES,
-    PACKING_STRATEGIES,
-    REASONING_TURNS,
-    CollateSettings,
-)
-from .stats import FileStats, PackStats, TokenizeStats
-from .tokenizer import load_tokenizer, tokenizer_fingerprint
-from .writers import PACKED_SCHEMA, atomic_path, file_sha256, read_packed
+Names are imported on first use, so `collate_assets.core.settings` stays a light import (the
+command parses its arguments before numpy, pyarrow or transformers load).
+"""
 
-__all__ = [
-    "CollateError",
-    "DEFAULT_MAX_LINE_BYTES",
-    "CollateSettings",
-    "EXTENSIONS",
-    "FileStats",
-    "IGNORE_INDEX",
-    "LABELS_MODES",
-    "OUTPUT_FORMATS",
-    "OVERLONG_POLICIES",
-    "PACKED_SCHEMA",
-    "PACKING_STRATEGIES",
-    "REASONING_TURNS",
-    "PackStats",
-    "SPILL_SCHEMA",
-    "TokenizeStats",
-    "atomic_path",
-    "collate_file",
-    "collate_folder",
-    "file_sha256",
-    "input_stem",
-    "iter_chunks",
-    "list_input_files",
-    "load_tokenizer",
-    "lower_bound",
-    "normalize_conversation",
-    "output_path_for",
-    "pack",
-    "pack_best_fit_decreasing",
-    "pack_greedy",
-    "pack_spill",
-    "read_packed",
-    "rejects_path_for",
-    "spill_lengths",
-    "tokenize_file",
-    "tokenizer_fingerprint",
-]
+import importlib
+
+_WHERE = {
+    "CollateError": "errors",
+    "CollateSettings": "settings",
+    "DEFAULT_MAX_LINE_BYTES": "settings",
+    "EXTENSIONS": "settings",
+    "FileStats": "stats",
+    "IGNORE_INDEX": "settings",
+    "LABELS_MODES": "settings",
+    "OUTPUT_FORMATS": "settings",
+    "OVERLONG_POLICIES": "settings",
+    "PACKED_SCHEMA": "writers",
+    "PACKING_STRATEGIES": "settings",
+    "PackStats": "stats",
+    "REASONING_TURNS": "settings",
+    "SPILL_SCHEMA": "api",
+    "TokenizeStats": "stats",
+    "atomic_path": "writers",
+    "collate_file": "api",
+    "collate_folder": "api",
+    "file_sha256": "writers",
+    "input_stem": "reader",
+    "iter_chunks": "reader",
+    "list_input_files": "reader",
+    "load_tokenizer": "tokenizer",
+    "lower_bound": "packing",
+    "normalize_conversation": "reader",
+    "output_path_for": "api",
+    "pack": "packing",
+    "pack_best_fit_decreasing": "packing",
+    "pack_greedy": "packing",
+    "pack_spill": "api",
+    "read_packed": "writers",
+    "rejects_path_for": "api",
+    "spill_lengths": "api",
+    "tokenize_file": "api",
+    "tokenizer_fingerprint": "tokenizer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,7 +1,13 @@
-"""Settings shared by every step of the engine.
+"""Every setting of collate, defined once.
 
-One frozen dataclass, so the Dagster layer can hash it into data versions and the
-CLI can build it from flags without either knowing the other.
+`CollateSettings` is the one definition of each field: its default, its validation rule, its help
+text and its environment variable (`COLLATE_<FIELD>`, e.g. `COLLATE_MAX_LENGTH`). The `collate`
+command builds it from its flags (the environment gives the defaults), the Dagster resource
+`CollateConfig` is generated from these fields and hands the same object to the engine, and a
+dataset Component's YAML uses the same field names.
+
+Only the standard library is imported here, so the command can parse its arguments before any
+heavy import.
 """
 
 from __future__ import annotations
@@ -9,7 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Literal
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 LabelsMode = Literal["all", "assistant"]
 PackingStrategy = Literal["bfd", "greedy"]
@@ -41,50 +50,219 @@ MAX_LENGTH_CEILING = 1 << 24
 # takes well under a millisecond per conversation, a 8 MiB one a fraction of a second.
 DEFAULT_RENDER_SECONDS = 5.0
 DEFAULT_RENDER_MAX_CHARS = 32 << 20
+MIN_RENDER_MAX_CHARS = 1024
+DEFAULT_OUTPUT_DIR = "collate_output"
+ENV_PREFIX = "COLLATE_"
+
+
+def _field(default: Any, help: str, *, output: bool = True, choices: tuple[str, ...] | None = None):
+    """A settings field. `output`: the field changes what is written (it is in `fingerprint()`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "output": output, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class CollateSettings:
-    """What decides the tokens and rows written for one input file."""
+    """What to read, how to tokenize and pack it, and where to write it."""
 
-    max_length: int = DEFAULT_MAX_LENGTH
-    labels: LabelsMode = "all"
-    packing: PackingStrategy = "bfd"
-    overlong: OverlongPolicy = "truncate"
-    strict: bool = False
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    # Where files are.
+    input_dir: str | None = _field(
+        None, "Input file or folder of input files (*.jsonl, *.jsonl.gz, *.jsonl.zst, *.json, *.parquet; "
+        "subfolders are not read). Default: the embedded demo sample.", output=False)
+    output_dir: str = _field(
+        DEFAULT_OUTPUT_DIR, "Folder (or fsspec URL: s3://, gs://, memory://) for packed outputs: "
+        "<output_dir>/<name>.<ext>, never the input folder or inside it.", output=False)
+    spill_dir: str | None = _field(
+        None, "Local folder for tokenized spills and their manifests. Default: <output_dir>/.collate_tokenized "
+        "(a temporary folder when the output is remote).", output=False)
+    formats: tuple[str, ...] = _field(
+        ("arrow",), "Output formats written by `collate` and kept up to date by automation "
+        "(comma-separated: arrow, parquet, msgpack, jsonl); the others stay available in the UI.",
+        output=False, choices=OUTPUT_FORMATS)
+    # Which tokenizer. Its content (vocabulary, chat template) is fingerprinted separately, so the
+    # name is not part of `fingerprint()`.
+    tokenizer: str | None = _field(
+        None, "Hugging Face hub id (org/name, read from the local cache) or local tokenizer folder. "
+        "Default: the embedded demo tokenizer.", output=False)
+    tokenizer_revision: str | None = _field(None, "Hub revision (branch, tag or commit) of the tokenizer.", output=False)
+    chat_template: str | None = _field(None, "A Jinja chat template file that replaces the tokenizer's.", output=False)
+    trust_remote_code: bool = _field(False, "Let the tokenizer repository's own code run (only if you trust it).", output=False)
+    render_timeout: float = _field(
+        DEFAULT_RENDER_SECONDS, "Longest the chat template may take to render one conversation, in seconds; "
+        "a conversation over it is rejected.")
+    render_max_chars: int = _field(
+        DEFAULT_RENDER_MAX_CHARS, "Most characters (or items) anything the chat template makes for one "
+        "conversation may have.")
+    # How conversations become rows.
+    max_length: int = _field(DEFAULT_MAX_LENGTH, f"Tokens per packed row, 2 to {MAX_LENGTH_CEILING} (16 Mi).")
+    labels: LabelsMode = _field(
+        "all", "all: every token but each sequence's first, tool results and turns flagged not to train; "
+        "assistant: only what the assistant says.", choices=LABELS_MODES)
+    packing: PackingStrategy = _field(
+        "bfd", "bfd: best-fit decreasing; greedy: next-fit decreasing (the legacy strategy).", choices=PACKING_STRATEGIES)
+    overlong: OverlongPolicy = _field(
+        "truncate", "Conversations longer than max_length: truncate, drop, split (chunks) or error.",
+        choices=OVERLONG_POLICIES)
+    strict: bool = _field(False, "Fail on the first bad record instead of rejecting it.")
+    max_line_bytes: int = _field(
+        DEFAULT_MAX_LINE_BYTES, "Records longer than this many bytes (as compact JSON) are rejected unparsed.")
     # Reasoning of earlier turns that the template leaves out (Qwen3): "per-turn" trains each such turn
     # in a sequence of its own (its history, then the turn with its reasoning); "as-rendered" trains
     # what the template renders and counts the reasoning left out.
-    reasoning_turns: ReasoningTurns = "per-turn"
-    # Train the text a template inserts before an assistant turn that has no reasoning (an empty
-    # <think></think> block) under labels=assistant.
-    train_empty_think: bool = False
+    reasoning_turns: ReasoningTurns = _field(
+        "per-turn", "Reasoning the template drops from earlier turns: per-turn trains each such turn in a "
+        "sequence of its own; as-rendered trains what the template renders.", choices=REASONING_TURNS)
+    train_empty_think: bool = _field(
+        False, "labels=assistant: also train the empty thinking block a template inserts (Qwen3).")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_length, int) or self.max_length < 2:
+        if isinstance(self.formats, str):
+            object.__setattr__(self, "formats", parse_formats(self.formats))
+        else:
+            object.__setattr__(self, "formats", parse_formats(",".join(self.formats)))
+        if isinstance(self.render_timeout, int) and not isinstance(self.render_timeout, bool):
+            object.__setattr__(self, "render_timeout", float(self.render_timeout))
+        if not _is_int(self.max_length) or self.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
         if self.max_length > MAX_LENGTH_CEILING:
             raise ValueError(f"max_length must be at most {MAX_LENGTH_CEILING} (16 Mi tokens), got {self.max_length!r}")
-        if not isinstance(self.max_line_bytes, int) or self.max_line_bytes < 1:
+        if not _is_int(self.max_line_bytes) or self.max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be a positive integer, got {self.max_line_bytes!r}")
-        for name, allowed in (
-            ("labels", LABELS_MODES),
-            ("packing", PACKING_STRATEGIES),
-            ("overlong", OVERLONG_POLICIES),
-            ("reasoning_turns", REASONING_TURNS),
-        ):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if not isinstance(self.render_timeout, float) or not 0 < self.render_timeout < 1e6:
+            raise ValueError(f"render_timeout must be a positive number of seconds, got {self.render_timeout!r}")
+        if not _is_int(self.render_max_chars) or self.render_max_chars < MIN_RENDER_MAX_CHARS:
+            raise ValueError(f"render_max_chars must be an integer >= {MIN_RENDER_MAX_CHARS}, got {self.render_max_chars!r}")
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            value = getattr(self, field.name)
+            if choices and field.name != "formats" and value not in choices:
+                raise ValueError(f"{field.name} must be one of {', '.join(choices)}; got {value!r}")
+            if field.type in ("bool",) and not isinstance(value, bool):
+                raise ValueError(f"{field.name} must be true or false, got {value!r}")
+        if not self.output_dir:
+            raise ValueError("output_dir must not be empty")
+
+    # -- building --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "CollateSettings":
+        """Settings from `COLLATE_<FIELD>` variables (unset or empty: the default), then `overrides`.
+
+        Raises ValueError naming the variable when one does not parse or validate.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(env_name(field.name), "")
+            if raw.strip() == "" or field.name in overrides:
+                continue
+            try:
+                values[field.name] = parse_value(field, raw)
+            except ValueError as exc:
+                raise ValueError(f"{env_name(field.name)}={raw!r}: {exc}") from None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            bad = next((n for n in values if n in str(exc).split(" ", 1)[0]), None)
+            if bad is not None and bad not in overrides:
+                raise ValueError(f"{env_name(bad)}: {exc}") from None
+            raise
+
+    def replace(self, **changes: Any) -> "CollateSettings":
+        return dataclasses.replace(self, **changes)
+
+    # -- reading ---------------------------------------------------------------------------------
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["formats"] = list(self.formats)
+        return out
+
+    def output_dict(self) -> dict:
+        """The fields that change what is written (the tokenizer's content is fingerprinted apart)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["output"]}
 
     def fingerprint(self) -> str:
-        """A stable hash of the settings (never Python's salted ``hash()``)."""
-        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        """A stable hash of the fields that change the outputs (never Python's salted ``hash()``)."""
+        blob = json.dumps(self.output_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def tokenizer_name(self) -> str:
+        """The tokenizer to load: the setting, or the embedded demo tokenizer."""
+        if self.tokenizer:
+            return self.tokenizer
+        from collate_assets.sample import DEMO_TOKENIZER_DIR
+
+        return str(DEMO_TOKENIZER_DIR)
+
+    def input_path(self) -> Path:
+        """The input file or folder: the setting, or the embedded demo sample."""
+        if self.input_dir:
+            return Path(self.input_dir).expanduser()
+        from collate_assets.sample import DEMO_INPUT_DIR
+
+        return DEMO_INPUT_DIR
+
+    def render_limits(self):
+        from .template_limits import RenderLimits
+
+        return RenderLimits(seconds=self.render_timeout, max_chars=self.render_max_chars)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def settings_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(CollateSettings)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_value(field: dataclasses.Field, raw: str) -> Any:
+    """A field's value from text (an environment variable); ValueError when it does not parse."""
+    text = raw.strip()
+    kind = str(field.type)
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if field.name == "formats":
+        return parse_formats(text)
+    return text
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """`arrow,parquet` -> ("arrow", "parquet"): known formats, no repeats, in the order given."""
+    formats: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        if name not in OUTPUT_FORMATS:
+            raise ValueError(f"formats must be among {', '.join(OUTPUT_FORMATS)}; got {name!r}")
+        if name not in formats:
+            formats.append(name)
+    if not formats:
+        raise ValueError(f"formats must name at least one of {', '.join(OUTPUT_FORMATS)}")
+    return tuple(formats)
 
 
 def check_format(fmt: str) -> str:

@@ -201,3 +201,59 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest.update(b"\0")
     digest.update((tokenizer.chat_template or "").encode("utf-8"))
     return digest.hexdigest()[:16]
+
+
+# The files of a tokenizer folder that decide its tokens and chat template.
+_FINGERPRINT_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", *_TOKENIZER_FILES,
+)
+
+
+def tokenizer_files_fingerprint(
+    name_or_path: str | Path, revision: str | None = None, chat_template: str | Path | None = None
+) -> str:
+    """A stable hash of a tokenizer's files and chat template, without loading it (cheap: no transformers).
+
+    For a local folder: the bytes of the files that decide tokens and template. For a hub id: the
+    same files in the local Hugging Face cache (never downloaded); when they are not cached, the id
+    and revision. A chat template file that replaces the tokenizer's is hashed too. Same files, same
+    fingerprint: the Dagster layer puts it into the code version of the tokenized asset, so a new
+    tokenizer or template makes every partition stale.
+    """
+    digest = hashlib.sha256()
+    folder = _local_folder(str(name_or_path), revision)
+    if folder is None:
+        digest.update(f"hub:{name_or_path}@{revision or ''}".encode())
+    else:
+        for file_name in sorted(set(_FINGERPRINT_FILES)):
+            path = folder / file_name
+            if path.is_file():
+                digest.update(file_name.encode() + b"\0")
+                digest.update(_file_digest(path))
+    if chat_template is not None:
+        path = Path(chat_template).expanduser()
+        digest.update(b"template\0")
+        digest.update(_file_digest(path) if path.is_file() else str(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def _local_folder(name: str, revision: str | None) -> Path | None:
+    path = Path(name).expanduser()
+    if _looks_like_path(name) or path.is_dir():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "tokenizer_config.json", revision=revision)
+    except Exception:  # an id the hub library cannot even parse: hashed by name
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None

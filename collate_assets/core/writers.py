@@ -143,7 +143,8 @@ def written_by_collate(path: str | Path) -> bool:
         if name.endswith(".json"):
             with open(path, "rb") as f:
                 record = json.loads(f.read(64 << 20))  # (json: manifests may hold escaped non-UTF-8 names)
-            return isinstance(record, dict) and "lineage" in record
+            # spill manifests (and the records of earlier layouts, which had a lineage)
+            return isinstance(record, dict) and ("lineage" in record or {"spill_path", "partition_key"} <= record.keys())
     except Exception:  # unreadable or another format: not ours
         return False
     return False

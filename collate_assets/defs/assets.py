@@ -1,26 +1,40 @@
-"""The asset graph, one partition per input file:
+"""The asset graph of one dataset, one partition per input file:
 
     raw_conversations -> tokenized_conversations -> packed_arrow | packed_parquet | packed_msgpack | packed_jsonl
 
-Each asset is a thin call into `collate_assets.core`; the packed assets hand a PackRequest to their
-format's IO manager, which packs and writes (see io_managers.py).
+Each asset does its own work through the engine (`collate_assets.core`) and returns a
+`MaterializeResult`: `tokenized_conversations` renders, tokenizes and labels a file into a spill;
+each packed asset packs that spill, writes its file, reads it back and reports its blocking checks
+in the same step. No IO manager: the `DatasetFiles` of the dataset's settings locate every file.
+
+A step may hold several partitions (the `collate` command runs a range of stale partitions in one
+run); metadata is recorded per partition either way.
+
+What is stale is Dagster's business: `raw_conversations` is observed with each file's sha256 as
+its data version, and the code versions below carry the settings and the tokenizer's fingerprint,
+so an edited file makes its partition stale, and new settings or a new tokenizer make every
+partition stale (see automation.py for what then runs by itself).
 """
 
+
+import dataclasses
 import time
 import warnings
 from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateError, TokenizeStats, file_sha256, tokenize_file
+from collate_assets.core import CollateError, CollateSettings, PackStats, file_sha256, read_packed, spill_lengths, tokenize_file
 from collate_assets.core.reader import input_file_problem, progress_total
+from collate_assets.core.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
+from collate_assets.core.writers import shown
 
-from . import lineage
-from .io_managers import PackRequest, TokenizedSpill
-from .partitions import INPUT_FILES
-from .resources import CollatePaths, PackingSettings, TokenizerResource
+from . import checks
+from .files import DatasetFiles, SpillManifest, is_local, local_copy, local_path, write_packed
 
-GROUP = "collate"
+# Bump when the code that writes an asset changes what it writes (every partition becomes stale).
+TOKENIZE_CODE_VERSION = "4"  # 2: line limit; 3: tools, reasoning, flags; 4: one layout, manifest v2
+PACK_CODE_VERSION = "2"  # 2: one layout (<output>/<name>.<ext>)
 PROGRESS_LOG_SECONDS = 15.0
 
 SPILL_COLUMNS = dg.TableSchema(
@@ -30,6 +44,14 @@ SPILL_COLUMNS = dg.TableSchema(
         dg.TableColumn("line", "int64", description="line of the input file it came from"),
     ]
 )
+PACKED_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("input_ids", "list<int32>", description="token ids of the row, several conversations back to back"),
+        dg.TableColumn("labels", "list<int32>", description="-100 where not trained, and at every sequence start"),
+        dg.TableColumn("position_ids", "list<int32>", description="restart at 0 where each sequence starts"),
+        dg.TableColumn("seq_lengths", "list<int32>", description="length of each sequence in the row"),
+    ]
+)
 
 RAW_DESCRIPTION = """The input conversation files, one partition per file of the input folder.
 
@@ -37,173 +59,200 @@ Containers: JSON Lines (`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`), one JSON array 
 or JSON Lines under that name) and Parquet (`*.parquet`, a conversation list column); all streamed.
 
 The data version of a partition is the sha256 of its file's bytes, so editing a file marks its
-tokenized and packed partitions stale. `input_files_sensor` records these observations as it sees
+tokenized and packed partitions stale. The input files sensor records these observations as it sees
 files appear or change; observing this asset does the same on demand.
 """
 
-# observable_source_asset is beta in 1.13; we use it knowingly, so keep its warning out of every load.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)
 
-    @dg.observable_source_asset(
-        name="raw_conversations",
-        partitions_def=INPUT_FILES,
-        group_name=GROUP,
-        description=RAW_DESCRIPTION,
-        metadata={
-            "format": "chat conversations: JSON Lines (*.jsonl, *.jsonl.gz, *.jsonl.zst), a JSON array (*.json) "
-            "or Parquet rows (*.parquet)"
-        },
-        tags={"dagster/kind/jsonl": ""},
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """The names and settings that make one dataset's definitions distinct from another's."""
+
+    settings: CollateSettings
+    name: str | None = None  # None: the default dataset (no key prefix)
+
+    @property
+    def prefix(self) -> list[str]:
+        return [self.name] if self.name else []
+
+    @property
+    def group(self) -> str:
+        return self.name or "collate"
+
+    @property
+    def resource_key(self) -> str:
+        return f"collate_{self.name}" if self.name else "collate"
+
+    def key(self, asset: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.prefix, asset])
+
+    def op_name(self, name: str) -> str:
+        return f"{self.name}__{name}" if self.name else name
+
+    @property
+    def partitions(self) -> dg.DynamicPartitionsDefinition:
+        from .partitions import input_files_partitions
+
+        return input_files_partitions(f"{self.name}_input_files" if self.name else "input_files")
+
+    def tokenize_code_version(self) -> str:
+        s = self.settings
+        tokenizer = tokenizer_files_fingerprint(s.tokenizer_name(), s.tokenizer_revision, s.chat_template)
+        return f"{TOKENIZE_CODE_VERSION}.s{s.fingerprint()[:10]}.t{tokenizer[:10]}"
+
+    def pack_code_version(self) -> str:
+        return f"{PACK_CODE_VERSION}.s{self.settings.fingerprint()[:10]}"
+
+
+def _failure(exc: Exception | str) -> dg.Failure:
+    return dg.Failure(description=shown(str(exc)), allow_retries=False)
+
+
+def _config(context: dg.AssetExecutionContext, dataset: Dataset):
+    return getattr(context.resources, dataset.resource_key)
+
+
+def build_raw_conversations(dataset: Dataset) -> dg.AssetsDefinition:
+    # observable_source_asset is beta in 1.13; we use it knowingly, so keep its warning out of every load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.observable_source_asset(
+            key=dataset.key("raw_conversations"),
+            partitions_def=dataset.partitions,
+            group_name=dataset.group,
+            description=RAW_DESCRIPTION,
+            required_resource_keys={dataset.resource_key},
+            metadata={"input": str(dataset.settings.input_path())},
+            tags={"dagster/kind/jsonl": ""},
+        )
+        def raw_conversations(context) -> dg.DataVersionsByPartition:
+            """Observe the input files: the sha256 of each file is its partition's data version."""
+            files = _config(context, dataset).files()
+            keys = [context.partition_key] if context.has_partition_key else list(
+                context.instance.get_dynamic_partitions(dataset.partitions.name)
+            )
+            versions = {}
+            for key in keys:
+                try:
+                    path = files.input_path(key)
+                except CollateError as exc:
+                    context.log.warning(str(exc))
+                    continue
+                if path.is_file():
+                    versions[key] = file_sha256(path)
+                else:
+                    context.log.warning(f"partition {key!r}: {shown(path)} is gone")
+            return dg.DataVersionsByPartition(versions)
+
+    return raw_conversations
+
+
+def build_tokenized_conversations(dataset: Dataset, automation: dg.AutomationCondition | None) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dataset.key("tokenized_conversations"),
+        partitions_def=dataset.partitions,
+        deps=[dataset.key("raw_conversations")],
+        group_name=dataset.group,
+        kinds={"huggingface", "arrow"},
+        code_version=dataset.tokenize_code_version(),
+        automation_condition=automation,
+        required_resource_keys={dataset.resource_key},
     )
-    def raw_conversations(context: dg.OpExecutionContext, paths: CollatePaths) -> dg.DataVersionsByPartition:
-        """Observe the input files: the sha256 of each file is its partition's data version."""
-        if context.has_partition_key:
-            keys = [context.partition_key]
-        else:
-            keys = list(context.instance.get_dynamic_partitions(INPUT_FILES.name))
-        versions = {}
-        for key in keys:
-            try:
-                path = paths.input_path(key)
-            except CollateError as exc:
-                context.log.warning(str(exc))
-                continue
-            if path.is_file():
-                versions[key] = file_sha256(path)
-            else:
-                context.log.warning(f"partition {key!r}: {path} is gone")
-        return dg.DataVersionsByPartition(versions)
+    def tokenized_conversations(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Every conversation of one input file rendered with the chat template, tokenized and labelled.
 
-
-def _failure(exc: Exception) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
-
-
-@dg.asset(
-    partitions_def=INPUT_FILES,
-    deps=[raw_conversations],
-    io_manager_key="spill_io_manager",
-    group_name=GROUP,
-    kinds={"huggingface", "arrow"},
-    code_version=lineage.TOKENIZE_CODE_VERSION,
-)
-def tokenized_conversations(
-    context: dg.AssetExecutionContext,
-    paths: CollatePaths,
-    tokenizer: TokenizerResource,
-    packing: PackingSettings,
-) -> dg.MaterializeResult:
-    """Every conversation of one input file rendered with the chat template, tokenized and labelled.
-
-    Written as an Arrow IPC spill file `<spill_dir>/<stem>.arrow` (input_ids, labels, line), with the
-    lines that could not be used in `<stem>.rejects.jsonl` beside it. Overlong conversations follow
-    `packing.overlong`. The data version hashes the input file, the tokenizer, the settings and this
-    code's version, so the packed partitions go stale when any of them changes.
-    """
-    key = context.partition_key
-    try:
-        paths.check_folders()
-        source = paths.input_path(key)
-    except CollateError as exc:
-        raise _failure(exc) from exc
-    problem = input_file_problem(source)
-    if problem is not None:
-        raise dg.Failure(description=f"input file {source} for partition {key!r} {problem}", allow_retries=False)
-    try:
-        settings = packing.to_settings()
-        tok = tokenizer.load()
-        identity = tokenizer.describe()
-    except CollateError as exc:
-        raise _failure(exc) from exc
-
-    before = source.stat()
-    input_sha256 = file_sha256(source)
-    version = lineage.tokenized_lineage(input_sha256, identity["fingerprint"], settings)
-    spill = paths.spill_path(key)
-    rejects = paths.rejects_path(key)
-    previous = _reusable_spill(paths.manifest_path(key), version)
-    if previous is not None:
-        # Same file bytes, tokenizer, settings and code: the spill on disk is what we would write.
-        context.log.info(f"{source} unchanged since {previous.spill_path} was written: reusing it")
-        result = previous
-        stats = TokenizeStats.from_dict(previous.stats)
-    else:
-        progress = _progress_logger(context, progress_total(source))
-        context.log.info(f"tokenizing {source} ({before.st_size:,} bytes) with {identity['name']} into {spill}")
+        Written as an Arrow IPC spill `<spill_dir>/<name>.arrow` (input_ids, labels, line) with a
+        manifest beside it; records that could not be used go to `<output_dir>/<name>.rejects.jsonl`
+        with the reason. Overlong conversations follow the `overlong` setting. The code version
+        carries the settings and the tokenizer's fingerprint, so changing either makes it stale.
+        """
+        config = _config(context, dataset)
         try:
-            stats = tokenize_file(source, spill, tok, settings, rejects_path=rejects, progress=progress)
+            settings = config.settings()
+            files = DatasetFiles(settings)
+            files.check_folders()
+            tokenizer = config.load_tokenizer()
         except CollateError as exc:
             raise _failure(exc) from exc
-        after = source.stat()
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise dg.Failure(description=f"{source} changed while it was tokenized; run again", allow_retries=True)
-        result = TokenizedSpill(
-            partition_key=key,
-            spill_path=str(spill),
-            rejects_path=str(rejects),
-            input_path=str(source),
-            input_sha256=input_sha256,
-            tokenizer=identity,
-            settings=settings.as_dict(),
-            lineage=version,
-            stats=stats.to_dict(),
-        )
+        identity = {
+            "name": settings.tokenizer_name(),
+            "revision": settings.tokenizer_revision,
+            "chat_template": settings.chat_template,
+            "fingerprint": tokenizer_fingerprint(tokenizer),
+        }
+        failures = {}
+        for key in context.partition_keys:
+            try:
+                metadata = _tokenize_partition(context, files, key, tokenizer, settings, identity)
+            except CollateError as exc:
+                failures[key] = str(exc)
+                continue
+            context.add_asset_metadata(metadata, partition_key=key)
+        if failures:
+            raise _failure("; ".join(failures.values()))
+        return dg.MaterializeResult()
 
-    if stats.rejected:
-        context.log.warning(f"{stats.rejected} of {stats.lines_read} lines rejected; reasons and lines in {rejects}")
+    return tokenized_conversations
 
-    reasons = dict(sorted(stats.reject_reasons.items()))
-    return dg.MaterializeResult(
-        value=result,
-        data_version=dg.DataVersion(version),
-        metadata={
-            "dagster/row_count": stats.sequences,
-            "dagster/column_schema": SPILL_COLUMNS,
-            "lines_read": stats.lines_read,
-            "conversations": stats.conversations,
-            "sequences": stats.sequences,
-            "rejected": stats.rejected,
-            "reject_reasons": dg.MetadataValue.json(reasons),
-            "reject_reasons_table": dg.MetadataValue.md(_reasons_markdown(reasons)),
-            "tokens": stats.tokens,
-            "tokens_read": stats.tokens_read,
-            "trained_tokens": stats.trained_tokens,
-            "truncated": stats.truncated,
-            "dropped": stats.dropped,
-            "split": stats.split,
-            "truncated_tokens": stats.truncated_tokens,
-            "turn_sequences": stats.turn_sequences,
-            "reasoning_dropped": stats.reasoning_dropped,
-            "chat_template": dg.MetadataValue.json(stats.template),
-            "length_histogram": dg.MetadataValue.md(stats.histogram_markdown()),
-            "spill": dg.MetadataValue.path(str(spill)),
-            "rejects": dg.MetadataValue.path(str(rejects)),
-            "input_file": dg.MetadataValue.path(str(source)),
-            "input_sha256": input_sha256,
-            "tokenizer": identity["name"],
-            "tokenizer_revision": identity["revision"] or "",
-            "tokenizer_fingerprint": identity["fingerprint"],
-            "settings": dg.MetadataValue.json(settings.as_dict()),
-            "settings_fingerprint": settings.fingerprint(),
-            lineage.LINEAGE_METADATA_KEY: version,
-        },
+
+def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, settings: CollateSettings, identity: dict) -> dict:
+    source = files.input_path(key)
+    problem = input_file_problem(source)
+    if problem is not None:
+        raise CollateError(f"input file {source} for partition {key!r} {problem}")
+    before = source.stat()
+    input_sha256 = file_sha256(source)
+    spill = files.spill_path(key)
+    rejects = files.rejects_path(key)
+    context.log.info(f"tokenizing {shown(source)} ({before.st_size:,} bytes) with {identity['name']} into {shown(spill)}")
+    stats = tokenize_file(
+        source, spill, tokenizer, settings, rejects_path=rejects, progress=_progress_logger(context, progress_total(source))
     )
-
-
-def _reusable_spill(manifest: Path, version: str) -> TokenizedSpill | None:
-    """The spill a previous run wrote for exactly this lineage, if it and its rejects file are intact."""
-    if not manifest.is_file():
-        return None
-    try:
-        previous = TokenizedSpill.from_json(manifest.read_text(encoding="utf-8"))
-    except (ValueError, TypeError):
-        return None
-    if previous.lineage != version or not Path(previous.spill_path).is_file():
-        return None
-    if previous.rejects_path and not Path(previous.rejects_path).is_file():
-        return None
-    return previous
+    after = source.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise CollateError(f"{source} changed while it was tokenized; run again")
+    SpillManifest(
+        partition_key=key, spill_path=str(spill), rejects_path=str(rejects), input_path=str(source),
+        input_sha256=input_sha256, tokenizer=identity, settings=settings.as_dict(), stats=stats.to_dict(),
+    ).write(files.manifest_path(key))
+    if stats.rejected:
+        context.log.warning(
+            f"{shown(source.name)}: {stats.rejected} of {stats.lines_read} records rejected; reasons and records in {shown(rejects)}"
+        )
+    reasons = dict(sorted(stats.reject_reasons.items()))
+    return {
+        "dagster/row_count": stats.sequences,
+        "dagster/column_schema": SPILL_COLUMNS,
+        "lines_read": stats.lines_read,
+        "conversations": stats.conversations,
+        "sequences": stats.sequences,
+        "rejected": stats.rejected,
+        "blank_lines": stats.blank_lines,
+        "reject_reasons": dg.MetadataValue.json(reasons),
+        "reject_reasons_table": dg.MetadataValue.md(_reasons_markdown(reasons)),
+        "tokens": stats.tokens,
+        "tokens_read": stats.tokens_read,
+        "trained_tokens": stats.trained_tokens,
+        "truncated": stats.truncated,
+        "dropped": stats.dropped,
+        "split": stats.split,
+        "truncated_tokens": stats.truncated_tokens,
+        "turn_sequences": stats.turn_sequences,
+        "reasoning_dropped": stats.reasoning_dropped,
+        "chat_template": dg.MetadataValue.json(stats.template),
+        "length_histogram": dg.MetadataValue.md(stats.histogram_markdown()),
+        "stats": dg.MetadataValue.json(stats.to_dict()),
+        "spill": dg.MetadataValue.path(str(spill)),
+        "rejects": dg.MetadataValue.path(str(rejects)),
+        "input_file": dg.MetadataValue.path(str(source)),
+        "input_sha256": input_sha256,
+        "tokenizer": identity["name"],
+        "tokenizer_revision": identity["revision"] or "",
+        "tokenizer_fingerprint": identity["fingerprint"],
+        "settings": dg.MetadataValue.json(settings.output_dict()),
+        "settings_fingerprint": settings.fingerprint(),
+    }
 
 
 def _reasons_markdown(reasons: dict[str, int]) -> str:
@@ -237,50 +286,101 @@ def _progress_logger(context: dg.AssetExecutionContext, total_bytes: int):
     return progress
 
 
-def build_packed_asset(fmt: str) -> dg.AssetsDefinition:
-    """`packed_<fmt>`: the tokenized partition packed into rows, written by `<fmt>_io_manager`."""
+def build_packed(dataset: Dataset, fmt: str, automation: dg.AutomationCondition | None) -> dg.AssetsDefinition:
+    """`packed_<fmt>`: the tokenized partition packed into rows and written, with its blocking checks."""
+    key = dataset.key(f"packed_{fmt}")
 
     @dg.asset(
-        name=f"packed_{fmt}",
-        partitions_def=INPUT_FILES,
-        io_manager_key=f"{fmt}_io_manager",
-        group_name=GROUP,
+        key=key,
+        partitions_def=dataset.partitions,
+        deps=[dataset.key("tokenized_conversations")],
+        group_name=dataset.group,
         kinds={fmt},
-        code_version=lineage.PACK_CODE_VERSION,
+        code_version=dataset.pack_code_version(),
+        automation_condition=automation,
+        check_specs=checks.check_specs(key, dataset.partitions),
+        required_resource_keys={dataset.resource_key},
         description=(
             f"Packed training rows of one input file as {fmt}: whole conversations back to back, at most "
             "max_length tokens a row, with position_ids restarting at every sequence, labels -100 at every "
             "sequence start, seq_lengths per row and no attention_mask (padding-free). Written to "
-            f"<output_dir>/{fmt}/<stem> by {fmt}_io_manager; loading it gives the file's UPath."
+            f"<output_dir>/<name>{'.' + fmt if fmt != 'arrow' else '.arrow'}, read back and checked in the same step."
         ),
     )
-    def _packed(tokenized_conversations: TokenizedSpill, packing: PackingSettings) -> PackRequest:
+    def packed(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        config = _config(context, dataset)
         try:
-            settings = packing.to_settings()
+            settings = config.settings()
+            files = DatasetFiles(settings)
+            files.check_folders()
         except CollateError as exc:
             raise _failure(exc) from exc
-        if settings.fingerprint() != tokenized_conversations.collate_settings().fingerprint():
-            raise dg.Failure(
-                description=(
-                    "the packing settings differ from the ones tokenized_conversations used "
-                    f"({tokenized_conversations.settings} vs {settings.as_dict()}): materialize "
-                    "tokenized_conversations with these settings too"
-                ),
-                allow_retries=False,
-            )
-        return PackRequest(
-            spill=tokenized_conversations,
-            fmt=fmt,
-            settings=settings,
-            lineage=lineage.packed_lineage(tokenized_conversations.lineage, fmt),
+        results, failures = {}, {}
+        for partition in context.partition_keys:
+            try:
+                metadata, results[partition] = _pack_partition(files, partition, fmt, settings)
+            except CollateError as exc:
+                failures[partition] = str(exc)
+                continue
+            context.add_asset_metadata(metadata, partition_key=partition)
+        if failures:
+            raise _failure("; ".join(failures.values()))
+        return dg.MaterializeResult(check_results=checks.combined_results(results))
+
+    return packed
+
+
+def _pack_partition(files: DatasetFiles, key: str, fmt: str, settings: CollateSettings) -> tuple[dict, list]:
+    manifest = SpillManifest.read(files.manifest_path(key))
+    if manifest.collate_settings().fingerprint() != settings.fingerprint():
+        raise CollateError(
+            f"partition {key!r}: the settings differ from the ones tokenized_conversations used "
+            f"({manifest.collate_settings().output_dict()} vs {settings.output_dict()}): materialize "
+            "tokenized_conversations with these settings too"
         )
+    dest = files.output_path(key, fmt)
+    stats = write_packed(manifest.spill_path, dest, fmt, settings)
+    with local_copy(dest) as path:
+        report = checks.verify_packed_rows(read_packed(path, fmt, numpy=True), settings.max_length)
+    results = list(checks.check_results(report, manifest, spill_lengths(manifest.spill_path)))
+    return packed_metadata(stats, dest, manifest, settings), results
 
-    return _packed
+
+def packed_metadata(stats: PackStats, dest, manifest: SpillManifest, settings: CollateSettings) -> dict:
+    """Numbers as int/float metadata (the UI plots them per partition), identity as text."""
+    tokenizer = manifest.tokenizer
+    location = dg.MetadataValue.path(str(local_path(dest))) if is_local(dest) else dg.MetadataValue.url(str(dest))
+    return {
+        "dagster/row_count": stats.rows,
+        "dagster/column_schema": PACKED_COLUMNS,
+        "dagster/uri": str(dest),
+        "path": location,
+        "rows": stats.rows,
+        "lower_bound_rows": stats.lower_bound,
+        "rows_over_lower_bound": stats.rows - stats.lower_bound,
+        "fill": float(stats.fill),
+        "sequences": stats.sequences,
+        "sequences_per_row": float(stats.sequences_per_row),
+        "tokens": stats.tokens,
+        "trained_tokens": stats.trained_tokens,
+        "max_row_tokens": stats.max_row_tokens,
+        "max_length": stats.max_length,
+        "packing": stats.packing,
+        "padding_free": True,
+        "size_bytes": int(dest.stat().st_size),
+        "input_file": dg.MetadataValue.path(manifest.input_path),
+        "input_sha256": manifest.input_sha256,
+        "tokenizer": tokenizer["name"],
+        "tokenizer_revision": tokenizer.get("revision") or "",
+        "tokenizer_fingerprint": tokenizer["fingerprint"],
+        "settings": dg.MetadataValue.json(settings.output_dict()),
+        "tokenize_stats": dg.MetadataValue.json(manifest.stats),
+    }
 
 
-packed_arrow = build_packed_asset("arrow")
-packed_parquet = build_packed_asset("parquet")
-packed_msgpack = build_packed_asset("msgpack")
-packed_jsonl = build_packed_asset("jsonl")
-
-PACKED_ASSETS = {"arrow": packed_arrow, "parquet": packed_parquet, "msgpack": packed_msgpack, "jsonl": packed_jsonl}
+def manifest_for(files: DatasetFiles, key: str) -> SpillManifest | None:
+    path: Path = files.manifest_path(key)
+    try:
+        return SpillManifest.read(path)
+    except CollateError:
+        return None

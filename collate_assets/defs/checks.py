@@ -1,7 +1,7 @@
 """Blocking checks on every packed output: bad rows must not reach a trainer.
 
-One multi-asset check per format reads the written file back once (with the engine's `read_packed`,
-independently of the writer) and reports four checks per partition:
+They are check specs of each packed asset, evaluated in the same step from one read of the file just
+written (with the engine's `read_packed`, independently of the writer):
 
 - rows_fit_max_length: no row is longer than max_length;
 - sequence_boundaries: position_ids count 0, 1, ... within each sequence and seq_lengths add up to
@@ -10,21 +10,20 @@ independently of the writer) and reports four checks per partition:
   conversation is never trained to predict the first of the next;
 - tokens_conserved: the packed tokens and sequences are those of the spill, and every token read
   is either packed or reported as cut away by the overlong policy.
+
+A failed check fails the step (the checks are blocking), so nothing downstream uses the output.
 """
 
 import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import dagster as dg
 import numpy as np
-from upath import UPath
 
-from collate_assets.core import IGNORE_INDEX, OUTPUT_FORMATS, read_packed, spill_lengths
+from collate_assets.core import IGNORE_INDEX
 
-from .io_managers import TokenizedSpill, local_copy
-from .lineage import TOKENIZED_CONVERSATIONS
-from .partitions import INPUT_FILES
+from .files import SpillManifest
 
 CHECK_DESCRIPTIONS = {
     "rows_fit_max_length": "Every packed row has at most max_length tokens.",
@@ -92,80 +91,60 @@ def _first(value: int | None) -> dict:
     return {} if value is None else {"first_bad_row": value}
 
 
-def check_results(report: RowReport, spill: TokenizedSpill, spill_token_lengths: np.ndarray, asset_key: dg.AssetKey):
-    """The four AssetCheckResults for one packed file."""
+def check_results(report: RowReport, spill: SpillManifest, spill_token_lengths: np.ndarray) -> Iterator[tuple[str, bool, dict]]:
+    """(check name, passed, metadata) of the four checks for one packed file."""
     max_length = spill.settings["max_length"]
     spill_tokens = int(spill_token_lengths.sum())
     spill_sequences = int(len(spill_token_lengths))
     tokens_read = int(spill.stats["tokens_read"])
     cut_away = int(spill.stats["truncated_tokens"])
-    yield dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name="rows_fit_max_length",
-        passed=report.too_long == 0,
-        metadata={"rows": report.rows, "rows_too_long": report.too_long, "max_row_tokens": report.max_row_tokens,
-                  "max_length": max_length, **_first(report.first_too_long)},
-    )
-    yield dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name="sequence_boundaries",
-        passed=report.bad_boundaries == 0,
-        metadata={"rows": report.rows, "rows_with_bad_boundaries": report.bad_boundaries,
-                  **_first(report.first_bad_boundaries)},
-    )
-    yield dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name="labels_masked_at_starts",
-        passed=report.unmasked_starts == 0,
-        metadata={"rows": report.rows, "rows_with_unmasked_starts": report.unmasked_starts,
-                  **_first(report.first_unmasked_start)},
-    )
+    yield "rows_fit_max_length", report.too_long == 0, {
+        "rows": report.rows, "rows_too_long": report.too_long, "max_row_tokens": report.max_row_tokens,
+        "max_length": max_length, **_first(report.first_too_long)}
+    yield "sequence_boundaries", report.bad_boundaries == 0, {
+        "rows": report.rows, "rows_with_bad_boundaries": report.bad_boundaries, **_first(report.first_bad_boundaries)}
+    yield "labels_masked_at_starts", report.unmasked_starts == 0, {
+        "rows": report.rows, "rows_with_unmasked_starts": report.unmasked_starts, **_first(report.first_unmasked_start)}
     conserved = (
         report.tokens == spill_tokens == int(spill.stats["tokens"])
         and report.sequences == spill_sequences
         and tokens_read == report.tokens + cut_away
     )
-    yield dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name="tokens_conserved",
-        passed=conserved,
-        metadata={"packed_tokens": report.tokens, "spill_tokens": spill_tokens, "tokens_read": tokens_read,
-                  "tokens_cut_away": cut_away, "packed_sequences": report.sequences,
-                  "spill_sequences": spill_sequences},
-    )
+    yield "tokens_conserved", conserved, {
+        "packed_tokens": report.tokens, "spill_tokens": spill_tokens, "tokens_read": tokens_read,
+        "tokens_cut_away": cut_away, "packed_sequences": report.sequences, "spill_sequences": spill_sequences}
 
 
-def build_packed_checks(fmt: str) -> dg.AssetChecksDefinition:
-    """The blocking checks of `packed_<fmt>`, evaluated per partition from one read of the file."""
-    asset_key = dg.AssetKey(f"packed_{fmt}")
+def check_specs(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The blocking check specs of one packed asset."""
     # A partitions_def on a check spec is a preview feature in 1.13; without it the results of all
     # partitions would overwrite each other in the UI. Keep the warning out of every load.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        specs = [
-            dg.AssetCheckSpec(
-                name,
-                asset=asset_key,
-                additional_deps=[TOKENIZED_CONVERSATIONS],
-                blocking=True,
-                partitions_def=INPUT_FILES,
-                description=text,
-            )
+        return [
+            dg.AssetCheckSpec(name, asset=asset_key, blocking=True, partitions_def=partitions_def, description=text)
             for name, text in CHECK_DESCRIPTIONS.items()
         ]
 
-    @dg.multi_asset_check(
-        name=f"packed_{fmt}_checks",
-        specs=specs,
-        ins={"packed": dg.AssetIn(key=asset_key), "tokenized": dg.AssetIn(key=TOKENIZED_CONVERSATIONS)},
-        description=f"Read packed_{fmt} back and check every row.",
-    )
-    def _checks(packed: UPath, tokenized: TokenizedSpill):
-        with local_copy(packed) as path:
-            report = verify_packed_rows(read_packed(path, fmt, numpy=True), tokenized.settings["max_length"])
-        yield from check_results(report, tokenized, spill_lengths(tokenized.spill_path), asset_key)
 
-    return _checks
+def combined_results(per_partition: dict[str, list[tuple[str, bool, dict]]]) -> list[dg.AssetCheckResult]:
+    """One AssetCheckResult per check for the partitions of a step.
 
-
-PACKED_CHECKS = [build_packed_checks(fmt) for fmt in OUTPUT_FORMATS]
+    A step of one partition reports that partition's figures. A step of several partitions (the
+    `collate` command runs a range of partitions at once) reports whether the check passed for
+    every partition, and which did not: Dagster records check results per partition only for
+    single-partition steps.
+    """
+    if len(per_partition) == 1:
+        [results] = per_partition.values()
+        return [dg.AssetCheckResult(check_name=name, passed=passed, metadata=meta) for name, passed, meta in results]
+    combined = []
+    for name in CHECK_DESCRIPTIONS:
+        failed = sorted(key for key, results in per_partition.items() for n, passed, _ in results if n == name and not passed)
+        combined.append(dg.AssetCheckResult(
+            check_name=name,
+            passed=not failed,
+            metadata={"partitions": len(per_partition), "failed_partitions": dg.MetadataValue.json(failed)},
+            description=f"failed for {', '.join(failed)}" if failed else None,
+        ))
+    return combined

@@ -20,17 +20,15 @@ A key can only ever name a file directly inside the input folder: the decoded na
 name (no `/`, no NUL, not `.` or `..`), or the key is refused.
 """
 
-import logging
+import fnmatch
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateError
 from collate_assets.core import input_stem as _input_stem
-from collate_assets.core.reader import INPUT_PATTERNS, scan_input_files
+from collate_assets.core.reader import scan_input_files
 
-log = logging.getLogger(__name__)
 
 INPUT_FILES = dg.DynamicPartitionsDefinition(name="input_files")
 
@@ -83,13 +81,31 @@ def output_stem(key: str) -> str:
     return _input_stem(Path(key_to_file_name(key)))
 
 
+def input_folder_and_pattern(source: str | Path) -> tuple[Path, str | None]:
+    """(folder, file-name pattern): a folder, one file (its folder and its name) or `folder/*.jsonl`.
+
+    A glob may only be in the last part (the files of one folder are the partitions, keyed by name).
+    """
+    source = Path(source)
+    if any(char in source.name for char in "*?["):
+        return source.parent, source.name
+    if source.is_file():
+        return source.parent, glob_escape(source.name)
+    return source, None
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
     """The input files of `input_dir` by partition key, and warnings about files left out.
 
-    A missing or empty folder gives no files (no error: a sensor must not fail while a folder is
+    `input_dir` is a folder, one input file, or a folder and a glob (`/data/chats/*.jsonl`). A
+    missing or empty folder gives no files (no error: a sensor must not fail while a folder is
     being created). Two files with the same stem (`x.jsonl` and `x.jsonl.gz`, or `x.json` and
-    `x.parquet`) would write the same outputs, so only the first in sorted order is kept. Folders, special files, broken symlinks and
-    symlinks leading outside `input_dir` are left out too.
+    `x.parquet`) would write the same outputs, so only the first in sorted order is kept. Folders,
+    special files, broken symlinks and symlinks leading outside `input_dir` are left out too.
     """
     by_key, clashes, skipped = _scan(input_dir)
     return by_key, skipped + clashes
@@ -97,12 +113,15 @@ def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]
 
 def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]:
     """(files by key, warnings about stem clashes, warnings about entries that are not input files)."""
-    folder = Path(input_dir)
+    folder, pattern = input_folder_and_pattern(input_dir)
     if not folder.is_dir():
         return {}, [], [f"input folder {folder} does not exist"] if not folder.exists() else [
             f"input {folder} is not a folder"
         ]
     files, skipped = scan_input_files(folder)
+    if pattern is not None:
+        files = [path for path in files if fnmatch.fnmatchcase(path.name, pattern)]
+        skipped = [w for w in skipped if "subfolder" not in w]
     by_key: dict[str, Path] = {}
     stems: dict[str, str] = {}
     clashes: list[str] = []
@@ -117,45 +136,15 @@ def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]
     return by_key, clashes, skipped
 
 
-def register_partitions(instance: dg.DagsterInstance, input_dir: str | Path, *, observe: bool = True) -> list[str]:
-    """Add a partition for every input file of `input_dir` the instance does not know yet.
-
-    `input_dir` is the input folder, or one input file (its key is then relative to its own folder,
-    which must be the folder the run's `paths` resource reads). Returns the partition keys of the
-    files, in file-name order (the ones just added and the ones already there). The `collate` CLI
-    calls this before materializing, because a dynamic partition must exist before anything can
-    run it. With `observe`, a file whose content changed since its last observation also gets a
-    `raw_conversations` observation (its sha256), as the sensor would record, so Dagster's own
-    staleness follows CLI runs too. Raises CollateError when there is no input file or two files
-    would write the same outputs; entries that are not input files (folders, broken symlinks,
-    symlinks leading outside the folder) are skipped with a logged warning, as
-    `collate_assets.core.list_input_files` skips them.
-    """
-    source = Path(input_dir)
-    if source.is_file():
-        files = {file_name_to_key(source.name): source}
-    else:
-        files, clashes, skipped = _scan(source)
-        if clashes:
-            raise CollateError(
-                "; ".join(c.replace(" skipped:", ":", 1) for c in clashes) + ": nothing registered, rename one of them"
-            )
-        for warning in skipped:
-            log.warning("%s: %s", source, warning)
-        if not files:
-            raise CollateError(f"no input files ({INPUT_PATTERNS}) in {source}")
-    return register_keys(instance, files, observe=observe)
-
-
-def register_keys(instance: dg.DagsterInstance, files: dict[str, Path], *, observe: bool = True) -> list[str]:
-    """Add the partitions `files` (key -> input file) the instance does not know yet; returns the keys."""
-    known = set(instance.get_dynamic_partitions(INPUT_FILES.name))
-    new = [key for key in files if key not in known]
+def register_keys(instance: dg.DagsterInstance, partitions_name: str, keys: list[str]) -> list[str]:
+    """Add the partitions `keys` that the instance does not know yet; returns the keys added."""
+    known = set(instance.get_dynamic_partitions(partitions_name))
+    new = [key for key in keys if key not in known]
     if new:
-        instance.add_dynamic_partitions(INPUT_FILES.name, new)
-    if observe:
-        from .lineage import observe_if_changed  # lineage builds on this module
+        instance.add_dynamic_partitions(partitions_name, new)
+    return new
 
-        for key, path in files.items():
-            observe_if_changed(instance, key, path)
-    return list(files)
+
+def input_files_partitions(name: str = INPUT_FILES.name) -> dg.DynamicPartitionsDefinition:
+    """The dynamic partitions of one dataset (`input_files` for the default one)."""
+    return INPUT_FILES if name == INPUT_FILES.name else dg.DynamicPartitionsDefinition(name=name)

@@ -1,8 +1,17 @@
-"""Run the asset graph in-process for the `collate` command, recorded in the Dagster instance.
+"""The `collate` command's runs: the default dataset's graph, in-process, for the stale partitions only.
 
-Every file the command is given becomes a partition (registered first, as a dynamic partition must
-exist before anything runs it), then `tokenized_conversations` and `packed_<format>` (with its
-blocking checks) are materialized for it. The runs, their metadata and lineage show in the UI of a
+1. Every input file becomes a partition (a dynamic partition must exist before anything runs it) and
+   each new or changed file is observed (its sha256 is the data version of `raw_conversations`),
+   exactly as the input files sensor does.
+2. Dagster's own stale status (data versions and code versions, which carry the settings and the
+   tokenizer's fingerprint) says which partitions need `tokenized_conversations`, which only need
+   `packed_<format>` (a format not written yet), and which are up to date; an output that was
+   deleted counts as missing.
+3. The partitions that need work run in one in-process run per contiguous range of partition keys:
+   a run costs a fixed number of event-log writes, so many small files cost little more than one.
+   When a range run fails (a file that cannot be read, say), its partitions run again one by one,
+   so every other file is still written and each failed one is named with its reason.
+Up-to-date partitions launch nothing. The runs, their metadata and lineage show in the UI of a
 `dagster dev` started with the same DAGSTER_HOME.
 """
 
@@ -17,22 +26,27 @@ from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats, list_input_files
-from collate_assets.core.reader import INPUT_PATTERNS, progress_total
-from collate_assets.core.template_limits import RenderLimits
+from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats
+from collate_assets.core.reader import INPUT_PATTERNS, list_input_files
 from collate_assets.core.writers import output_folder_problem, shown
 
-from .assets import PACKED_ASSETS, PROGRESS_SINKS, raw_conversations, tokenized_conversations
-from .checks import PACKED_CHECKS
-from .io_managers import io_managers
-from .partitions import INPUT_FILES, _scan, file_name_to_key, register_keys, register_partitions
-from .resources import CollatePaths, PackingSettings, TokenizerResource
+from .assets import PROGRESS_SINKS, Dataset
+from .dataset import build_dataset_defs
+from .files import DatasetFiles
+from .partitions import _scan, file_name_to_key, register_keys
+from .resources import cached_tokenizer
+from .sensors import file_observations
 
 # The command prints its own summary; the run's full event log is in the instance (and the UI).
 # The console logger stays silent (step and run failures would print their stack traces there): a
 # failure becomes the command's one error line, and run warnings are printed one line each.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 DEFAULT_DAGSTER_HOME = Path.home() / ".collate_assets" / "dagster_home"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+# Tags every run this process launches, so that a run left STARTED by a killed `collate` can be found.
+PID_TAG = "collate/pid"
+HOST_TAG = "collate/host"
 
 
 def dagster_home() -> Path:
@@ -57,29 +71,16 @@ def get_instance() -> dg.DagsterInstance:
     with open(home / ".collate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         instance = dg.DagsterInstance.get()
-        instance.get_dynamic_partitions(INPUT_FILES.name)
+        instance.get_dynamic_partitions("input_files")
     return instance
-
-
-def register_only(input_path: Path) -> list[str]:
-    """Register the input files as partitions; returns their keys."""
-    with get_instance() as instance:
-        return register_partitions(instance, input_path)
-
-
-@dataclasses.dataclass
-class CollateRun:
-    """What `run_collate` did: the statistics of each file done, and each file that failed, why."""
-
-    results: list[FileStats] = dataclasses.field(default_factory=list)
-    failures: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
 
 
 def plan_inputs(input_path: Path) -> tuple[dict[str, Path], list[tuple[Path, str]], list[str]]:
     """(files to run by partition key, files that cannot run with the reason, warnings)."""
     if input_path.is_file():
         return {file_name_to_key(input_path.name): input_path}, [], []
-    list_input_files(input_path) if not input_path.is_dir() else None  # a missing input: CollateError
+    if not input_path.is_dir():
+        list_input_files(input_path)  # a missing input: CollateError with the usual message
     files, clashes, skipped = _scan(input_path)
     failures = []
     for clash in clashes:
@@ -90,99 +91,187 @@ def plan_inputs(input_path: Path) -> tuple[dict[str, Path], list[tuple[Path, str
     return files, failures, skipped
 
 
-# Tags every run this process launches, so that a run left STARTED by a killed `collate` can be found.
-PID_TAG = "collate/pid"
-HOST_TAG = "collate/host"
+def register_only(settings: CollateSettings) -> list[str]:
+    """Register the input files as partitions of the default dataset and observe them; returns their keys."""
+    files, failures, skipped = plan_inputs(settings.input_path())
+    if failures:
+        raise CollateError("; ".join(f"{shown(path.name)}: {reason}" for path, reason in failures))
+    for warning in skipped:
+        logging.getLogger(__name__).warning("%s", warning)
+    dataset = Dataset(settings.replace(input_dir=str(settings.input_path().resolve())))
+    with get_instance() as instance:
+        register_keys(instance, dataset.partitions.name, list(files))
+        for event in file_observations(instance, dataset.key("raw_conversations"), files):
+            instance.report_runless_asset_event(event)
+    return list(files)
 
 
-def run_collate(
-    *,
-    input_path: Path,
-    output_dir: Path,
-    tokenizer: str,
-    revision: str | None,
-    chat_template: str | None,
-    trust_remote_code: bool,
-    settings: CollateSettings,
-    fmt: str,
-    progress=None,
-    render_limits: RenderLimits | None = None,
-    warn=None,
-) -> CollateRun:
-    """Materialize every input file as its own partition; a file that fails does not stop the others.
+@dataclasses.dataclass
+class CollateRun:
+    """What `run_collate` did: the statistics of each file and format, each failed file and why."""
 
-    `progress` (optional: None/False, True for a tqdm bar, or an object with `update(nbytes)` and
-    `set_postfix_str(text)`, such as a tqdm bar) shows the bytes read; `warn(text)` gets each
-    warning (entries of the folder left out, a run's warnings).
+    results: list[FileStats] = dataclasses.field(default_factory=list)
+    failures: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    runs: int = 0  # Dagster runs launched (0 when everything was up to date)
+    up_to_date: list[str] = dataclasses.field(default_factory=list)  # partition keys with nothing to do
+
+
+def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> CollateRun:
+    """Bring every input file's outputs (the formats of `settings.formats`) up to date.
+
+    `progress` (optional) is an object with `update(nbytes)` and `set_postfix_str(text)`, such as a
+    tqdm bar; `warn(text)` gets each warning (entries of the folder left out, a run's warnings).
     """
     warn = warn or (lambda text: print(f"collate: warning: {text}", file=sys.stderr))
-    problem = output_folder_problem(input_path, output_dir)
+    input_path = settings.input_path()
+    problem = output_folder_problem(input_path, settings.output_dir)
     if problem is not None:
         raise CollateError(problem)
     files, failures, skipped = plan_inputs(input_path)
     for warning in skipped:
         warn(f"{shown(input_path)}: {warning}")
-    if progress is True:  # (the old boolean: a bar of its own)
-        from tqdm import tqdm
-
-        total = sum(progress_total(path) for path in files.values())
-        progress = tqdm(total=total, unit="B", unit_scale=True, desc="collate", leave=False, file=sys.stderr)
-    elif not progress:
-        progress = None
-    input_dir = input_path if input_path.is_dir() else input_path.parent
-    output_dir = output_dir.resolve()
-    limits = render_limits or RenderLimits()
-    resources = {
-        "paths": CollatePaths(
-            input_dir=str(input_dir.resolve()),
-            output_dir=str(output_dir),
-            spill_dir=str(output_dir / ".collate_tokenized"),
-            layout="flat",
-        ),
-        "tokenizer": TokenizerResource(
-            name_or_path=tokenizer,
-            revision=revision,
-            chat_template=str(Path(chat_template).resolve()) if chat_template else None,
-            trust_remote_code=trust_remote_code,
-            render_timeout_seconds=limits.seconds,
-            render_max_chars=limits.max_chars,
-        ),
-        "packing": PackingSettings(**settings.as_dict()),
-        **io_managers(),
-    }
-    resources["tokenizer"].load()  # a bad tokenizer fails here, once, with the loader's message
-    packed = PACKED_ASSETS[fmt]
-    selection = dg.AssetSelection.assets(tokenized_conversations, packed)
+    settings = settings.replace(
+        input_dir=str(input_path.resolve()),
+        output_dir=str(Path(settings.output_dir).expanduser().resolve()),
+        spill_dir=str(Path(settings.spill_dir).expanduser().resolve()) if settings.spill_dir else None,
+        chat_template=str(Path(settings.chat_template).expanduser().resolve()) if settings.chat_template else None,
+    )
+    cached_tokenizer(settings)  # a bad tokenizer fails here, once, with the loader's message
+    dataset = Dataset(settings)
+    dataset_files = DatasetFiles(settings)
+    for folder in dataset_files.old_layout():
+        warn(f"{shown(folder)} is from an earlier output layout and is no longer read or written (outputs are now "
+             f"{shown(settings.output_dir)}/<name>.<ext>); remove it when you no longer need it")
+    defs = build_dataset_defs(settings)
     outcome = CollateRun(failures=list(failures))
     tags = {"collate/launched_by": "collate-cli", PID_TAG: str(os.getpid()), HOST_TAG: host_tag()}
     with get_instance() as instance, contextlib.ExitStack() as stack:
         ACTIVE["instance"] = instance
         stack.callback(ACTIVE.clear)
         cancel_dead_runs(instance)
-        register_keys(instance, files)
+        register_keys(instance, dataset.partitions.name, list(files))
+        for event in file_observations(instance, dataset.key("raw_conversations"), files):
+            instance.report_runless_asset_event(event)
+        work = plan_work(instance, defs, dataset, dataset_files, list(files))
         if progress is not None:
             PROGRESS_SINKS.append(lambda nbytes, _lines: progress.update(nbytes))
             stack.callback(PROGRESS_SINKS.clear)
+            done = sum(_size(files[key]) for key in files if key not in {k for keys in work.values() for k in keys})
+            progress.update(done)
+        failed: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        order = instance.get_dynamic_partitions(dataset.partitions.name)
+        for selection, keys in work.items():
+            for run_keys in contiguous_ranges(order, keys):
+                if progress is not None:
+                    progress.set_postfix_str(shown(files[run_keys[0]].name) + (f" (+{len(run_keys) - 1})" if len(run_keys) > 1 else ""))
+                for key, (message, took) in _run(instance, defs, selection, run_keys, tags, warn, outcome).items():
+                    if message is None:
+                        seconds[key] = took
+                    else:
+                        failed[key] = message
+        outcome.up_to_date = [key for key in files if not any(key in keys for keys in work.values())]
         for key, path in files.items():
-            if progress is not None:
-                progress.set_postfix_str(shown(path.name))
-            started = time.perf_counter()
-            result = dg.materialize(
-                [raw_conversations, tokenized_conversations, *PACKED_ASSETS.values(), *PACKED_CHECKS],
-                selection=selection,
-                instance=instance,
-                partition_key=key,
-                resources=resources,
-                raise_on_error=False,
-                tags=tags,
-                run_config=QUIET_RUN_CONFIG,
-            )
-            _print_run_warnings(instance, result.run_id, warn)
-            if not result.success:
-                outcome.failures.append((path, _failure_message(result, path)))
+            if key in failed:
+                outcome.failures.append((path, failed[key]))
                 continue
-            outcome.results.append(_file_stats(result, packed.key.path[-1], time.perf_counter() - started))
+            outcome.results.extend(_file_stats(instance, dataset, key, seconds.get(key, 0.0)))
     return outcome
+
+
+def _size(path: Path) -> int:
+    from collate_assets.core.reader import progress_total
+
+    return progress_total(path)
+
+
+def plan_work(instance, defs: dg.Definitions, dataset: Dataset, files: DatasetFiles, keys: list[str]) -> dict[tuple, list[str]]:
+    """Asset keys to materialize -> the partitions that need exactly them (stale, missing or deleted outputs)."""
+    from dagster._core.definitions.data_version import StaleStatus
+
+    resolver = stale_status_resolver(instance, defs)
+    tokenized = dataset.key("tokenized_conversations")
+    packed = {fmt: dataset.key(f"packed_{fmt}") for fmt in dataset.settings.formats}
+    fresh = StaleStatus.FRESH
+    work: dict[tuple, list[str]] = {}
+    for key in keys:
+        if resolver.get_status(tokenized, key) != fresh or not files.manifest_path(key).is_file():
+            selection = (tokenized, *packed.values())
+        else:
+            selection = tuple(
+                asset for fmt, asset in packed.items()
+                if resolver.get_status(asset, key) != fresh or not files.output_path(key, fmt).exists()
+            )
+        if selection:
+            work.setdefault(selection, []).append(key)
+    return work
+
+
+def stale_status_resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
+    """Dagster's stale-status resolver (what the UI's stale badges use) over `defs`.
+
+    It has no public entry point in Dagster 1.13 (pinned in pyproject.toml); this is how Dagster's
+    own schedules build it for `stale_assets_only`.
+    """
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance, graph, view)
+
+
+def contiguous_ranges(order: list[str], keys: list[str]) -> list[list[str]]:
+    """`keys` split into runs of consecutive partitions in the partitions definition's order."""
+    wanted = set(keys)
+    ranges: list[list[str]] = []
+    current: list[str] = []
+    for key in order:
+        if key in wanted:
+            current.append(key)
+        elif current:
+            ranges.append(current)
+            current = []
+    if current:
+        ranges.append(current)
+    return ranges
+
+
+def _run(instance, defs, selection: tuple, keys: list[str], tags: dict, warn, outcome: CollateRun) -> dict[str, tuple]:
+    """Materialize `selection` for `keys` (one run; one run per key again if it fails): key -> (error or None, seconds)."""
+    started = time.perf_counter()
+    if len(keys) == 1:
+        result = _materialize(instance, defs, selection, {"partition_key": keys[0]}, tags)
+    else:
+        result = _materialize(instance, defs, selection, {"tags": {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}}, tags)
+    outcome.runs += 1
+    _print_run_warnings(instance, result.run_id, warn)
+    took = (time.perf_counter() - started) / len(keys)
+    if result.success:
+        return {key: (None, took) for key in keys}
+    if len(keys) == 1:
+        return {keys[0]: (_failure_message(result), took)}
+    out = {}
+    for key in keys:  # isolate the file(s) that failed; the others are written all the same
+        out.update(_run(instance, defs, selection, [key], tags, warn, outcome))
+    return out
+
+
+def _materialize(instance, defs: dg.Definitions, selection: tuple, where: dict, tags: dict) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(selection))
+    run_tags = {**tags, **where.get("tags", {})}
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=where.get("partition_key"),
+        tags=run_tags,
+        run_config=QUIET_RUN_CONFIG,
+        raise_on_error=False,
+    )
 
 
 # The instance of the run in progress, for the signal handler of the `collate` command.
@@ -231,37 +320,44 @@ def _error_text(error) -> str:
     return message
 
 
-def _failure_message(result: dg.ExecuteInProcessResult, path: Path) -> str:
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             message = _error_text(error)
             if error.cause is not None and "dagster._core.errors" in (error.cls_name or "") + (error.message or ""):
                 message = _error_text(error.cause) or message
-            return message.splitlines()[0] if message else f"{path}: step {event.step_key} failed"
+            return message.splitlines()[0] if message else f"step {event.step_key} failed"
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed:
-        return f"{path}: check {failed[0].check_name} failed: {failed[0].description or ''}".strip()
-    return f"{path}: run {result.run_id} failed"
+        return f"check {failed[0].check_name} failed: {failed[0].description or ''}".strip()
+    return f"run {result.run_id} failed"
 
 
-def _file_stats(result: dg.ExecuteInProcessResult, packed_node: str, seconds: float) -> FileStats:
-    spill = result.output_for_node("tokenized_conversations")
-    tokenize = TokenizeStats.from_dict(spill.stats)
-    [materialization] = result.asset_materializations_for_node(packed_node)
-    meta = {k: v.value for k, v in materialization.metadata.items()}
-    pack = PackStats(
-        output=meta["dagster/uri"],
-        format=packed_node.removeprefix("packed_"),
-        max_length=meta["max_length"],
-        packing=meta["packing"],
-        rows=meta["rows"],
-        sequences=meta["sequences"],
-        tokens=meta["tokens"],
-        trained_tokens=meta["trained_tokens"],
-        lower_bound=meta["lower_bound_rows"],
-        fill=meta["fill"],
-        sequences_per_row=meta["sequences_per_row"],
-        max_row_tokens=meta["max_row_tokens"],
-    )
-    return FileStats(tokenize, pack, seconds=seconds)
+def _latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def _file_stats(instance, dataset: Dataset, key: str, seconds: float) -> list[FileStats]:
+    """The statistics of one partition's outputs, one per format, from its latest materializations."""
+    out = []
+    tokenize = None
+    for fmt in dataset.settings.formats:
+        meta = _latest_metadata(instance, dataset.key(f"packed_{fmt}"), key)
+        if not meta:
+            continue
+        if tokenize is None:
+            tokenize = TokenizeStats.from_dict(meta["tokenize_stats"])
+        pack = PackStats(
+            output=meta["dagster/uri"], format=fmt, max_length=meta["max_length"], packing=meta["packing"],
+            rows=meta["rows"], sequences=meta["sequences"], tokens=meta["tokens"],
+            trained_tokens=meta["trained_tokens"], lower_bound=meta["lower_bound_rows"], fill=meta["fill"],
+            sequences_per_row=meta["sequences_per_row"], max_row_tokens=meta["max_row_tokens"],
+        )
+        out.append(FileStats(tokenize, pack, seconds=seconds))
+    return out

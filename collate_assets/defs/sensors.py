@@ -1,70 +1,88 @@
-"""`input_files_sensor`: turn files appearing in the input folder into partitions and runs.
+"""The input files sensor: the input folder's files as partitions, and their observations.
 
-Every 30 s it lists the input folder (not its subfolders) and
-- adds a partition for each new file and requests a `collate_job` run for it;
-- deletes the partition of a file that disappeared (its outputs and history are left in place);
-- records a `raw_conversations` observation (the file's sha256) for new and changed files, so the
-  UI shows their downstream partitions as stale at once. Changed files are rebuilt by
-  `nightly_collate` (or by materializing them from the UI), not by this sensor.
-The cursor remembers each file's size, mtime and sha256, so unchanged files are not read again.
-A missing input folder skips the tick without deleting any partition.
+Every 30 s it lists the dataset's input folder (not its subfolders) and
+- adds a partition for each new file, deletes the partition of a file that disappeared (its outputs
+  and history are left in place);
+- records a `raw_conversations` observation (the file's sha256 as data version) for each new or
+  changed file. What then runs is decided by the assets' automation conditions (automation.py).
+Whether a file changed is judged from the size and modification time recorded on its latest
+observation, so an unchanged file is not read again. A missing input folder skips the tick
+without deleting any partition.
 """
 
-import json
+
+from pathlib import Path
 
 import dagster as dg
 
 from collate_assets.core import file_sha256
 
-from .jobs import collate_job
-from .lineage import latest_observed_sha256, raw_observation
-from .partitions import INPUT_FILES, scan_input_folder
-from .resources import CollatePaths
+from .assets import Dataset
+from .partitions import scan_input_folder
+
+DATA_VERSION_TAG = "dagster/data_version"
 
 
-@dg.sensor(
-    job=collate_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers each new input file as a partition and runs collate_job for it; drops deleted files.",
-)
-def input_files_sensor(context: dg.SensorEvaluationContext, paths: CollatePaths) -> dg.SensorResult:
-    files, warnings = scan_input_folder(paths.input_dir)
-    for warning in warnings:
-        context.log.warning(warning)
-    if not files and warnings:
-        return dg.SensorResult(skip_reason="; ".join(warnings), cursor=context.cursor)
+def latest_observation(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str) -> dg.AssetObservation | None:
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
+    ).records
+    return records[0].asset_observation if records else None
 
-    known = set(context.instance.get_dynamic_partitions(INPUT_FILES.name))
-    seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
-    next_seen: dict[str, list] = {}
-    observations = []
+
+def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, files: dict[str, Path]) -> list[dg.AssetObservation]:
+    """An observation for each file whose size, mtime or content differ from its latest observation."""
+    events = []
     for key, path in files.items():
         stat = path.stat()
-        signature = [stat.st_size, stat.st_mtime_ns]
-        previous = seen.get(key)
-        if previous and previous[:2] == signature:
-            next_seen[key] = previous
-            continue
+        previous = latest_observation(instance, asset_key, key)
+        if previous is not None:
+            seen = {name: previous.metadata[name].value for name in ("size_bytes", "mtime_ns") if name in previous.metadata}
+            if seen == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+                continue
         sha = file_sha256(path)
-        next_seen[key] = [*signature, sha]
-        last_sha = previous[2] if previous else latest_observed_sha256(context.instance, key)
-        if sha != last_sha:
-            observations.append(raw_observation(key, path, sha))
+        metadata = {"path": dg.MetadataValue.path(str(path)), "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if previous is not None and previous.tags.get(DATA_VERSION_TAG) == sha:
+            # touched, same bytes: record the new mtime without a new data version (nothing is stale)
+            events.append(dg.AssetObservation(asset_key=asset_key, partition=key, metadata=metadata,
+                                              tags={DATA_VERSION_TAG: sha}))
+            continue
+        events.append(dg.AssetObservation(asset_key=asset_key, partition=key, tags={DATA_VERSION_TAG: sha}, metadata=metadata))
+    return events
 
-    new = [key for key in files if key not in known]
-    gone = sorted(known - set(files))
-    requests = []
-    if new:
-        requests.append(dg.AddDynamicPartitionsRequest(INPUT_FILES.name, new))
-    if gone:
-        context.log.info(f"input files gone, dropping their partitions: {', '.join(gone)}")
-        requests.append(dg.DeleteDynamicPartitionsRequest(INPUT_FILES.name, gone))
-    runs = [dg.RunRequest(partition_key=key, run_key=f"{key}@{next_seen[key][2][:16]}") for key in new]
-    return dg.SensorResult(
-        run_requests=runs,
-        dynamic_partitions_requests=requests,
-        asset_events=observations,
-        cursor=json.dumps(next_seen, sort_keys=True),
-        skip_reason=None if (runs or requests or observations) else "no new, changed or deleted input file",
+
+def build_input_files_sensor(dataset: Dataset) -> dg.SensorDefinition:
+    partitions = dataset.partitions
+    raw_key = dataset.key("raw_conversations")
+
+    @dg.sensor(
+        name=dataset.op_name("input_files_sensor"),
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={dataset.resource_key},
+        description="Adds a partition for each new input file, drops deleted ones, and observes new or changed files.",
     )
+    def input_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        settings = getattr(context.resources, dataset.resource_key).settings()
+        files, warnings = scan_input_folder(settings.input_path())
+        for warning in warnings:
+            context.log.warning(warning)
+        if not files and warnings:
+            return dg.SensorResult(skip_reason="; ".join(warnings))
+        known = set(context.instance.get_dynamic_partitions(partitions.name))
+        new = [key for key in files if key not in known]
+        gone = sorted(known - set(files))
+        requests = []
+        if new:
+            requests.append(partitions.build_add_request(new))
+        if gone:
+            context.log.info(f"input files gone, dropping their partitions: {', '.join(gone)}")
+            requests.append(partitions.build_delete_request(gone))
+        observations = file_observations(context.instance, raw_key, files)
+        return dg.SensorResult(
+            dynamic_partitions_requests=requests,
+            asset_events=observations,
+            skip_reason=None if (requests or observations) else "no new, changed or deleted input file",
+        )
+
+    return input_files_sensor
