@@ -143,7 +143,9 @@ def build_raw_conversations(dataset: Dataset) -> dg.AssetsDefinition:
                     versions[key] = file_sha256(path)
                 else:
                     context.log.warning(f"partition {key!r}: {shown(path)} is gone")
-            return dg.DataVersionsByPartition(versions)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                return dg.DataVersionsByPartition(versions)
 
     return raw_conversations
 

@@ -1,0 +1,51 @@
+"""Helpers for the Dagster layer's tests: settings on a copy of the demo sample, and real in-process runs."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from collate_assets.core import CollateSettings
+from collate_assets.defs.dataset import build_dataset_defs
+from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
+
+# Small enough that the demo packs into a handful of rows, large enough for its long conversations
+# to exercise truncation.
+TEST_MAX_LENGTH = 1024
+ALL_FORMATS = ("arrow", "parquet", "msgpack", "jsonl")
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def copy_demo(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("demo.jsonl", "demo_small.jsonl"):
+        shutil.copyfile(DEMO_INPUT_DIR / name, folder / name)
+    return folder
+
+
+def demo_settings(input_dir: Path, output_dir, **changes) -> CollateSettings:
+    values = {"input_dir": str(input_dir), "output_dir": str(output_dir), "tokenizer": str(DEMO_TOKENIZER_DIR),
+              "max_length": TEST_MAX_LENGTH, "formats": ALL_FORMATS}
+    values.update(changes)
+    return CollateSettings(**values)
+
+
+def materialize(defs: dg.Definitions, instance, keys, assets=None, **kwargs) -> dg.ExecuteInProcessResult:
+    """Materialize `assets` (default: every asset of `defs`) for one partition key or a range of them."""
+    if assets is None:
+        assets = ["tokenized_conversations", *(f"packed_{fmt}" for fmt in ALL_FORMATS)]
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey.from_coercible(a) for a in assets})
+    if isinstance(keys, str):
+        where = {"partition_key": keys}
+    else:
+        where = {"tags": {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}}
+    return job.execute_in_process(instance=instance, run_config=QUIET, **where, **kwargs)
+
+
+def register(instance, defs_or_keys, keys=None, name="input_files") -> None:
+    instance.add_dynamic_partitions(name, list(keys if keys is not None else defs_or_keys))
+
+
+__all__ = ["ALL_FORMATS", "TEST_MAX_LENGTH", "build_dataset_defs", "copy_demo", "demo_settings", "materialize", "register",
+           "DEMO_TOKENIZER_DIR"]
