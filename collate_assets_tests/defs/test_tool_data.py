@@ -4,25 +4,12 @@ import json
 
 import dagster as dg
 
-from collate_assets.defs import register_partitions
-from collate_assets.defs.assets import tokenized_conversations
-from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.resources import CollatePaths, PackingSettings, TokenizerResource
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
-from ..conftest import SHARED_DIR
-from .conftest import ALL_ASSETS
+from ..helpers import SHARED_DIR
+from .helpers import build_dataset_defs, demo_settings, materialize, register
 
 GLAIVE = SHARED_DIR / "data/llamafactory_glaive_toolcall_zh/glaive_toolcall_zh_demo.json"
-
-
-def _resources(input_dir, output_dir, tokenizer, **packing):
-    return {
-        "paths": CollatePaths(input_dir=str(input_dir), output_dir=str(output_dir)),
-        "tokenizer": tokenizer,
-        "packing": PackingSettings(max_length=4096, **packing),
-        **io_managers(),
-    }
 
 
 def test_tool_conversations_materialize_with_the_template_facts(tmp_path):
@@ -30,12 +17,12 @@ def test_tool_conversations_materialize_with_the_template_facts(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "tools.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tokenizer = TokenizerResource(name_or_path=str(SHARED_DIR / "tokenizers" / "Qwen3"))
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", tokenizer=str(SHARED_DIR / "tokenizers" / "Qwen3"),
+                                            labels="assistant", max_length=4096))
     with dg.instance_for_test() as instance:
-        [key] = register_partitions(instance, folder)
-        result = dg.materialize(ALL_ASSETS, instance=instance, partition_key=key,
-                                resources=_resources(folder, tmp_path / "out", tokenizer, labels="assistant"),
-                                selection=[tokenized_conversations])
+        key = "tools.jsonl"
+        register(instance, [key])
+        result = materialize(defs, instance, key, assets=["tokenized_conversations"])
         assert result.success
         [mat] = [e.materialization for e in result.get_asset_materialization_events()]
         facts = mat.metadata["chat_template"].value
@@ -50,12 +37,12 @@ def test_a_refused_template_fails_the_tokenized_asset_with_the_reason(tmp_path):
                                                                 {"role": "assistant", "content": "hello"}]}) + "\n")
     template = tmp_path / "bare.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    tokenizer = TokenizerResource(name_or_path=str(DEMO_TOKENIZER_DIR), chat_template=str(template))
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", tokenizer=str(DEMO_TOKENIZER_DIR),
+                                            chat_template=str(template), labels="assistant", max_length=4096))
     with dg.instance_for_test() as instance:
-        [key] = register_partitions(instance, folder)
-        result = dg.materialize(ALL_ASSETS, instance=instance, partition_key=key, raise_on_error=False,
-                                resources=_resources(folder, tmp_path / "out", tokenizer, labels="assistant"),
-                                selection=[tokenized_conversations])
+        key = "chat.jsonl"
+        register(instance, [key])
+        result = materialize(defs, instance, key, assets=["tokenized_conversations"], raise_on_error=False)
         assert not result.success
         [failure] = [e for e in result.all_events if e.is_step_failure]
         assert "writes no end-of-turn text after an assistant turn" in failure.step_failure_data.error.message

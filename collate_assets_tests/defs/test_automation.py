@@ -1,0 +1,95 @@
+"""Declarative automation: new and edited files run by themselves, and nothing else does.
+
+Evaluated with Dagster's own `evaluate_automation_conditions` against a real instance, tick after
+tick, with real runs between ticks, as the automation sensor of `dagster dev` does.
+"""
+
+import shutil
+
+import dagster as dg
+
+from collate_assets.core import file_sha256
+from collate_assets.sample import DEMO_INPUT_DIR
+
+from .helpers import build_dataset_defs, demo_settings, materialize
+from .test_sensor import tick as sensor_tick
+
+ASKED = {"tokenized_conversations", "packed_arrow", "packed_parquet"}
+
+
+def requested(result) -> dict[str, set]:
+    out = {}
+    for key in ("tokenized_conversations", "packed_arrow", "packed_parquet", "packed_msgpack", "packed_jsonl"):
+        partitions = result.get_requested_partitions(dg.AssetKey(key))
+        if partitions:
+            out[key] = set(partitions)
+    return out
+
+
+def run_requested(defs, instance, wanted: dict[str, set]) -> None:
+    for partition in sorted(set().union(*wanted.values())):
+        assets = [key for key, keys in wanted.items() if partition in keys]
+        assert materialize(defs, instance, partition, assets=assets).success
+
+
+def test_new_and_edited_files_run_by_themselves_and_nothing_else(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("demo.jsonl", "demo_small.jsonl"):
+        shutil.copyfile(DEMO_INPUT_DIR / name, folder / name)
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow", "parquet")))
+    with dg.instance_for_test() as instance:
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor's first tick
+        assert requested(start) == {}
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        # Only the formats asked for (COLLATE_FORMATS), for both new partitions.
+        assert requested(first) == {key: {"demo.jsonl", "demo_small.jsonl"} for key in ASKED}
+        run_requested(defs, instance, requested(first))
+
+        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert requested(second) == {}  # up to date: nothing runs
+
+        with open(folder / "demo_small.jsonl", "a") as f:
+            f.write('{"messages": [{"role": "user", "content": "one more"}, {"role": "assistant", "content": "ok"}]}\n')
+        sensor_tick(instance, folder)
+        third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert requested(third) == {key: {"demo_small.jsonl"} for key in ASKED}
+        run_requested(defs, instance, requested(third))
+        fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+        assert requested(fourth) == {}
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("tokenized_conversations"), asset_partitions=["demo_small.jsonl"]),
+            limit=1).records
+        assert record.asset_materialization.metadata["input_sha256"].value == file_sha256(folder / "demo_small.jsonl")
+        assert record.asset_materialization.metadata["conversations"].value == 41
+
+
+def test_new_settings_rebuild_every_partition(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    with dg.instance_for_test() as instance:
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        run_requested(defs, instance, requested(first))
+        again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert requested(again) == {}
+        # The same dataset with another max_length: new code versions, so everything is stale.
+        changed = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",), max_length=512))
+        after = dg.evaluate_automation_conditions(defs=changed, instance=instance, cursor=again.cursor)
+        assert requested(after) == {"tokenized_conversations": {"demo_small.jsonl"}, "packed_arrow": {"demo_small.jsonl"}}
+
+
+def test_formats_not_asked_for_carry_no_condition(tmp_path):
+    defs = build_dataset_defs(demo_settings(tmp_path, tmp_path / "out", formats=("parquet",)))
+    graph = defs.resolve_asset_graph()
+    conditions = {key.to_user_string(): graph.get(key).automation_condition for key in graph.get_all_asset_keys()}
+    assert conditions["packed_parquet"] is not None and conditions["tokenized_conversations"] is not None
+    assert conditions["packed_arrow"] is None and conditions["packed_jsonl"] is None
+    assert conditions["raw_conversations"] is None
+    sensors = {s.name: s for s in defs.sensors}
+    assert isinstance(sensors["collate_automation"], dg.AutomationConditionSensorDefinition)
+    assert sensors["collate_automation"].default_status == dg.DefaultSensorStatus.RUNNING
