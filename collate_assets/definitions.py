@@ -18,8 +18,16 @@ from collate_assets.defs.dataset import build_dataset_defs
 EXECUTOR = dg.in_process_executor
 
 
+def default_settings() -> CollateSettings:
+    """The default dataset: COLLATE_* variables, local folders made absolute from where the code location starts."""
+    settings = CollateSettings.from_env()
+    if "://" not in settings.output_dir:
+        settings = settings.replace(output_dir=os.path.abspath(os.path.expanduser(settings.output_dir)))
+    return settings
+
+
 def build_definitions() -> dg.Definitions:
-    parts = [build_dataset_defs(CollateSettings.from_env())]
+    parts = [build_dataset_defs(default_settings())]
     datasets_dir = os.environ.get("COLLATE_DATASETS_DIR", "").strip()
     if datasets_dir:
         from collate_assets.defs.component import load_datasets

@@ -1,5 +1,6 @@
-"""The code location loads, and every definition says what it is."""
+"""The code location loads, every definition says what it is, and every setting is defined once."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -7,12 +8,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from collate_assets.definitions import defs
-from collate_assets.defs import resources as resources_module
+from collate_assets import cli
+from collate_assets.core import CollateSettings
+from collate_assets.definitions import build_definitions, defs, default_settings
+from collate_assets.defs.resources import CollateConfig
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 PACKED = ["packed_arrow", "packed_parquet", "packed_msgpack", "packed_jsonl"]
+CHECKS = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
 
 
 def test_definitions_are_loadable():
@@ -42,59 +46,82 @@ def test_every_asset_is_documented_grouped_kinded_and_versioned():
     }
 
 
-def test_every_packed_format_has_its_io_manager_and_blocking_checks():
+def test_every_packed_asset_has_its_blocking_checks_and_no_io_manager():
     graph = defs.resolve_asset_graph()
-    check_keys = graph.asset_check_keys
     for name in PACKED:
-        fmt = name.removeprefix("packed_")
-        assert defs.resolve_assets_def(name).get_io_manager_key_for_asset_key(dg.AssetKey(name)) == f"{fmt}_io_manager"
-        names = {k.name for k in check_keys if k.asset_key == dg.AssetKey(name)}
-        assert names == {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
-        for key in check_keys:
-            if key.asset_key == dg.AssetKey(name):
-                assert graph.get_check_spec(key).blocking
+        assets_def = defs.resolve_assets_def(name)
+        assert {k.name for k in assets_def.check_keys} == CHECKS  # checks of the asset itself: same step
+        assert all(graph.get_check_spec(k).blocking for k in assets_def.check_keys)
+        assert assets_def.get_io_manager_key_for_asset_key(dg.AssetKey(name)) == "io_manager"
+    assert not any(key.endswith("io_manager") and key != "io_manager" for key in defs.resources or {})
 
 
-def test_sensor_schedule_and_job():
+def test_sensors_job_and_executor():
     sensor = defs.resolve_sensor_def("input_files_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 30
-    schedule = defs.resolve_schedule_def("nightly_collate")
-    assert schedule.cron_schedule == "0 2 * * *"
-    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    automation = defs.resolve_sensor_def("collate_automation")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    assert not defs.schedules  # the nightly safety net is an automation condition
     job = defs.resolve_job_def("collate_job")
     assert job.partitions_def is not None and job.partitions_def.name == "input_files"
-    assert sensor.job_name == schedule.job_name == "collate_job"
+    assert defs.executor is dg.in_process_executor
 
 
 def test_defaults_point_at_the_demo_sample(monkeypatch):
     for name in [n for n in list(__import__("os").environ) if n.startswith("COLLATE_")]:
         monkeypatch.delenv(name)
-    res = resources_module.resources_from_env()
-    assert res["paths"].input_dir == str(DEMO_INPUT_DIR)
-    assert Path(res["paths"].output_dir).is_absolute() and res["paths"].output_dir.endswith("collate_output")
-    assert res["tokenizer"].name_or_path == str(DEMO_TOKENIZER_DIR)
-    assert res["packing"].to_settings().max_length == 8192
+    settings = default_settings()
+    assert settings.input_path() == DEMO_INPUT_DIR
+    assert settings.tokenizer_name() == str(DEMO_TOKENIZER_DIR)
+    assert Path(settings.output_dir).is_absolute() and settings.output_dir.endswith("collate_output")
+    assert settings.max_length == 8192 and settings.formats == ("arrow",)
 
 
-def test_environment_variables_become_env_vars_resolved_at_run_time(monkeypatch):
+def test_environment_variables_become_the_default_dataset(monkeypatch):
     monkeypatch.setenv("COLLATE_MAX_LENGTH", "4096")
     monkeypatch.setenv("COLLATE_LABELS", "assistant")
     monkeypatch.setenv("COLLATE_OUTPUT_DIR", "memory://bucket/out")
     monkeypatch.setenv("COLLATE_TRUST_REMOTE_CODE", "true")
-    res = resources_module.resources_from_env()
-    with dg.build_resources({"packing": res["packing"], "paths": res["paths"]}) as built:
-        assert built.packing.to_settings().max_length == 4096
-        assert built.packing.to_settings().labels == "assistant"
-        assert built.paths.output_dir == "memory://bucket/out"
-    assert res["tokenizer"].trust_remote_code is True
+    monkeypatch.setenv("COLLATE_FORMATS", "parquet, arrow")
+    loaded = build_definitions()
+    with dg.build_resources({"collate": loaded.resources["collate"]}) as built:
+        settings = built.collate.settings()
+    assert (settings.max_length, settings.labels, settings.output_dir) == (4096, "assistant", "memory://bucket/out")
+    assert settings.trust_remote_code is True and settings.formats == ("parquet", "arrow")
+    graph = loaded.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == {"tokenized_conversations", "packed_parquet", "packed_arrow"}
 
 
-def test_bad_setting_names_the_allowed_values():
+def test_bad_settings_name_the_variable_and_the_allowed_values(monkeypatch):
+    monkeypatch.setenv("COLLATE_OVERLONG", "wrap")
+    with pytest.raises(ValueError, match="COLLATE_OVERLONG.*overlong must be one of truncate"):
+        CollateSettings.from_env()
+    monkeypatch.setenv("COLLATE_OVERLONG", "drop")
+    monkeypatch.setenv("COLLATE_STRICT", "maybe")
+    with pytest.raises(ValueError, match="COLLATE_STRICT"):
+        CollateSettings.from_env()
     from collate_assets.core import CollateError
 
-    with pytest.raises(CollateError, match="overlong must be one of"):
-        resources_module.PackingSettings(overlong="wrap").to_settings()
+    with pytest.raises(CollateError, match="labels must be one of"):
+        CollateConfig(labels="some").settings()
+
+
+def test_every_setting_is_defined_once():
+    """The resource, the environment and the command all take their fields from CollateSettings."""
+    fields = {f.name: f for f in dataclasses.fields(CollateSettings)}
+    resource_fields = CollateConfig.model_fields
+    assert set(resource_fields) == set(fields)
+    for name, field in fields.items():
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        assert resource_fields[name].default == default, name
+        assert field.metadata["help"].split(" (")[0] in resource_fields[name].description, name
+    # Every field but the three that are not per-file settings of the command is a flag of it.
+    assert set(cli.FLAG_FIELDS.values()) == set(fields) - {"spill_dir"}
+    args = cli.build_parser().parse_args(["-m", "512", "--labels", "assistant", "-f", "arrow,jsonl"])
+    settings = cli.settings_from_args(args)
+    assert (settings.max_length, settings.labels, settings.formats) == (512, "assistant", ("arrow", "jsonl"))
 
 
 def test_dagster_cli_validates_the_module_and_workspace():
