@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collate_assets.core import CollateError
+from collate_assets.defs.run import get_instance, register_only
 from collate_assets.defs.partitions import (
     INPUT_FILES,
     file_name_to_key,
     key_to_file_name,
     output_stem,
-    register_partitions,
     scan_input_folder,
 )
 
@@ -73,7 +73,12 @@ def test_non_file_names_are_rejected(name):
 
 def test_keys_are_accepted_by_dagster():
     # Static partitions validate keys the way the UI would read them; dynamic ones do not validate.
-    dg.StaticPartitionsDefinition([key for _, key in TABLE])
+    keys = [file_name_to_key(name) for name, _ in TABLE]
+    assert keys == [key for _, key in TABLE]
+    dg.StaticPartitionsDefinition(keys)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(INPUT_FILES.name, keys)
+        assert instance.get_dynamic_partitions(INPUT_FILES.name) == keys
 
 
 def test_output_stem_strips_jsonl_and_gz():
@@ -100,31 +105,50 @@ def test_scan_of_missing_or_empty_folder_gives_nothing(tmp_path):
     assert files == {} and "does not exist" in warnings[0]
 
 
-def test_register_partitions_adds_only_missing_keys_and_observes_files(tmp_path):
-    (tmp_path / "one.jsonl").write_text('{"messages": []}\n')
-    (tmp_path / "two, 2.jsonl").write_text('{"messages": []}\n')
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(INPUT_FILES.name, ["one.jsonl"])
-        keys = register_partitions(instance, tmp_path)
-        assert keys == ["one.jsonl", "two%2C%202.jsonl"]
+def test_scan_takes_a_glob_in_the_last_part(tmp_path):
+    for name in ("a.jsonl", "b.jsonl", "c.parquet"):
+        (tmp_path / name).write_text("")
+    files, warnings = scan_input_folder(tmp_path / "*.jsonl")
+    assert list(files) == ["a.jsonl", "b.jsonl"] and warnings == []
+    assert list(scan_input_folder(tmp_path / "c.parquet")[0]) == ["c.parquet"]
+
+
+def _settings(path):
+    from collate_assets.core import CollateSettings
+
+    return CollateSettings(input_dir=str(path))
+
+
+def test_register_only_adds_only_missing_keys_and_observes_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "one.jsonl").write_text('{"messages": []}\n')
+    (folder / "two, 2.jsonl").write_text('{"messages": []}\n')
+    keys = register_only(_settings(folder))
+    assert keys == ["one.jsonl", "two%2C%202.jsonl"]
+    with get_instance() as instance:
         assert sorted(instance.get_dynamic_partitions(INPUT_FILES.name)) == sorted(keys)
         observed = instance.fetch_observations(dg.AssetKey("raw_conversations"), limit=10).records
         assert sorted(r.partition_key for r in observed) == sorted(keys)
-        # Again with nothing changed: no new partition, no new observation.
-        assert register_partitions(instance, tmp_path) == keys
+    # Again with nothing changed: no new partition, no new observation.
+    assert register_only(_settings(folder)) == keys
+    with get_instance() as instance:
         assert len(instance.fetch_observations(dg.AssetKey("raw_conversations"), limit=10).records) == 2
-        # One file given: registered relative to its own folder.
-        assert register_partitions(instance, tmp_path / "one.jsonl") == ["one.jsonl"]
+    # One file given: registered by its name.
+    assert register_only(_settings(folder / "one.jsonl")) == ["one.jsonl"]
 
 
-def test_register_partitions_refuses_empty_folder_and_stem_clash(tmp_path):
-    with dg.instance_for_test() as instance:
-        with pytest.raises(CollateError, match="no input files \\(\\*.jsonl, .*\\*.parquet\\)"):
-            register_partitions(instance, tmp_path)
-        (tmp_path / "a.jsonl").write_text("")
-        (tmp_path / "a.jsonl.gz").write_bytes(b"")
-        with pytest.raises(CollateError, match="overwrite"):
-            register_partitions(instance, tmp_path)
+def test_register_only_refuses_empty_folder_and_stem_clash(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with pytest.raises(CollateError, match="no input files \\(\\*.jsonl, .*\\*.parquet\\)"):
+        register_only(_settings(folder))
+    (folder / "a.jsonl").write_text("")
+    (folder / "a.jsonl.gz").write_bytes(b"")
+    with pytest.raises(CollateError, match="overwrite"):
+        register_only(_settings(folder))
 
 
 @pytest.mark.parametrize("other", ["x.json", "x.parquet", "x.jsonl.zst"])
@@ -133,5 +157,5 @@ def test_stem_clash_across_containers(tmp_path, other):
     (tmp_path / other).write_bytes(b"")
     files, warnings = scan_input_folder(tmp_path)
     assert len(files) == 1 and len(warnings) == 1 and "outputs would overwrite" in warnings[0]
-    with dg.instance_for_test() as instance, pytest.raises(CollateError, match="overwrite"):
-        register_partitions(instance, tmp_path)
+    with pytest.raises(CollateError, match="overwrite"):
+        register_only(_settings(tmp_path))
