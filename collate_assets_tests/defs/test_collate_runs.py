@@ -1,0 +1,97 @@
+"""The command's runs: only stale partitions run, several per run; an unchanged rerun launches nothing."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from collate_assets.defs.run import get_instance, run_collate
+from collate_assets.sample import DEMO_INPUT_DIR
+
+from .helpers import demo_settings
+
+EXTRA = '{"messages": [{"role": "user", "content": "one more"}, {"role": "assistant", "content": "ok"}]}\n'
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo.jsonl", inputs / "demo.jsonl")
+    lines = (DEMO_INPUT_DIR / "demo_small.jsonl").read_text().splitlines(keepends=True)
+    for index in range(3):
+        (inputs / f"part{index}.jsonl").write_text("".join(lines[index * 10:(index + 1) * 10]))
+    return inputs
+
+
+def mtimes(out):
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def materialized(partition, asset="tokenized_conversations") -> int:
+    with get_instance() as instance:
+        return len(instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=100).records)
+
+
+def test_first_run_is_one_run_and_an_unchanged_rerun_launches_nothing(folder, tmp_path):
+    out = tmp_path / "out"
+    settings = demo_settings(folder, out, formats=("arrow",))
+    first = run_collate(settings)
+    assert first.runs == 1 and not first.failures  # four files, one range run
+    assert sorted(s.tokenize.conversations for s in first.results) == [10, 10, 10, 300]
+    before = mtimes(out)
+    again = run_collate(settings)
+    assert again.runs == 0 and sorted(again.up_to_date) == sorted(p.name for p in folder.iterdir())
+    assert mtimes(out) == before
+    assert sorted(s.tokenize.conversations for s in again.results) == [10, 10, 10, 300]  # still reported
+
+
+def test_an_edited_file_reruns_alone(folder, tmp_path):
+    out = tmp_path / "out"
+    settings = demo_settings(folder, out, formats=("arrow",))
+    run_collate(settings)
+    before = mtimes(out)
+    with open(folder / "part1.jsonl", "a") as handle:
+        handle.write(EXTRA)
+    result = run_collate(settings)
+    assert result.runs == 1 and sorted(result.up_to_date) == ["demo.jsonl", "part0.jsonl", "part2.jsonl"]
+    changed = {name for name, mtime in mtimes(out).items() if before.get(name) != mtime}
+    assert changed == {"part1.arrow", "part1.rejects.jsonl", ".collate_tokenized/part1.arrow",
+                       ".collate_tokenized/part1.manifest.json"}
+    assert materialized("part1.jsonl") == 2 and materialized("part0.jsonl") == 1
+
+
+def test_a_deleted_output_or_a_new_format_packs_again_without_tokenizing(folder, tmp_path):
+    out = tmp_path / "out"
+    run_collate(demo_settings(folder, out, formats=("arrow",)))
+    (out / "part2.arrow").unlink()
+    result = run_collate(demo_settings(folder, out, formats=("arrow",)))
+    assert result.runs == 1 and (out / "part2.arrow").is_file()
+    assert materialized("part2.jsonl") == 1 and materialized("part2.jsonl", "packed_arrow") == 2
+    result = run_collate(demo_settings(folder, out, formats=("arrow", "parquet")))
+    assert result.runs == 1 and all((out / f"{p.stem}.parquet").is_file() for p in folder.iterdir())
+    assert all(materialized(p.name) == 1 for p in folder.iterdir())  # nothing tokenized again
+    assert materialized("demo.jsonl", "packed_arrow") == 1
+
+
+def test_new_settings_rerun_everything(folder, tmp_path):
+    out = tmp_path / "out"
+    run_collate(demo_settings(folder, out, formats=("arrow",)))
+    result = run_collate(demo_settings(folder, out, formats=("arrow",), max_length=512))
+    assert result.runs == 1 and not result.up_to_date
+    assert all(s.pack.max_row_tokens <= 512 for s in result.results)
+
+
+def test_a_bad_file_in_a_range_fails_alone(folder, tmp_path):
+    (folder / "part1.jsonl").write_bytes(b"\x00\x01binary\xff" * 100)
+    out = tmp_path / "out"
+    result = run_collate(demo_settings(folder, out, formats=("arrow",)))
+    assert [path.name for path, _ in result.failures] == ["part1.jsonl"]
+    assert "no usable conversation" in result.failures[0][1]
+    assert sorted(s.tokenize.file.rsplit("/", 1)[-1] for s in result.results) == ["demo.jsonl", "part0.jsonl", "part2.jsonl"]
+    assert {p.name for p in out.glob("*.arrow")} == {"demo.arrow", "part0.arrow", "part2.arrow"}
+    # The next run retries only the failed file.
+    again = run_collate(demo_settings(folder, out, formats=("arrow",)))
+    assert again.runs == 1 and [path.name for path, _ in again.failures] == ["part1.jsonl"]
