@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py --size 60MB            # all five measurements on one input
     python benchmarks/bench.py --size 60MB --only engine,limit
+    python benchmarks/bench.py --only many             # many small files (not part of the default set)
 
 Input: the conversations of ../shared/data (both data sets, as role/content `messages`), shuffled
 with a fixed seed and repeated until the file reaches --size. Every measurement runs in its own
@@ -14,6 +15,17 @@ process; peak RSS is the largest sum of RSS over that process and all its childr
   engine  collate_assets.core.collate_file, arrow output
   collate the `collate` command end to end (through the Dagster asset graph)
   dagster one partition through `dagster asset materialize` (after registering it)
+  parallel one partition, then two at once, through `dagster asset materialize`
+  many    many small files: 40 JSONL files, ~2,300 conversations in all, max_length 4096 (ignores
+          --size and --max-length). Each step is one whole process, timed by its wall seconds, every
+          step once per round, --many-reps rounds, medians:
+            (a) collate -i DIR --no-dagster        engine only
+            (b) collate -i DIR                     through Dagster, fresh DAGSTER_HOME (first run)
+            (c) collate -i DIR                     again: unchanged rerun of 40 files
+            (f) collate -i DIR/one.jsonl           one file, fresh output and DAGSTER_HOME (first run)
+            (d) collate -i DIR/one.jsonl           again: unchanged rerun of one file
+            (e) dagster asset materialize --partition one.jsonl   after collate -i DIR --register-only
+          and the ratios the Dagster layer is held to: b/a <= 2, c/d <= 1.25, e/f <= 1.5.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +48,21 @@ DATA_FILES = [
     SHARED / "data" / "fastchat_dummy_conversation" / "dummy_conversation.json",
     SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json",
 ]
-MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster", "parallel")
+DEFAULT_MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster", "parallel")
+MEASUREMENTS = (*DEFAULT_MEASUREMENTS, "many")
+
+# The many-small-files measurement (`--only many`).
+MANY_FILES = 40
+MANY_CONVERSATIONS = 2300
+MANY_MAX_LENGTH = 4096
+# What `dagster asset materialize` selects for one partition (step e): adjust when the asset names change.
+MANY_SELECT = "tokenized_conversations,packed_arrow"
+# (name, numerator, denominator, target): the ratios printed under the table.
+MANY_RATIOS = (
+    ("b/a", "b", "a", 2.0, "collate through Dagster / engine only, 40 files"),
+    ("c/d", "c", "d", 1.25, "unchanged rerun: 40 files / one file"),
+    ("e/f", "e", "f", 1.5, "one partition: dagster asset materialize / collate"),
+)
 
 
 def parse_size(text: str) -> int:
@@ -47,8 +74,9 @@ def parse_size(text: str) -> int:
     return int(lower)
 
 
-def build_input(path: Path, size: int, seed: int = 0) -> int:
-    """Write shuffled repetitions of the shared conversations until `size` bytes; returns lines."""
+def build_input(path: Path, size: int, seed: int = 0, max_lines: int | None = None) -> int:
+    """Write shuffled repetitions of the shared conversations until `size` bytes (or `max_lines`
+    conversations, whichever comes first); returns lines."""
     sys.path.insert(0, str(REPO))
     from collate_assets.core import normalize_conversation
 
@@ -59,10 +87,10 @@ def build_input(path: Path, size: int, seed: int = 0) -> int:
     rng = random.Random(seed)
     written = count = 0
     with open(path, "w", encoding="utf-8") as f:
-        while written < size:
+        while written < size and (max_lines is None or count < max_lines):
             rng.shuffle(lines)
             for line in lines:
-                if written >= size:
+                if written >= size or (max_lines is not None and count >= max_lines):
                     break
                 f.write(line)
                 written += len(line.encode())
@@ -267,11 +295,16 @@ def main() -> None:
     parser.add_argument("--size", default="60MB", help="input size (e.g. 100MB, 1GB)")
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--max-length", type=int, default=8192)
-    parser.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated subset of " + ",".join(MEASUREMENTS))
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_MEASUREMENTS),
+        help="comma-separated subset of " + ",".join(MEASUREMENTS) + " (default: all but many)",
+    )
     parser.add_argument("--input", type=Path, help="use this JSONL instead of building one")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--child", choices=MEASUREMENTS, help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON")
+    parser.add_argument("--many-reps", type=int, default=3, help="rounds of the many-small-files measurement")
+    parser.add_argument("--many-select", default=MANY_SELECT, help="assets `dagster asset materialize` selects (many, step e)")
     args = parser.parse_args()
 
     if args.child:
@@ -281,15 +314,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="collate-bench-", dir=args.workdir) as tmp:
         tmp = Path(tmp)
-        if args.input is None:
+        names = args.only.split(",")
+        unknown = [name for name in names if name not in MEASUREMENTS]
+        if unknown:
+            parser.error(f"--only: unknown {','.join(unknown)} (choose from {','.join(MEASUREMENTS)})")
+        if args.input is None and any(name != "many" for name in names):
             args.input = tmp / "bench.jsonl"
             lines = build_input(args.input, parse_size(args.size))
             print(f"input: {args.input.stat().st_size / 1e6:.1f} MB, {lines} conversations (seed 0)", flush=True)
         results = {}
-        for name in args.only.split(","):
+        for name in names:
+            if name == "many":  # times whole processes itself: no child, no RSS sampling
+                results[name] = run_many(args, tmp / name)
+                continue
             results[name] = measure(name, args, tmp / name)
             print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
-    print_table(results, args.max_length)
+    if any(name != "many" for name in results):
+        print_table({name: r for name, r in results.items() if name != "many"}, args.max_length)
+    if "many" in results:
+        print_many(results["many"])
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
 
@@ -325,6 +368,147 @@ def print_table(results: dict, max_length: int) -> None:
         p = results["parallel"]
         print(f"dagster asset materialize: one file {p['one_file_seconds']:.1f} s, two files at once "
               f"{p['two_files_seconds']:.1f} s ({p['two_over_one']:.2f}x one file)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Many small files: what the Dagster layer costs per file. Every step is a whole process (imports,
+# instance, tokenizer load included), as a user runs it.
+
+
+def build_many_input(folder: Path, files: int = MANY_FILES, conversations: int = MANY_CONVERSATIONS) -> list[Path]:
+    """`files` JSONL files (part-0000.jsonl, ...) in `folder` holding `conversations` in all, cut in
+    near-equal consecutive runs from `build_input`'s shuffled stream (seed 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = folder.parent / "many_all.jsonl"  # outside the input folder
+    written = build_input(whole, size=1 << 62, max_lines=conversations)
+    lines = whole.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(lines) == written == conversations, (len(lines), written)
+    per_file, extra = divmod(len(lines), files)
+    paths, start = [], 0
+    for i in range(files):
+        end = start + per_file + (1 if i < extra else 0)
+        path = folder / f"part-{i:04d}.jsonl"
+        path.write_text("".join(lines[start:end]), encoding="utf-8")
+        paths.append(path)
+        start = end
+    whole.unlink()
+    return paths
+
+
+def _timed(cmd: list[str], env: dict) -> float:
+    """Wall seconds of `cmd` as one process; exits with its stderr tail when it fails."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"bench many: exit {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return seconds
+
+
+def _packed_tokens(folder: Path, stems: list[str]) -> int | None:
+    """Tokens in the packed outputs `<stem>.arrow` of `folder` (`collate -o folder`) or of `folder/arrow`
+    (the code location's COLLATE_OUTPUT_DIR); None when one is missing."""
+    total = 0
+    for stem in stems:
+        path = next((p for p in (folder / f"{stem}.arrow", folder / "arrow" / f"{stem}.arrow") if p.is_file()), None)
+        if path is None:
+            return None
+        total += _read_output_stats(path)["tokens"]
+    return total
+
+
+def run_many(args, workdir: Path) -> dict:
+    """Steps a-f of the many-small-files measurement, --many-reps alternated rounds (see the module doc)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    input_dir = workdir / "in"
+    files = build_many_input(input_dir)
+    one = files[0]
+    size = sum(p.stat().st_size for p in files)
+    print(f"many: {len(files)} files in {input_dir}, {MANY_CONVERSATIONS} conversations, {size / 1e6:.2f} MB; "
+          f"one file: {one.name}; max_length {MANY_MAX_LENGTH}; {args.many_reps} rounds", flush=True)
+    base_env = dict(os.environ, HF_HUB_OFFLINE="1")
+    options = ["-t", args.tokenizer, "-m", str(MANY_MAX_LENGTH), "-q"]
+    times: dict[str, list[float]] = {step: [] for step in "abcdef"}
+    tokens: dict[str, int | None] = {}
+
+    for round_ in range(args.many_reps):
+        here = workdir / f"round{round_}"
+        here.mkdir()
+
+        def env(name: str, **extra: str) -> dict:
+            home = here / f"dagster_home_{name}"
+            home.mkdir()
+            return {**base_env, "DAGSTER_HOME": str(home), **extra}
+
+        # (a) engine only, 40 files
+        times["a"].append(_timed(["collate", "-i", str(input_dir), "-o", str(here / "out_a"), *options, "--no-dagster"], env("a")))
+        # (b) through Dagster, first run; (c) the same command again, nothing changed
+        env_b = env("b")
+        cmd_b = ["collate", "-i", str(input_dir), "-o", str(here / "out_b"), *options]
+        times["b"].append(_timed(cmd_b, env_b))
+        times["c"].append(_timed(cmd_b, env_b))
+        # (f) one file through collate, first run; (d) the same command again, nothing changed
+        env_d = env("d")
+        cmd_d = ["collate", "-i", str(one), "-o", str(here / "out_d"), *options]
+        times["f"].append(_timed(cmd_d, env_d))
+        times["d"].append(_timed(cmd_d, env_d))
+        # (e) the same file as one partition through `dagster asset materialize`, after registering the folder
+        env_e = env(
+            "e", COLLATE_INPUT_DIR=str(input_dir), COLLATE_OUTPUT_DIR=str(here / "out_e"),
+            COLLATE_TOKENIZER=args.tokenizer, COLLATE_MAX_LENGTH=str(MANY_MAX_LENGTH),
+        )
+        keys = subprocess.run(
+            ["collate", "-i", str(input_dir), "--register-only"], env=env_e, check=True, capture_output=True, text=True
+        ).stdout.split()
+        if one.name not in keys:
+            raise SystemExit(f"bench many: {one.name} is not among the registered partition keys {keys[:5]} ...")
+        times["e"].append(_timed(
+            ["dagster", "asset", "materialize", "-m", "collate_assets.definitions",
+             "--select", args.many_select, "--partition", one.name],
+            env_e,
+        ))
+        print(f"  many round {round_ + 1}: " + "  ".join(f"{k} {v[-1]:.1f}s" for k, v in sorted(times.items())),
+              file=sys.stderr, flush=True)
+        if round_ == 0:  # the same work in every round: count it once
+            stems = [p.stem for p in files]
+            tokens = {
+                "a": _packed_tokens(here / "out_a", stems),
+                "b": _packed_tokens(here / "out_b", stems),
+                "e": _packed_tokens(here / "out_e", [one.stem]),
+                "f": _packed_tokens(here / "out_d", [one.stem]),
+            }
+            tokens["c"], tokens["d"] = tokens["b"], tokens["f"]
+
+    return {
+        "files": len(files), "conversations": MANY_CONVERSATIONS, "bytes": size, "max_length": MANY_MAX_LENGTH,
+        "rounds": args.many_reps, "select": args.many_select, "times": times, "tokens": tokens,
+        "median": {step: statistics.median(values) for step, values in times.items()},
+    }
+
+
+def print_many(r: dict) -> None:
+    labels = {
+        "a": "`collate -i DIR --no-dagster` (engine only)",
+        "b": "`collate -i DIR` through Dagster, first run",
+        "c": "`collate -i DIR` again, unchanged",
+        "d": "`collate -i DIR/one` again, unchanged",
+        "e": f"`dagster asset materialize --select {r['select']}` one partition",
+        "f": "`collate -i DIR/one`, first run",
+    }
+    print(f"\nMany small files: {r['files']} files, {r['conversations']} conversations, {r['bytes'] / 1e6:.2f} MB, "
+          f"max_length {r['max_length']}; wall seconds of whole processes, median of {r['rounds']} alternated rounds")
+    print("\n| step | command | median s | runs s | tokens out |")
+    print("|---|---|---:|---|---:|")
+    for step in "abcdef":
+        runs = ", ".join(f"{t:.1f}" for t in r["times"][step])
+        count = r["tokens"].get(step)
+        print(f"| ({step}) | {labels[step]} | {r['median'][step]:.2f} | {runs} | {f'{count:,}' if count is not None else ''} |")
+    print()
+    for name, num, den, target, what in MANY_RATIOS:
+        value = r["median"][num] / r["median"][den]
+        verdict = "ok" if value <= target else "over"
+        print(f"{name} = {value:.2f}  (target <= {target:g}: {verdict})  {what}")
 
 
 if __name__ == "__main__":
