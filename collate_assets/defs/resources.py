@@ -59,7 +59,12 @@ class _CollateConfigBase(dg.ConfigurableResource):
 
     def load_tokenizer(self):
         """The tokenizer and chat template of these settings, loaded once per process."""
-        return cached_tokenizer(self.settings())
+        settings = self.settings()
+        if settings.trust_remote_code:  # said in every run that uses it, loaded or not
+            dg.get_dagster_logger().warning(
+                f"trust_remote_code is ON for tokenizer {settings.tokenizer_name()!r}: its repository code will run"
+            )
+        return cached_tokenizer(settings)
 
     @classmethod
     def from_settings(cls, settings: CollateSettings) -> "_CollateConfigBase":
@@ -87,10 +92,6 @@ def cached_tokenizer(settings: CollateSettings):
     )
     with _TOKENIZERS_LOCK:
         if key not in _TOKENIZERS:
-            if settings.trust_remote_code:
-                dg.get_dagster_logger().warning(
-                    f"trust_remote_code is ON for tokenizer {settings.tokenizer_name()!r}: its repository code will run"
-                )
             _TOKENIZERS[key] = load_tokenizer(
                 settings.tokenizer_name(),
                 revision=settings.tokenizer_revision,

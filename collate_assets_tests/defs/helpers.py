@@ -49,3 +49,36 @@ def register(instance, defs_or_keys, keys=None, name="input_files") -> None:
 
 __all__ = ["ALL_FORMATS", "TEST_MAX_LENGTH", "build_dataset_defs", "copy_demo", "demo_settings", "materialize", "register",
            "DEMO_TOKENIZER_DIR"]
+
+
+def register_folder(instance, input_dir, name="input_files") -> list[str]:
+    """Register the input files of a folder (or one file) as partitions, as the sensor and `collate` do.
+
+    Entries that are not input files are left out with a logged warning; two files with the same
+    stem fail (CollateError), as `collate --register-only` does.
+    """
+    import logging
+
+    from collate_assets.core import CollateError
+    from collate_assets.defs.partitions import _scan
+
+    files, clashes, skipped = _scan(input_dir)
+    if clashes:
+        raise CollateError("; ".join(clashes) + ": outputs would overwrite each other")
+    for warning in skipped:
+        logging.getLogger("collate_assets").warning("%s: %s", input_dir, warning)
+    keys = list(files)
+    known = set(instance.get_dynamic_partitions(name))
+    instance.add_dynamic_partitions(name, [key for key in keys if key not in known])
+    return keys
+
+
+def arrow_defs(input_dir, output_dir, max_length=256, **settings) -> dg.Definitions:
+    """The default dataset's definitions over `input_dir`, writing arrow only."""
+    settings.setdefault("formats", ("arrow",))
+    return build_dataset_defs(demo_settings(input_dir, output_dir, max_length=max_length, **settings))
+
+
+def run_arrow(instance, defs: dg.Definitions, key: str) -> dg.ExecuteInProcessResult:
+    """tokenized_conversations + packed_arrow (with its checks) for one partition; failures returned, not raised."""
+    return materialize(defs, instance, key, assets=["tokenized_conversations", "packed_arrow"], raise_on_error=False)

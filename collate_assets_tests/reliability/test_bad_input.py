@@ -37,12 +37,9 @@ from collate_assets.core import (
 )
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES
 from collate_assets.core.chat import ChatEncoder
-from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
-from collate_assets.defs.checks import PACKED_CHECKS
-from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.partitions import INPUT_FILES, register_partitions
-from collate_assets.defs.resources import CollatePaths, PackingSettings, TokenizerResource
+from collate_assets.defs.partitions import INPUT_FILES
 from collate_assets.defs.run import _failure_message
+from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
 from collate_assets_tests.helpers import CORPUS_DIR, corpus, corpus_cases, demo_tokenizer, subprocess_env
@@ -297,23 +294,12 @@ def test_a_huge_line_is_rejected_with_bounded_memory(tmp_path):
 # -- whole files that cannot be read, in Dagster: only their partition fails ------------------------------
 
 
-def _resources(input_dir: Path, output_dir: Path, **packing) -> dict:
-    return {
-        "paths": CollatePaths(input_dir=str(input_dir), output_dir=str(output_dir)),
-        "tokenizer": TokenizerResource(name_or_path=str(DEMO_TOKENIZER_DIR)),
-        "packing": PackingSettings(max_length=256, **packing),
-        **io_managers(),
-    }
-
-
-ASSETS = [raw_conversations, tokenized_conversations, *PACKED_ASSETS.values(), *PACKED_CHECKS]
-SELECTION = dg.AssetSelection.assets(tokenized_conversations, PACKED_ASSETS["arrow"])
+def _resources(input_dir: Path, output_dir: Path, **packing) -> dg.Definitions:
+    return arrow_defs(input_dir, output_dir, **packing)
 
 
 def materialize(instance, resources, key) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ASSETS, selection=SELECTION, instance=instance, partition_key=key, resources=resources, raise_on_error=False
-    )
+    return run_arrow(instance, resources, key)
 
 
 def test_a_file_that_cannot_be_read_fails_only_its_partition(tmp_path, caplog):
@@ -332,7 +318,7 @@ def test_a_file_that_cannot_be_read_fails_only_its_partition(tmp_path, caplog):
     }
     with dg.instance_for_test() as instance:
         with caplog.at_level(logging.WARNING):
-            keys = register_partitions(instance, input_dir)
+            keys = register_folder(instance, input_dir)
         # The scan leaves out what is not a file, with a warning.
         assert keys == ["broken_json.jsonl", "good.jsonl", "pretty_printed_array.jsonl", "truncated.jsonl.gz"]
         assert "folder.jsonl skipped: is a folder" in caplog.text and "dangling.jsonl skipped: is a broken" in caplog.text
@@ -341,28 +327,28 @@ def test_a_file_that_cannot_be_read_fails_only_its_partition(tmp_path, caplog):
 
         good = materialize(instance, resources, "good.jsonl")
         assert good.success
-        good_bytes = (output_dir / "arrow" / "good.arrow").read_bytes()
+        good_bytes = (output_dir / "good.arrow").read_bytes()
         results = {key: materialize(instance, resources, key) for key in [*failures, "broken_json.jsonl"]}
         for key, expected in failures.items():
             result = results[key]
             assert not result.success, key
             message = _failure_message(result, input_dir / key)
             assert expected in message, (key, message)
-            assert not (output_dir / "arrow" / f"{input_stem(Path(key))}.arrow").exists()
+            assert not (output_dir / f"{input_stem(Path(key))}.arrow").exists()
         # A file with some bad lines is fine: written, its rejects reported.
         partial = results["broken_json.jsonl"]
         assert partial.success
         [mat] = partial.asset_materializations_for_node("tokenized_conversations")
         assert (mat.metadata["conversations"].value, mat.metadata["rejected"].value) == (2, 5)
-        rejects = output_dir / "_tokenized" / "broken_json.rejects.jsonl"
+        rejects = output_dir / "broken_json.rejects.jsonl"
         assert [json.loads(line)["line"] for line in rejects.read_text().splitlines()] == [2, 3, 4, 6, 7]
         # The pretty-printed array failed, but its rejects file says why, line by line.
-        assert len((output_dir / "_tokenized" / "pretty_printed_array.rejects.jsonl").read_text().splitlines()) == 26
+        assert len((output_dir / "pretty_printed_array.rejects.jsonl").read_text().splitlines()) == 26
         # The failures touched nothing of the other partitions.
-        assert (output_dir / "arrow" / "good.arrow").read_bytes() == good_bytes
+        assert (output_dir / "good.arrow").read_bytes() == good_bytes
         again = materialize(instance, resources, "good.jsonl")
-        assert again.success and (output_dir / "arrow" / "good.arrow").read_bytes() == good_bytes
-        materialized = instance.get_materialized_partitions(PACKED_ASSETS["arrow"].key)
+        assert again.success and (output_dir / "good.arrow").read_bytes() == good_bytes
+        materialized = instance.get_materialized_partitions(dg.AssetKey("packed_arrow"))
         assert materialized == {"good.jsonl", "broken_json.jsonl"}
 
 
@@ -373,7 +359,7 @@ def test_strict_packing_settings_fail_the_partition_at_the_first_bad_line(tmp_pa
     shutil.copyfile(CORPUS_DIR / "good.jsonl", input_dir / "good.jsonl")
     resources = _resources(input_dir, tmp_path / "out", strict=True)
     with dg.instance_for_test() as instance:
-        register_partitions(instance, input_dir)
+        register_folder(instance, input_dir)
         result = materialize(instance, resources, "broken_json.jsonl")
         assert not result.success
         message = _failure_message(result, input_dir / "broken_json.jsonl")

@@ -24,11 +24,9 @@ import orjson
 import pytest
 
 from collate_assets.core import CollateError, CollateSettings, collate_file, load_tokenizer, packing
-from collate_assets.defs.resources import CollatePaths, PackingSettings, TokenizerResource
-from collate_assets.defs.assets import packed_arrow, raw_conversations, tokenized_conversations
-from collate_assets.defs.checks import PACKED_CHECKS
-from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.partitions import file_name_to_key, register_partitions
+from collate_assets.defs.resources import CollateConfig
+from collate_assets.defs.partitions import file_name_to_key
+from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
 from collate_assets_tests.helpers import collate_command, subprocess_env
@@ -60,20 +58,13 @@ def template_file(tmp_path: Path, body: str, name: str = "t.jinja") -> Path:
 
 
 def materialize(instance, resources, key):
-    return dg.materialize(
-        [raw_conversations, tokenized_conversations, packed_arrow, *PACKED_CHECKS],
-        selection=dg.AssetSelection.assets(tokenized_conversations, packed_arrow),
-        instance=instance, partition_key=key, resources=resources, raise_on_error=False,
-    )
+    return run_arrow(instance, resources, key)
 
 
-def resources(input_dir: Path, output_dir: Path, **tokenizer) -> dict:
-    return {
-        "paths": CollatePaths(input_dir=str(input_dir), output_dir=str(output_dir)),
-        "tokenizer": TokenizerResource(name_or_path=str(DEMO_TOKENIZER_DIR), **tokenizer),
-        "packing": PackingSettings(max_length=512),
-        **io_managers(),
-    }
+def resources(input_dir: Path, output_dir: Path, **settings) -> dg.Definitions:
+    if "render_timeout_seconds" in settings:
+        settings["render_timeout"] = settings.pop("render_timeout_seconds")
+    return arrow_defs(input_dir, output_dir, max_length=512, **settings)
 
 
 def failure_text(result) -> str:
@@ -127,14 +118,11 @@ def test_dagster_paths_refuse_an_output_or_spill_folder_in_the_input_folder(tmp_
     write(tmp_path / "in" / "x.jsonl", GOOD)
     before = tree(tmp_path / "in")
     with dg.instance_for_test() as instance:
-        register_partitions(instance, tmp_path / "in")
+        register_folder(instance, tmp_path / "in")
         for output in (tmp_path / "in", tmp_path / "in" / "out"):
             result = materialize(instance, resources(tmp_path / "in", output), "x.jsonl")
             assert not result.success and "input folder" in failure_text(result)
-        spill_inside = resources(tmp_path / "in", tmp_path / "out")
-        spill_inside["paths"] = CollatePaths(
-            input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), spill_dir=str(tmp_path / "in")
-        )
+        spill_inside = resources(tmp_path / "in", tmp_path / "out", spill_dir=str(tmp_path / "in"))
         assert not materialize(instance, spill_inside, "x.jsonl").success
     assert tree(tmp_path / "in") == before
 
@@ -231,7 +219,7 @@ def test_render_limits_are_dagster_resource_settings(tmp_path):
     res = resources(tmp_path / "in", tmp_path / "out", chat_template=str(trigger_template(tmp_path, "time")),
                     render_timeout_seconds=1.0)
     with dg.instance_for_test() as instance:
-        register_partitions(instance, tmp_path / "in")
+        register_folder(instance, tmp_path / "in")
         result = materialize(instance, res, "x.jsonl")
         assert result.success
         [event] = result.asset_materializations_for_node("tokenized_conversations")
@@ -370,7 +358,7 @@ def test_any_legal_file_name_works_as_a_partition(tmp_path, name):
         f.write(GOOD)
     key = file_name_to_key(os.fsdecode(raw))
     with dg.instance_for_test() as instance:
-        assert register_partitions(instance, folder) == [key]
+        assert register_folder(instance, folder) == [key]
         result = materialize(instance, resources(folder, tmp_path / "out"), key)
         assert result.success, failure_text(result)
     written = [n for p in (tmp_path / "out").rglob("*") for n in [os.fsencode(p.name)]]
@@ -465,7 +453,7 @@ def test_max_length_over_the_ceiling_is_an_argument_error(tmp_path, engine, valu
     with pytest.raises(ValueError, match="at most"):
         CollateSettings(max_length=int(value))
     with pytest.raises(CollateError, match="at most"):
-        PackingSettings(max_length=int(value)).to_settings()
+        CollateConfig(max_length=int(value)).settings()
 
 
 def test_packing_memory_does_not_grow_with_max_length():

@@ -25,12 +25,12 @@ import pytest
 
 from collate_assets.cli import build_parser
 from collate_assets.core import CollateError, CollateSettings, collate_file, list_input_files, load_tokenizer
-from collate_assets.defs.assets import PACKED_ASSETS, raw_conversations, tokenized_conversations
-from collate_assets.defs.checks import PACKED_CHECKS
-from collate_assets.defs.io_managers import io_managers
-from collate_assets.defs.partitions import INPUT_FILES, file_name_to_key, register_partitions, scan_input_folder
-from collate_assets.defs.resources import CollatePaths, PackingSettings, TokenizerResource, resources_from_env
+from collate_assets.core import CollateSettings
+from collate_assets.defs.files import DatasetFiles
+from collate_assets.defs.partitions import INPUT_FILES, file_name_to_key, scan_input_folder
+from collate_assets.defs.resources import CollateConfig
 from collate_assets.defs.run import _failure_message
+from collate_assets_tests.defs.helpers import ALL_FORMATS, arrow_defs, materialize, register_folder
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
 from collate_assets_tests.helpers import CORPUS_DIR, collate_command, subprocess_env
@@ -191,7 +191,7 @@ def test_a_template_exploit_fails_the_dagster_partition(tmp_path):
     (input_dir / "a.jsonl").write_bytes(GOOD + b"\n")
     resources = _resources(input_dir, tmp_path / "out", chat_template=str(template))
     with dg.instance_for_test() as instance:
-        register_partitions(instance, input_dir)
+        register_folder(instance, input_dir)
         result = _materialize(instance, resources, "a.jsonl")
         assert not result.success
         message = _failure_message(result, input_dir / "a.jsonl")
@@ -203,13 +203,13 @@ def test_a_template_exploit_fails_the_dagster_partition(tmp_path):
 
 def test_trust_remote_code_is_off_by_default_everywhere(monkeypatch):
     assert inspect.signature(load_tokenizer).parameters["trust_remote_code"].default is False
-    assert TokenizerResource.model_fields["trust_remote_code"].default is False
-    assert TokenizerResource(name_or_path="x").trust_remote_code is False
-    assert build_parser().parse_args([]).trust_remote_code is False
+    assert CollateConfig.model_fields["trust_remote_code"].default is False
+    assert CollateConfig(tokenizer="x").trust_remote_code is False
+    assert build_parser().parse_args([]).trust_remote_code is None  # left out: the variable, then False
     monkeypatch.delenv("COLLATE_TRUST_REMOTE_CODE", raising=False)
-    assert resources_from_env()["tokenizer"].trust_remote_code is False
+    assert CollateSettings.from_env().trust_remote_code is False
     monkeypatch.setenv("COLLATE_TRUST_REMOTE_CODE", "1")
-    assert resources_from_env()["tokenizer"].trust_remote_code is True
+    assert CollateSettings.from_env().trust_remote_code is True
 
 
 def test_trust_remote_code_off_never_runs_the_repository_code(tmp_path):
@@ -243,7 +243,7 @@ def test_trust_remote_code_on_is_logged_in_the_run(tmp_path):
     (input_dir / "a.jsonl").write_bytes(GOOD + b"\n")
     resources = _resources(input_dir, tmp_path / "out", trust_remote_code=True)
     with dg.instance_for_test() as instance:
-        register_partitions(instance, input_dir)
+        register_folder(instance, input_dir)
         result = _materialize(instance, resources, "a.jsonl")
         assert result.success
         messages = [e.user_message for e in instance.all_logs(result.run_id)]
@@ -253,22 +253,12 @@ def test_trust_remote_code_on_is_logged_in_the_run(tmp_path):
 # -- paths: keys, file names, symlinks ---------------------------------------------------------------------
 
 
-def _resources(input_dir: Path, output_dir: Path, **tokenizer) -> dict:
-    return {
-        "paths": CollatePaths(input_dir=str(input_dir), output_dir=str(output_dir)),
-        "tokenizer": TokenizerResource(name_or_path=str(DEMO_TOKENIZER_DIR), **tokenizer),
-        "packing": PackingSettings(max_length=256),
-        **io_managers(),
-    }
+def _resources(input_dir: Path, output_dir: Path, **settings) -> dg.Definitions:
+    return arrow_defs(input_dir, output_dir, **settings)
 
 
-ASSETS = [raw_conversations, tokenized_conversations, *PACKED_ASSETS.values(), *PACKED_CHECKS]
-
-
-def _materialize(instance, resources, key, selection=None) -> dg.ExecuteInProcessResult:
-    selection = selection or dg.AssetSelection.assets(tokenized_conversations, PACKED_ASSETS["arrow"])
-    return dg.materialize(ASSETS, selection=selection, instance=instance, partition_key=key, resources=resources,
-                          raise_on_error=False)
+def _materialize(instance, resources, key, assets=("tokenized_conversations", "packed_arrow")) -> dg.ExecuteInProcessResult:
+    return materialize(resources, instance, key, assets=list(assets), raise_on_error=False)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -315,7 +305,7 @@ MATERIALIZED_EVIL_KEYS = {"..%2F..%2F..%2Fx.jsonl", "%2Fetc%2Fpasswd", ".%2E", "
 
 def test_evil_partition_keys_read_and_write_nothing_outside(sandbox):
     root, input_dir, output_dir = sandbox
-    paths = CollatePaths(input_dir=str(input_dir), output_dir=str(output_dir))
+    paths = DatasetFiles(CollateSettings(input_dir=str(input_dir), output_dir=str(output_dir)))
     for key in EVIL_KEYS:
         with pytest.raises(CollateError):
             paths.input_path(key)
@@ -336,10 +326,10 @@ def test_evil_partition_keys_read_and_write_nothing_outside(sandbox):
             except Exception:  # Dagster refusing a key is fine too
                 continue
         assert len(accepted) >= len(EVIL_KEYS) - 3, accepted
-        # Real runs (every packed format) for a sample of them; CollatePaths refused them all above.
+        # Real runs (every packed format) for a sample of them; DatasetFiles refused them all above.
         for key in [k for k in accepted if k in MATERIALIZED_EVIL_KEYS]:
-            result = _materialize(instance, resources, key, selection=dg.AssetSelection.assets(
-                tokenized_conversations, *PACKED_ASSETS.values()))
+            result = _materialize(instance, resources, key,
+                                  assets=("tokenized_conversations", *(f"packed_{fmt}" for fmt in ALL_FORMATS)))
             assert not result.success, key
             message = _failure_message(result, input_dir / "?")
             assert "partition" in message and "key" in message, (key, message)
@@ -361,7 +351,7 @@ def test_odd_but_valid_names_stay_inside_the_folders(sandbox):
     before = _snapshot(root)
     resources = _resources(input_dir, output_dir)
     with dg.instance_for_test() as instance:
-        keys = register_partitions(instance, input_dir)
+        keys = register_folder(instance, input_dir)
         assert sorted(keys) == sorted(file_name_to_key(n) for n in [*names, "good.jsonl"])
         assert len(set(keys)) == len(keys)
         assert all(k.isascii() and "/" not in k and ".." not in k for k in keys)
@@ -372,7 +362,7 @@ def test_odd_but_valid_names_stay_inside_the_folders(sandbox):
     out_rel = output_dir.relative_to(root)
     assert all(Path(p).is_relative_to(out_rel) for p in new), sorted(new)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing outside changed
-    packed = sorted(p.name for p in (output_dir / "arrow").iterdir())
+    packed = sorted(p.name for p in output_dir.iterdir() if p.is_file() and p.name.endswith(".arrow"))
     assert len(packed) == len(keys)  # NFC and NFD names: two outputs, none overwritten
     assert "....arrow" not in packed and "...arrow" in packed and "..arrow" in packed
 
@@ -401,14 +391,14 @@ def test_symlinks_leading_outside_are_skipped_by_the_scan(linked_input, caplog):
         assert [p.name for p in list_input_files(linked_input)] == ["inside.jsonl", "real.jsonl"]
     assert "outside.jsonl skipped" in caplog.text
     with dg.instance_for_test() as instance, caplog.at_level(logging.WARNING):
-        assert register_partitions(instance, linked_input) == ["inside.jsonl", "real.jsonl"]
+        assert register_folder(instance, linked_input) == ["inside.jsonl", "real.jsonl"]
 
 
 def test_a_symlink_leading_outside_is_refused_when_materialized(linked_input, tmp_path):
     output_dir = tmp_path / "out"
     resources = _resources(linked_input, output_dir)
     with dg.instance_for_test() as instance:
-        register_partitions(instance, linked_input)
+        register_folder(instance, linked_input)
         instance.add_dynamic_partitions(INPUT_FILES.name, ["outside.jsonl", "relative.jsonl"])
         for key in ("outside.jsonl", "relative.jsonl"):
             result = _materialize(instance, resources, key)
@@ -417,7 +407,7 @@ def test_a_symlink_leading_outside_is_refused_when_materialized(linked_input, tm
             assert "outside the input folder" in message and "refused" in message
         assert _materialize(instance, resources, "inside.jsonl").success
     assert SECRET.encode() not in _everything_written(output_dir)
-    assert sorted(p.name for p in (output_dir / "arrow").iterdir()) == ["inside.arrow"]
+    assert sorted(p.name for p in output_dir.iterdir() if p.name.endswith(".arrow")) == ["inside.arrow"]
 
 
 def test_an_input_folder_that_is_itself_a_symlink_works(tmp_path):
@@ -427,7 +417,7 @@ def test_an_input_folder_that_is_itself_a_symlink_works(tmp_path):
     (tmp_path / "link_in").symlink_to(real)
     resources = _resources(tmp_path / "link_in", tmp_path / "out")
     with dg.instance_for_test() as instance:
-        assert register_partitions(instance, tmp_path / "link_in") == ["a.jsonl"]
+        assert register_folder(instance, tmp_path / "link_in") == ["a.jsonl"]
         assert _materialize(instance, resources, "a.jsonl").success
 
 
@@ -450,7 +440,7 @@ def test_hf_token_appears_nowhere_in_a_dagster_run(tmp_path, monkeypatch):
     output_dir = tmp_path / "out"
     resources = _resources(input_dir, output_dir)
     with dg.instance_for_test() as instance:
-        keys = register_partitions(instance, input_dir)
+        keys = register_folder(instance, input_dir)
         results = [_materialize(instance, resources, key) for key in keys]
         assert [r.success for r in results] == [True, False]  # the truncated gzip fails, with its error logged
         blobs = []
@@ -458,8 +448,8 @@ def test_hf_token_appears_nowhere_in_a_dagster_run(tmp_path, monkeypatch):
             blobs += [serialize_value(record) for record in instance.all_logs(result.run_id)]
             blobs.append(serialize_value(instance.get_run_by_id(result.run_id)))
         for key in keys:
-            for asset in (tokenized_conversations, PACKED_ASSETS["arrow"]):
-                event = instance.get_latest_materialization_event(asset.key)
+            for asset in ("tokenized_conversations", "packed_arrow"):
+                event = instance.get_latest_materialization_event(dg.AssetKey(asset))
                 blobs.append(serialize_value(event) if event else "")
         text = "\n".join(blobs)
         assert "broken_json.jsonl" in text and "cannot read after line" in text  # the logs were read
