@@ -1,0 +1,277 @@
+"""`CollateDataset`: a Dagster Component, so a dataset is added by writing a `defs.yaml`.
+
+    # <datasets folder>/smollm2_chat/defs.yaml
+    type: collate_assets.defs.component.CollateDataset
+    attributes:
+      input_dir: ../../data/chats/*.jsonl     # a folder, one file, or folder/glob
+      tokenizer: ../../tokenizers/SmolLM2-135M-Instruct
+      max_length: 4096
+      labels: assistant
+      formats: [arrow, parquet]               # or "arrow,parquet"
+
+Every dataset gets its own definitions (`collate_assets.defs.dataset.build_dataset_defs`): asset keys
+prefixed `[name, ...]`, asset group `name`, partitions `<name>_input_files`, resource
+`collate_<name>`, sensors and job `<name>__...`. `name` defaults to the folder of the defs.yaml.
+
+The attributes are the fields of `collate_assets.core.CollateSettings` (same names, same defaults,
+same validation: a bad value fails the load with a message naming the field), plus `name`. The
+model is generated from those fields, never copied. Differences from the `COLLATE_*` variables of
+the default dataset:
+
+- relative paths (input_dir, output_dir, spill_dir, chat_template, and a tokenizer that starts with
+  `.` or names an existing folder there) are relative to the folder of the defs.yaml;
+- output_dir defaults to `collate_output/<name>` in the working directory the code location starts
+  in (the default dataset writes to `collate_output`), so datasets never write over each other's files;
+- the `COLLATE_*` variables are not read: write `{{ env('X') }}` (fails when X is unset),
+  `{{ env('X', 'default') }}` or `{{ env.X }}` (null when unset) to take a value from the environment.
+
+`load_datasets(folder)` loads every defs.yaml under a folder with Dagster's own component loader;
+`collate_assets.definitions` calls it for `$COLLATE_DATASETS_DIR`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import re
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pydantic
+import yaml
+from pydantic import Field
+
+from collate_assets.core import CollateSettings
+from collate_assets.core.settings import DEFAULT_OUTPUT_DIR, settings_fields
+
+from .dataset import build_dataset_defs
+
+TYPE_NAME = "collate_assets.defs.component.CollateDataset"
+# Dagster's rule for group names (the strictest of the names a dataset's name goes into).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+# Fields holding a local path (an fsspec URL such as s3://... is left as it is).
+PATH_FIELDS = ("input_dir", "output_dir", "spill_dir", "chat_template")
+_ATTRIBUTE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str | None}
+
+
+def _attribute(field: dataclasses.Field) -> tuple[Any, Any]:
+    """The YAML attribute of a `CollateSettings` field: its type, default and help text."""
+    help_text = field.metadata["help"]
+    if field.metadata["choices"] and field.name != "formats":
+        help_text += f" One of: {', '.join(field.metadata['choices'])}."
+    if field.name == "formats":
+        return list[str] | str, Field(default=",".join(field.default), description=help_text)
+    if field.name == "output_dir":
+        help_text += f" Default here: {DEFAULT_OUTPUT_DIR}/<name>."
+        return str | None, Field(default=None, description=help_text)
+    return _ATTRIBUTE_TYPES.get(str(field.type), str), Field(default=field.default, description=help_text)
+
+
+def _default_name(folder: Path) -> str:
+    """The folder's name as a dataset name: every character Dagster refuses in a group name becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", folder.name) or "dataset"
+
+
+def _local_path(value: str, base: Path) -> str:
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def _tokenizer_path(value: str, base: Path) -> str:
+    """A local tokenizer folder relative to `base`, or a hub id (`org/name`) left as it is."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if value.startswith(".") or (base / path).exists():
+        return os.path.normpath(base / path)
+    return value
+
+
+class _CollateDatasetBase(dg.Component, dg.Model, dg.Resolvable):
+    """A collate dataset: chat files tokenized with one tokenizer and chat template, packed for training."""
+
+    name: str | None = Field(
+        default=None,
+        description="The dataset's asset key prefix and asset group (letters, digits, _). "
+        "Default: the name of the folder of the defs.yaml.",
+    )
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(f"name must be letters, digits and _ only (it prefixes asset keys and names the group), got {value!r}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _check_settings(self):
+        # The one validation of every setting: CollateSettings' own (paths are not looked at yet).
+        self.collate_settings(Path.cwd(), self.name)
+        return self
+
+    def dataset_name(self, folder: Path) -> str:
+        return self.name or _default_name(folder)
+
+    def collate_settings(self, folder: Path, name: str | None = None) -> CollateSettings:
+        """The settings of this dataset, relative paths resolved against `folder` (the defs.yaml's).
+
+        ValueError naming the field when a value is not valid (CollateSettings' own validation).
+        """
+        name = name or self.dataset_name(folder)
+        values = {f.name: getattr(self, f.name) for f in settings_fields()}
+        for key in PATH_FIELDS:
+            if values[key]:
+                values[key] = _local_path(values[key], folder)
+        if values["tokenizer"]:
+            values["tokenizer"] = _tokenizer_path(values["tokenizer"], folder)
+        if values["output_dir"] is None:
+            values["output_dir"] = os.path.abspath(Path(DEFAULT_OUTPUT_DIR) / name)
+        return CollateSettings(**values)
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        folder = context.path
+        name = self.dataset_name(folder)
+        return build_dataset_defs(self.collate_settings(folder, name), name)
+
+    @classmethod
+    def get_spec(cls) -> dg.ComponentTypeSpec:
+        return dg.ComponentTypeSpec(
+            description="A chat dataset tokenized with one tokenizer and chat template and packed for "
+            "padding-free training: its own asset group, key prefix, partitions and sensors.",
+            tags=["collate", "tokenization", "packing"],
+            produces=["asset", "asset_check", "sensor", "job", "resource"],
+        )
+
+
+class DatasetScaffoldParams(pydantic.BaseModel):
+    """What `dg scaffold defs ... CollateDataset <path>` may fill in (`--input-dir`, `--tokenizer`, ...)."""
+
+    name: str | None = None
+    input_dir: str | None = None
+    output_dir: str | None = None
+    tokenizer: str | None = None
+
+
+class CollateDatasetScaffolder(dg.Scaffolder[DatasetScaffoldParams]):
+    """Writes a defs.yaml: the values given, then every other field commented out with its help."""
+
+    @classmethod
+    def get_scaffold_params(cls) -> type[DatasetScaffoldParams]:
+        return DatasetScaffoldParams
+
+    def scaffold(self, request: dg.ScaffoldRequest[DatasetScaffoldParams]) -> None:
+        if request.scaffold_format != "yaml":
+            raise ValueError("CollateDataset is scaffolded as a defs.yaml only (--format yaml)")
+        (request.target_path / "defs.yaml").write_text(
+            defs_yaml_template(request.type_name, request.params.model_dump(exclude_none=True)), encoding="utf-8")
+
+
+def defs_yaml_template(type_name: str = TYPE_NAME, values: dict[str, Any] | None = None) -> str:
+    """A defs.yaml of a dataset: `values` set, every other attribute commented out at its default."""
+    values = dict(values or {})
+    lines = [
+        "# A collate dataset (see collate_assets/defs/component.py). Relative paths are relative to this folder;",
+        "# {{ env('X') }} reads the environment variable X (an error when unset).",
+        f"type: {type_name}",
+        "attributes:",
+    ]
+    for key, info in CollateDataset.model_fields.items():
+        lines.append(f"  # {info.description}")
+        if key in values:
+            lines.append(f"  {_yaml_line(key, values[key])}")
+        else:
+            lines.append(f"  # {_yaml_line(key, info.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_line(key: str, value: Any) -> str:
+    return yaml.safe_dump({key: value}, default_flow_style=True, width=1_000_000).strip()[1:-1]
+
+
+CollateDataset: type[dg.Component] = dg.scaffold_with(CollateDatasetScaffolder)(  # type: ignore[assignment]
+    pydantic.create_model(
+        "CollateDataset",
+        __base__=_CollateDatasetBase,
+        __module__=__name__,
+        __doc__=_CollateDatasetBase.__doc__,
+        **{field.name: _attribute(field) for field in settings_fields()},
+    )
+)
+# Only the generated class is a component type: `dg list components` lists every non-abstract
+# Component of this module, and the base alone has no settings.
+del _CollateDatasetBase
+
+
+def _defs_module(folder: Path) -> types.ModuleType:
+    """A namespace package over `folder`, so Dagster's loader can walk it (and import any .py in it)."""
+    name = "_collate_datasets_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+    return module
+
+
+def _root_cause(exc: BaseException) -> str:
+    """What went wrong under Dagster's ComponentTreeException wrappers, one line per problem."""
+    cause: BaseException | None = exc
+    while cause is not None and type(cause).__name__ == "ComponentTreeException":
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return str(exc)
+    if isinstance(cause, pydantic.ValidationError):
+        problems = []
+        for error in cause.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where and not message.startswith(f"{where} ") else message)
+        return "; ".join(problems)
+    return f"{type(cause).__name__}: {cause}"
+
+
+def load_datasets(folder: Path) -> dg.Definitions:
+    """The definitions of every dataset Component under `folder` (each `defs.yaml`, at any depth).
+
+    `folder` need not be a Python package: Dagster's component tree is built over a namespace
+    module for it (`{{ context.project_root }}` in a defs.yaml is `folder`). Two datasets writing
+    to the same output folder are refused (their files would overwrite each other).
+    """
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise dg.DagsterInvalidDefinitionError(f"COLLATE_DATASETS_DIR {folder} is not a folder")
+    tree = dg.ComponentTree.from_module(defs_module=_defs_module(folder), project_root=folder)
+    # Dagster's component loader attaches code references and owners with classes still in beta in
+    # 1.13 (LocalFileCodeReference, CodeReferencesMetadataValue): its own business, not the user's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        try:
+            defs = tree.build_defs()
+        except Exception as exc:
+            # Dagster's message shows where (the component tree); the cause says what (the field).
+            raise dg.DagsterInvalidDefinitionError(f"{_root_cause(exc)}\n{exc}") from exc
+    writers: dict[str, str] = {}  # output or spill folder -> the resource of the dataset writing there
+    for resource_key, resource in (defs.resources or {}).items():
+        if not resource_key.startswith("collate_") or not hasattr(resource, "files"):
+            continue
+        files = resource.files()
+        for where in {str(files.output_root()), str(files.spill_root())}:
+            other = writers.setdefault(where, resource_key)
+            if other != resource_key:
+                raise dg.DagsterInvalidDefinitionError(
+                    f"datasets {other!r} and {resource_key!r} write to the same folder {where}: give each its own output_dir"
+                )
+    return defs
+
+
+__all__ = ["CollateDataset", "load_datasets", "defs_yaml_template"]
