@@ -489,7 +489,7 @@ def test_strict_mode_names_the_position_with_its_unit(tmp_path, suffix, where):
 
 
 def test_partition_keys_name_every_container():
-    from collate_assets.defs.resources import output_stem
+    from collate_assets.defs.files import output_stem
 
     for suffix in WRITERS:
         assert output_stem(f"data{suffix}") == "data"
