@@ -96,7 +96,8 @@ def set_limits(template: str, limits: RenderLimits) -> None:
     """Render `template` (the chat template's text) under `limits` from now on."""
     _LIMITS_BY_TEMPLATE[template] = limits
     for env in list(_ENVIRONMENTS.get(template, ())):
-        env.max_chars = limits.max_chars
+        if env._source == template:  # (an environment reused for another text keeps that one's limits)
+            env._use_limits(limits)
 
 
 def limits_for(template: str | None) -> RenderLimits:
@@ -149,9 +150,11 @@ def _watch() -> None:
         now = time.monotonic()
         with _FIRE_LOCK:
             for slot in _SLOTS:
-                if not slot.deadline or slot.fired:
+                # Read once: a render disarms its slot (deadline 0.0) without taking the lock.
+                deadline = slot.deadline
+                if not deadline or slot.fired:
                     continue
-                if now >= slot.deadline:
+                if now >= deadline:
                     slot.fired = True
                     _set_async_exc(slot.thread, _Timeout)
                     continue
@@ -206,9 +209,9 @@ def _end(slot: _Slot) -> bool:
     return fired
 
 
-def _timeout_error(slot: _Slot) -> TemplateLimitError:
+def _timeout_error(seconds: float) -> TemplateLimitError:
     return TemplateLimitError(
-        f"chat template rendering took longer than {slot.seconds:g} s (render time limit); stopped"
+        f"chat template rendering took longer than {seconds:g} s (render time limit); stopped"
     )
 
 
@@ -229,7 +232,7 @@ class _Guard:
         if exc_type is _Timeout:
             if slot.depth == 1:
                 _end(slot)
-                raise _timeout_error(slot) from None
+                raise _timeout_error(slot.seconds) from None
             slot.depth -= 1
             return False
         _end(slot)
@@ -295,6 +298,7 @@ def _check_format_string(fmt, cap: int, what: str) -> None:
 
 
 _BUILTIN_METHOD = type("".strip)
+_NO_NAMESPACE = object()  # (what `call` compares with before a BoundedNamespace class is made)
 # str and dict methods whose result is never bigger than the string or dict they are called on.
 _SMALL_METHODS = frozenset({
     "startswith", "endswith", "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "lower",
@@ -408,9 +412,9 @@ class BoundedTemplate(jinja2.Template):
     def render(self, *args, **kwargs) -> str:
         # Written out inline (not with _begin/_end): this runs once per conversation. The pieces
         # are collected at C speed; the watchdog sums their sizes as they come (every tick), and
-        # the whole is checked at the end.
+        # the whole is checked at the end, before it is joined.
         env = self.environment
-        limits = _LIMITS_BY_TEMPLATE.get(env._source, DEFAULT_LIMITS)
+        limits = env._limits
         try:
             slot = _LOCAL.slot
         except AttributeError:
@@ -419,13 +423,12 @@ class BoundedTemplate(jinja2.Template):
         parts = []
         if not nested:
             slot.fired = False
-            slot.seconds = limits.seconds
             slot.cap = limits.max_chars
             slot.counted = slot.total = 0
             slot.parts = parts
-            slot.deadline = _monotonic() + limits.seconds
+            slot.deadline = _monotonic() + limits.seconds  # last: this arms the watchdog
         slot.depth = nested + 1
-        done = False
+        done = late = False
         try:
             parts.extend(self.root_render_func(self.new_context(dict(*args, **kwargs))))
             done = True
@@ -434,23 +437,29 @@ class BoundedTemplate(jinja2.Template):
         except _Oversize:
             raise _too_big("output", slot.total, slot.cap) from None
         except _Timeout:
-            raise _timeout_error(slot) from None
+            raise _timeout_error(limits.seconds) from None
         except Exception:
             env.handle_exception()
         finally:
             slot.depth = nested
             if not nested:
-                with _FIRE_LOCK:
-                    slot.deadline = 0.0
-                    slot.parts = None
-                    fired = slot.fired
-                    if fired:
-                        _set_async_exc(slot.thread, None)  # cancel it if not delivered yet
-                if fired and done:
-                    raise _timeout_error(slot)
+                slot.deadline = 0.0  # disarms the watchdog: a check that starts after this skips the slot
+                slot.parts = None
+                # The watchdog fires only while holding _FIRE_LOCK. Not holding it now and not
+                # fired: any check that read the deadline before it was disarmed is over and did
+                # not fire, so no timeout can reach this thread any more (the common case, no
+                # lock taken). Otherwise settle it under the lock: cancel one not yet delivered.
+                if slot.fired or _FIRE_LOCK.locked():
+                    with _FIRE_LOCK:
+                        fired = slot.fired
+                        if fired:
+                            _set_async_exc(slot.thread, None)  # cancel it if not delivered yet
+                    late = fired and done
         total = sum(map(len, parts))
         if total > limits.max_chars:
             raise _too_big("output", total, limits.max_chars)
+        if late:  # fired as the render ended: over time (the size was checked just above)
+            raise _timeout_error(limits.seconds)
         return "".join(parts)
 
     def generate(self, *args, **kwargs):
@@ -472,7 +481,7 @@ class BoundedTemplate(jinja2.Template):
             except TemplateLimitError:
                 raise
             except _Timeout:
-                raise _timeout_error(slot) from None
+                raise _timeout_error(slot.seconds) from None
             except Exception:
                 yield self.environment.handle_exception()
                 return
@@ -498,15 +507,22 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._source: str | None = None
-        self.max_chars = DEFAULT_LIMITS.max_chars  # read by the compiled size checks
+        # The limits of `_source` (kept up to date by set_limits), so that no check looks them up.
+        self._limits = DEFAULT_LIMITS
+        self.max_chars = DEFAULT_LIMITS.max_chars  # read by the compiled size checks and every bound
+        self._namespace = _NO_NAMESPACE  # the bounded `namespace` class (see _bound_callables)
         self.concat = self._bounded_concat  # block sets, macros, `~` go through here or _bounded_str_join
 
     @property
     def limits(self) -> RenderLimits:
-        return limits_for(self._source)
+        return self._limits
+
+    def _use_limits(self, limits: RenderLimits) -> None:
+        self._limits = limits
+        self.max_chars = limits.max_chars
 
     def _cap(self) -> int:
-        return limits_for(self._source).max_chars
+        return self.max_chars
 
     def bounded_str_join(self, pieces) -> str:
         out = "".join([str(x) for x in pieces])
@@ -529,7 +545,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def from_string(self, source, globals=None, template_class=None):
         if isinstance(source, str):
             self._source = source
-            self.max_chars = limits_for(source).max_chars
+            self._use_limits(limits_for(source))
             _ENVIRONMENTS.setdefault(source, weakref.WeakSet()).add(self)
         self._bound_callables()
         with _Guard(self.limits.seconds):  # constant folding at compile time runs template code too
@@ -545,13 +561,21 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         namespace = self.globals.get("namespace")
         if isinstance(namespace, type) and issubclass(namespace, jinja2.utils.Namespace):
             env = self
+            parent_setitem = namespace.__setitem__
 
             class BoundedNamespace(namespace):
                 def __setitem__(self, name, value):
-                    _check_value(value, env._cap(), f"namespace value {name!r}")
-                    super().__setitem__(name, value)
+                    # Strings and flags are what templates store (inline, for speed); the rest is sized.
+                    kind = type(value)
+                    if kind is str:
+                        if len(value) > env.max_chars:
+                            raise _too_big(f"namespace value {name!r}", len(value), env.max_chars)
+                    elif kind is not bool and kind is not int:
+                        _check_value(value, env.max_chars, f"namespace value {name!r}")
+                    parent_setitem(self, name, value)
 
             self.globals["namespace"] = BoundedNamespace
+            self._namespace = BoundedNamespace
 
     # Every call a template makes (globals, methods, macros) comes through here in a sandbox.
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
@@ -564,7 +588,27 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                     kwargs.pop("_loop_vars", None)
                     kwargs.pop("_block_vars", None)
                 return __obj(*args, **kwargs)
-        cap = _LIMITS_BY_TEMPLATE.get(__self._source, DEFAULT_LIMITS).max_chars
+        elif __obj is __self._namespace:
+            # `namespace(...)`, once per render in many templates: its values are checked here and on
+            # every later store (BoundedNamespace); the class is ours and takes no context, so what
+            # the sandbox and Context.call do for it reduces to dropping Jinja's private keywords.
+            cap = __self.max_chars
+            if kwargs:
+                kwargs.pop("_loop_vars", None)
+                kwargs.pop("_block_vars", None)
+                for a in kwargs.values():
+                    if a.__class__ is str:
+                        if len(a) > cap:
+                            raise _too_big("call", len(a), cap)
+                    elif a.__class__ is not bool:
+                        _check_value(a, cap, "call")
+            for a in args:
+                _check_value(a, cap, "call")
+            try:
+                return __obj(*args, **kwargs)
+            except StopIteration:
+                return __self.undefined("value was undefined because a callable raised a StopIteration exception")
+        cap = __self.max_chars
         # Integer arguments of str/list methods are sizes ('x'.ljust(10**12), .center, .zfill...).
         ints = isinstance(getattr(__obj, "__self__", None), _SIZED)
         original = getattr(__obj, "__wrapped__", None)  # the sandbox wraps str.format / format_map
@@ -586,7 +630,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return _check_value(result, cap, "call")
 
     def call_binop(self, context, operator, left, right):
-        cap = _LIMITS_BY_TEMPLATE.get(self._source, DEFAULT_LIMITS).max_chars
+        cap = self.max_chars
         if operator == "+":
             # Both operands are within the limit (everything the template makes is checked), so
             # the sum is at most twice it: check after.
