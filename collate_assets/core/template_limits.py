@@ -13,9 +13,11 @@ which stops it from reaching Python internals but not from looping for hours
   loops are Python code).
 - size: nothing a template makes may exceed `RenderLimits.max_chars` characters (or items): the
   rendered output, `~` concatenations, `+`, `*`, `**` and `%` (Jinja's intercepted operators, checked
-  before they compute), the arguments and results of every call and filter, integer arguments
-  (`'x'.ljust(10**12)`, `' '|indent(10**12)`), format widths, and values stored in a `namespace`
-  (the only state a loop can carry). So no single step allocates more than a few times the limit.
+  before they compute), the arguments and results of every call and filter (for a string's
+  `replace`, `join` and `expandtabs`, whose result can be the square of the limit, the size is
+  worked out before they run), integer arguments (`'x'.ljust(10**12)`, `' '|indent(10**12)`),
+  format widths, and values stored in a `namespace` (the only state a loop can carry). So no
+  single step allocates more than a few times the limit.
 - dunders reached dynamically (`x|attr('_'*2 ~ 'class' ~ '_'*2)`, `x['__cl' ~ 'ass__']`) raise a
   SecurityError like the static ones instead of rendering as empty.
 
@@ -307,6 +309,41 @@ _SMALL_METHODS = frozenset({
     "isdecimal", "isidentifier", "partition", "rpartition", "removeprefix", "removesuffix", "get",
     "items", "keys", "values",
 })
+# str methods whose result can be far bigger than the string and the arguments together.
+_GROWING_METHODS = frozenset({"replace", "join", "expandtabs"})
+
+
+def _check_str_growth(s: str, name: str, args: tuple, kwargs: dict, cap: int) -> tuple:
+    """Raise TemplateLimitError when `s.name(*args)` would make more than `cap` characters, without
+    making it; returns the arguments to call it with (join's iterable read into a list, to size it)."""
+    size = 0
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        growth = len(new) - len(old)
+        if growth > 0 and len(s) + (len(s) + 1) * growth > cap:
+            n = s.count(old) if old else len(s) + 1
+            count = args[2] if len(args) > 2 else kwargs.get("count", -1)
+            if isinstance(count, int) and 0 <= count < n:
+                n = count
+            size = len(s) + n * growth
+    elif name == "join" and len(args) == 1:
+        items = args[0]
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+            args = (items,)
+        try:
+            size = len(s) * max(len(items) - 1, 0) + sum(map(len, items))
+        except TypeError:  # not strings: join itself says so
+            size = 0
+    elif name == "expandtabs":
+        tabsize = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(tabsize, int) and tabsize > 1 and len(s) * tabsize > cap:
+            size = len(s) + s.count("\t") * (tabsize - 1)
+    if size > cap:
+        raise _too_big(f"call {name!r}", size, cap)
+    return args
+
+
 # Filters whose result is never much bigger than their input (left unwrapped, for speed); the
 # others have their arguments and result checked.
 _SMALL_FILTERS = frozenset({
@@ -610,7 +647,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 return __self.undefined("value was undefined because a callable raised a StopIteration exception")
         cap = __self.max_chars
         # Integer arguments of str/list methods are sizes ('x'.ljust(10**12), .center, .zfill...).
-        ints = isinstance(getattr(__obj, "__self__", None), _SIZED)
+        receiver = getattr(__obj, "__self__", None)
+        ints = isinstance(receiver, _SIZED)
+        if receiver.__class__ is str and __obj.__class__ is _BUILTIN_METHOD and __obj.__name__ in _GROWING_METHODS:
+            # Their result can be the square of the limit: sized before they run, not after.
+            args = _check_str_growth(receiver, __obj.__name__, args, kwargs, cap)
         original = getattr(__obj, "__wrapped__", None)  # the sandbox wraps str.format / format_map
         if original is not None and getattr(original, "__name__", None) in ("format", "format_map"):
             _check_format_string(getattr(original, "__self__", None), cap, "format")
@@ -621,7 +662,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             elif a.__class__ is not bool:
                 _check_value(a, cap, "call", ints)
         if kwargs:
-            _check_args((), kwargs, cap, "call", ints)
+            for key, a in kwargs.items():
+                # (Jinja's own _loop_vars / _block_vars are the template's variables, not arguments.)
+                if key != "_loop_vars" and key != "_block_vars":
+                    _check_value(a, cap, "call", ints)
         result = super().call(__context, __obj, *args, **kwargs)
         if result.__class__ is str:
             if len(result) > cap:
