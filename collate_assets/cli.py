@@ -50,9 +50,8 @@ def _on_signal(signo, _frame) -> None:
     cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
     cleanup.start()
     cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
-    writers = sys.modules.get("collate_assets.core.writers")
-    if cleanup.is_alive() and writers is not None:
-        writers.cleanup_temps()
+    if cleanup.is_alive():
+        _cleanup_temps()
     name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
     try:
         sys.stderr.write(f"\ncollate: interrupted{name}\n")
@@ -61,18 +60,31 @@ def _on_signal(signo, _frame) -> None:
         os._exit(EXIT_INTERRUPTED.get(signo, 128 + signo))
 
 
+def _loaded(module: str, name: str):
+    """`module.name` if that module is imported far enough to have it, else None.
+
+    A signal can come while a module is still being imported (in sys.modules, half initialised);
+    such a module has made nothing to clean up yet.
+    """
+    return getattr(sys.modules.get(module), name, None)
+
+
+def _cleanup_temps() -> None:
+    cleanup_temps = _loaded("collate_assets.core.writers", "cleanup_temps")
+    if cleanup_temps is not None:
+        cleanup_temps()
+
+
 def _cleanup_interrupted() -> None:
-    writers = sys.modules.get("collate_assets.core.writers")
-    if writers is not None:
-        writers.cleanup_temps()  # first: from now on the work starts no new file
-    run = sys.modules.get("collate_assets.defs.run")
-    if run is not None and run.ACTIVE.get("instance") is not None:
+    _cleanup_temps()  # first: from now on the work starts no new file
+    active = _loaded("collate_assets.defs.run", "ACTIVE") or {}
+    cancel = _loaded("collate_assets.defs.run", "cancel_dead_runs")
+    if cancel is not None and active.get("instance") is not None:
         try:
-            run.cancel_dead_runs(run.ACTIVE["instance"], pid=os.getpid())
+            cancel(active["instance"], pid=os.getpid())
         except Exception:  # the next run cancels it (its process is gone by then)
             pass
-    if writers is not None:
-        writers.cleanup_temps()  # and what was being made meanwhile
+    _cleanup_temps()  # and what was being made meanwhile
 
 
 def install_signal_handlers() -> dict:

@@ -246,7 +246,7 @@ def _init_instance(home: Path, monkeypatch, big_input: Path) -> None:
     from collate_assets.defs.run import register_only
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    assert register_only(big_input) == ["big.jsonl"]
+    assert register_only(CollateSettings(input_dir=str(big_input))) == ["big.jsonl"]
 
 
 def test_kill_9_of_collate_through_dagster_then_two_runs_at_once(big_input, reference, tmp_path, monkeypatch):

@@ -526,11 +526,16 @@ def test_two_inputs_with_the_same_stem_the_others_still_run(tmp_path, engine):
     assert "x.jsonl.gz" in last and "not processed" in last and "overwrite" in last
 
 
-def test_the_cli_argument_choices_equal_the_engines():
-    """cli.py repeats them so that parsing (and the signal handlers) come before the heavy imports."""
-    from collate_assets import cli
-    from collate_assets.core import settings
-
-    for name in ("OUTPUT_FORMATS", "LABELS_MODES", "PACKING_STRATEGIES", "OVERLONG_POLICIES", "DEFAULT_MAX_LINE_BYTES",
-                 "MAX_LENGTH_CEILING", "DEFAULT_RENDER_SECONDS", "DEFAULT_RENDER_MAX_CHARS", "REASONING_TURNS"):
-        assert getattr(cli, name) == getattr(settings, name), name
+def test_the_cli_parses_its_arguments_before_any_heavy_import():
+    """The command takes its choices from the one settings definition, without importing numpy,
+    pyarrow, transformers or Dagster first (so the signal handlers are in place at once)."""
+    code = (
+        "import sys; from collate_assets import cli; from collate_assets.core.settings import OUTPUT_FORMATS; "
+        "args = cli.build_parser().parse_args(['-f', 'arrow,parquet', '-m', '512']); "
+        "s = cli.settings_from_args(args); assert s.formats == ('arrow', 'parquet') and s.max_length == 512; "
+        "heavy = [m for m in ('numpy', 'pyarrow', 'transformers', 'dagster') if m in sys.modules]; "
+        "print(','.join(heavy) or 'none')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none"
