@@ -321,10 +321,12 @@ class DagsterDev:
 
         `root/home` is DAGSTER_HOME, `root/input` a copy of the demo files, `root/output` the output
         folder and `root/cwd` the working folder. With `register_first` the demo files are registered
-        as partitions (`collate --register-only`, same DAGSTER_HOME) before the server starts, so the
-        first tick of `input_files_sensor` finds no new file and launches no run: tests then control
-        every run themselves. Without it the sensor registers both files and starts a `collate_job`
-        run for each within seconds of the start.
+        as partitions and observed (`collate --register-only`, same DAGSTER_HOME) before the server
+        starts, so the first tick of `input_files_sensor` finds no new or changed file, and the first
+        evaluation of the `collate_automation` sensor (which never runs partitions already missing
+        when it starts) launches nothing: tests then control every run of these files themselves.
+        Files added or edited later are run by the automation sensor. Without `register_first` the
+        input files sensor registers both files at its first tick.
         """
         home = make_dagster_home(root / "home")
         input_dir = copy_demo(root / "input")

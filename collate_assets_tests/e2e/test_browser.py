@@ -10,7 +10,9 @@ through its web UI with Playwright:
    materialized"), click **Materialize selected (2)…**;
 2. the partition dialog: pick `fastchat.jsonl`, **Launch 1 run**;
 3. the toast's **View** link: the run page, until it says *Success*;
-4. the output `<COLLATE_OUTPUT_DIR>/arrow/fastchat.arrow` loads with `datasets.Dataset.from_file`;
+4. the output `<COLLATE_OUTPUT_DIR>/fastchat.arrow` (the one layout of the `collate` command and the
+   graph: outputs and rejects beside each other, the spill in `.collate_tokenized/`) loads with
+   `datasets.Dataset.from_file`;
 5. the asset page `/assets/packed_arrow` shows the materialization's metadata, and its rows, tokens and
    fill are those of the file.
 
@@ -238,9 +240,12 @@ def test_materialize_packed_arrow_from_the_ui(dagster_dev, page, tmp_path):
     assert tags.get("dagster/partition") == PARTITION, tags
     assert sorted(a["path"] for a in run["assetSelection"]) == [["packed_arrow"], ["tokenized_conversations"]]
 
-    # 4. The output file loads as a datasets.Dataset.
-    arrow_path = server.output_dir / "arrow" / f"{OUTPUT_STEM}.arrow"
+    # 4. The output file loads as a datasets.Dataset; the layout is the `collate` command's.
+    arrow_path = server.output_dir / f"{OUTPUT_STEM}.arrow"
     assert arrow_path.is_file(), f"no {arrow_path}; output folder holds {sorted(server.output_dir.rglob('*'))}"
+    assert (server.output_dir / f"{OUTPUT_STEM}.rejects.jsonl").is_file()
+    assert (server.output_dir / ".collate_tokenized" / f"{OUTPUT_STEM}.manifest.json").is_file()
+    assert not (server.output_dir / "arrow").exists() and not (server.output_dir / "_tokenized").exists()
     rows = datasets.Dataset.from_file(str(arrow_path))
     assert {"input_ids", "labels", "position_ids", "seq_lengths"} <= set(rows.column_names), rows.column_names
     assert rows.num_rows > 0

@@ -164,7 +164,8 @@ def test_no_dagster_writes_the_same_bytes_on_the_demo(tmp_path, dagster_home, de
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["-f", "xml"], "argument -f/--format: invalid choice: 'xml'"),
+        # -f takes a comma-separated list (FORMAT[,FORMAT]) now, checked by the settings' own parser
+        (["-f", "xml"], "argument -f/--format: formats must be among arrow, parquet, msgpack, jsonl; got 'xml'"),
         (["-m", "abc"], "argument -m/--max-length: not an integer: 'abc'"),
     ],
     ids=["format-xml", "max-length-abc"],
@@ -227,3 +228,39 @@ def test_overlong_error_names_file_and_line(tmp_path, dagster_home, demo_input, 
     assert "dagster._core" not in line and "Failure" not in line, line
     assert not (tmp_path / "collate_output" / "demo_small.arrow").exists()
 
+
+
+# -- only what is stale runs ------------------------------------------------------------------------------
+
+
+def test_rerun_keeps_unchanged_outputs_and_reruns_an_edited_file(tmp_path, dagster_home, demo_input):
+    """A second `collate` on unchanged files launches no Dagster run and says so; after one file is
+    edited, only that file runs again (its outputs rewritten, the other's left as they were)."""
+    env = make_env(dagster_home)
+    out = tmp_path / "out"
+    command = [*COLLATE, "-i", demo_input, "-o", out, "-q"]
+    run(command, env=env, cwd=tmp_path, check=True)
+    outputs = {stem: out / f"{stem}.arrow" for stem in ("demo", "demo_small")}
+    written = {stem: path.stat().st_mtime_ns for stem, path in outputs.items()}
+    with open_instance(dagster_home) as instance:
+        runs_first = {r.run_id for r in instance.get_runs()}
+    assert runs_first
+
+    again = run(command, env=env, cwd=tmp_path, check=True)
+    assert_no_traceback(again.stderr)
+    assert "collate: 2 of 2 files unchanged since their last run: outputs kept" in again.stderr, again.describe()
+    assert {stem: path.stat().st_mtime_ns for stem, path in outputs.items()} == written
+    with open_instance(dagster_home) as instance:
+        assert {r.run_id for r in instance.get_runs()} == runs_first  # no run launched
+
+    lines = (demo_input / "demo_small.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (demo_input / "demo_small.jsonl").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    edited = run(command, env=env, cwd=tmp_path, check=True)
+    assert "collate: 1 of 2 files unchanged since their last run: outputs kept" in edited.stderr, edited.describe()
+    assert outputs["demo"].stat().st_mtime_ns == written["demo"]
+    assert outputs["demo_small"].stat().st_mtime_ns != written["demo_small"]
+    with open_instance(dagster_home) as instance:
+        new_runs = [r for r in instance.get_runs() if r.run_id not in runs_first]
+        assert [r.tags.get("dagster/partition") for r in new_runs] == ["demo_small.jsonl"], [r.tags for r in new_runs]
+        record = latest_materialization(instance, "tokenized_conversations", "demo_small.jsonl")
+        assert metadata_values(record)["lines_read"] == len(lines) // 2

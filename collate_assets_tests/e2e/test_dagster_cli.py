@@ -88,12 +88,17 @@ def test_materialize_one_registered_partition(deployment):
     assert_no_traceback(result.stderr)
     record_timing(f"dagster asset materialize demo_small.jsonl (demo tokenizer, -m 1024): {result.seconds:.1f} s")
 
+    # one layout for `collate` and the graph: <output>/<name>.<ext>, rejects beside, spill in .collate_tokenized
     output = deployment["output"]
-    ds = Dataset.from_file(str(output / "arrow" / "demo_small.arrow"))
+    ds = Dataset.from_file(str(output / "demo_small.arrow"))
     assert {"input_ids", "labels", "position_ids", "seq_lengths"} <= set(ds.column_names)
     assert max(len(ids) for ids in ds["input_ids"]) <= 1024
-    assert not (output / "arrow" / "demo.arrow").exists()  # only the partition asked for
-    assert not (output / "parquet").exists()  # only the assets selected
+    assert (output / "demo_small.rejects.jsonl").is_file()
+    assert (output / ".collate_tokenized" / "demo_small.arrow").is_file()
+    assert (output / ".collate_tokenized" / "demo_small.manifest.json").is_file()
+    assert not (output / "demo.arrow").exists()  # only the partition asked for
+    assert not (output / "demo_small.parquet").exists()  # only the assets selected
+    assert not (output / "arrow").exists() and not (output / "_tokenized").exists()  # no old layout
 
     with open_instance(deployment["home"]) as instance:
         packed = latest_materialization(instance, "packed_arrow", "demo_small.jsonl")
@@ -110,6 +115,9 @@ def test_materialize_one_registered_partition(deployment):
         evaluations = check_evaluations(instance, packed.run_id)
         assert {name for _, name in evaluations} == CHECK_NAMES
         assert all(evaluations.values()), evaluations
+        # the checks are evaluated in packed_arrow's own step: no step of their own
+        steps = {s.step_key for s in instance.get_run_step_stats(packed.run_id)}
+        assert steps == {"tokenized_conversations", "packed_arrow"}, steps
         assert latest_materialization(instance, "packed_arrow", "demo.jsonl") is None
 
 
@@ -145,12 +153,12 @@ def test_materialize_vs_engine_on_shared_data(tmp_path, fastchat_jsonl_dir, smol
         "one partition, fastchat.jsonl (500 conversations, 41.6 k tokens), SmolLM2, -m 2048, arrow "
         "(wall time of the command; in brackets the time the command reports for the file):\n"
         f"  collate --register-only (once)                 {register.seconds:6.1f} s\n"
-        f"  dagster asset materialize (multiprocess steps) {dagster.seconds:6.1f} s  "
-        f"[run {run_seconds:.1f} s; step bodies (without their process start) {steps_text}]\n"
+        f"  dagster asset materialize (in-process run)     {dagster.seconds:6.1f} s  "
+        f"[run {run_seconds:.1f} s; steps {steps_text}]\n"
         f"  collate (in-process dagster run)               {in_process.seconds:6.1f} s  "
         f"[{in_process_stats['seconds']:.2f} s]\n"
         f"  collate --no-dagster (engine alone)            {engine.seconds:6.1f} s  [{engine_stats['seconds']:.2f} s]"
     )
     expected = (tmp_path / "engine" / "fastchat.arrow").read_bytes()
-    assert (output / "arrow" / "fastchat.arrow").read_bytes() == expected
+    assert (output / "fastchat.arrow").read_bytes() == expected
     assert (tmp_path / "in_process" / "fastchat.arrow").read_bytes() == expected
