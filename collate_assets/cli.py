@@ -362,7 +362,8 @@ def _work(args, settings):
             progress.close()
     note = None
     if outcome.up_to_date:
-        note = f"collate: {len(outcome.up_to_date)} of {len(outcome.up_to_date) + len(outcome.results) // max(1, len(settings.formats)) - len(outcome.up_to_date) + len(outcome.failures)} files unchanged since their last run: outputs kept"
+        files = len({r.tokenize.file for r in outcome.results}) + len(outcome.failures)
+        note = f"collate: {len(outcome.up_to_date)} of {files} files unchanged since their last run: outputs kept"
     return "stats", (outcome.results, outcome.failures, note)
 
 

@@ -108,6 +108,25 @@ def _failure(exc: Exception | str) -> dg.Failure:
     return dg.Failure(description=shown(str(exc)), allow_retries=False)
 
 
+def _each_partition(context: dg.AssetExecutionContext, work) -> dict:
+    """`work(key) -> (metadata, result)` for every partition of the step; metadata recorded per partition.
+
+    A partition that fails (CollateError) does not stop the others; the step fails at the end with
+    every failure's reason (the `collate` command then runs those partitions one by one).
+    """
+    results, failures = {}, {}
+    for key in context.partition_keys:
+        try:
+            metadata, results[key] = work(key)
+        except CollateError as exc:
+            failures[key] = str(exc)
+            continue
+        context.add_asset_metadata(metadata, partition_key=key)
+    if failures:
+        raise _failure("; ".join(failures.values()))
+    return results
+
+
 def _config(context: dg.AssetExecutionContext, dataset: Dataset):
     return getattr(context.resources, dataset.resource_key)
 
@@ -183,16 +202,7 @@ def build_tokenized_conversations(dataset: Dataset, automation: dg.AutomationCon
             "chat_template": settings.chat_template,
             "fingerprint": tokenizer_fingerprint(tokenizer),
         }
-        failures = {}
-        for key in context.partition_keys:
-            try:
-                metadata = _tokenize_partition(context, files, key, tokenizer, settings, identity)
-            except CollateError as exc:
-                failures[key] = str(exc)
-                continue
-            context.add_asset_metadata(metadata, partition_key=key)
-        if failures:
-            raise _failure("; ".join(failures.values()))
+        _each_partition(context, lambda key: (_tokenize_partition(context, files, key, tokenizer, settings, identity), None))
         return dg.MaterializeResult()
 
     return tokenized_conversations
@@ -317,16 +327,7 @@ def build_packed(dataset: Dataset, fmt: str, automation: dg.AutomationCondition 
             files.check_folders()
         except CollateError as exc:
             raise _failure(exc) from exc
-        results, failures = {}, {}
-        for partition in context.partition_keys:
-            try:
-                metadata, results[partition] = _pack_partition(files, partition, fmt, settings)
-            except CollateError as exc:
-                failures[partition] = str(exc)
-                continue
-            context.add_asset_metadata(metadata, partition_key=partition)
-        if failures:
-            raise _failure("; ".join(failures.values()))
+        results = _each_partition(context, lambda key: _pack_partition(files, key, fmt, settings))
         return dg.MaterializeResult(check_results=checks.combined_results(results))
 
     return packed
