@@ -4,33 +4,92 @@ Every asset the dataset asks for (`tokenized_conversations` and `packed_<format>
 the `formats` setting) carries the same condition:
 
 - a new file (a new partition, missing) or an edited one (its `raw_conversations` observation has a
-  new data version) is tokenized and packed at the next evaluation, and nothing else;
+  new data version) is tokenized and packed at the next evaluation, and nothing else. `eager()`
+  alone can lose an edit that is observed in the same evaluation as the partition's previous run
+  ends (its since-last-handled reset wins), so `input_changed` adds a condition that holds as long as
+  the file's latest observed sha256 differs from the one its latest tokenization read;
 - new settings or a new tokenizer (a new code version) rebuild every partition;
-- each night at 02:00 partitions that are still missing (a failed run, an automation that was off)
-  are tried again.
+- each night at 02:00 partitions that are still missing or whose latest run failed are tried again.
 
 Packed formats not asked for carry no condition: they stay available in the UI. The sensor is
 running by default, so `dagster dev` keeps the outputs current without a schedule of its own.
 """
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 
 NIGHTLY_CRON = "0 2 * * *"
+DATA_VERSION_TAG = "dagster/data_version"
 EVALUATION_SECONDS = 30
 
 
+class InputChanged(dg.AutomationCondition):
+    """True for the partitions whose input file changed since their latest tokenization.
+
+    Compares, per partition, the data version (sha256) of the latest `raw_conversations`
+    observation with the `input_sha256` that the latest `tokenized_conversations` materialization
+    recorded (one query for the observations of the whole asset, one per partition for its latest
+    materialization). Level-triggered: it stays
+    true until a run brings the partition up to date. Runs in the code server (the automation
+    sensor sets `use_user_code_server`), as Dagster requires for conditions written in Python.
+    """
+
+    @property
+    def name(self) -> str:
+        return "input_changed"
+
+    @property
+    def description(self) -> str:
+        return "input file changed since its latest tokenization"
+
+    def evaluate(self, context) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty:
+            return dg.AutomationResult(context=context, true_subset=candidates)
+        prefix = list(context.key.path[:-1])
+        changed = changed_partitions(
+            context.asset_graph_view.instance,
+            dg.AssetKey([*prefix, "raw_conversations"]),
+            dg.AssetKey([*prefix, "tokenized_conversations"]),
+            candidates.expensively_compute_partition_keys(),
+        )
+        return dg.AutomationResult(context=context, true_subset=candidates.compute_intersection_with_partition_keys(changed))
+
+
+def changed_partitions(instance: dg.DagsterInstance, raw_key: dg.AssetKey, tokenized_key: dg.AssetKey, keys) -> set[str]:
+    """The partitions among `keys` whose latest observed sha256 is not the one their latest tokenization read.
+
+    Every made partition is compared, also those observed before their latest materialization
+    ended: a run that started before an edit finishes after the edit's observation.
+    """
+    storage = instance.event_log_storage
+    observed = storage.get_latest_tags_by_partition(
+        raw_key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=list(keys))
+    changed = set()
+    for key, tags in observed.items():
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=tokenized_key, asset_partitions=[key]), limit=1).records
+        if not records:
+            continue  # never made: missing, eager's business
+        entry = records[0].asset_materialization.metadata.get("input_sha256")
+        if entry is None or entry.value != tags.get(DATA_VERSION_TAG):
+            changed.add(key)
+    return changed
+
+
 def collate_condition(cron: str = NIGHTLY_CRON) -> dg.AutomationCondition:
-    """eager (new, missing or updated upstream) | new code version | still missing after the nightly tick."""
+    """eager | input changed | new code version | missing or failed after the nightly tick."""
     not_busy = ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()
     return (
         dg.AutomationCondition.eager()
+        | (InputChanged() & ~dg.AutomationCondition.execution_failed() & not_busy).with_label("input changed")
         | (dg.AutomationCondition.code_version_changed() & not_busy).with_label("code version changed")
         | (
             dg.AutomationCondition.cron_tick_passed(cron)
-            & dg.AutomationCondition.missing()
+            & (dg.AutomationCondition.missing() | dg.AutomationCondition.execution_failed())
             & ~dg.AutomationCondition.any_deps_missing()
             & not_busy
-        ).with_label(f"missing after {cron}")
+        ).with_label(f"missing or failed after {cron}")
     ).with_label("collate")
 
 
@@ -40,5 +99,6 @@ def automation_sensor(name: str, selection: dg.AssetSelection) -> dg.AutomationC
         target=selection,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=EVALUATION_SECONDS,
+        use_user_code_server=True,  # input_changed is Python of ours
         description="Evaluates the datasets' automation conditions: new and edited files, new settings, nightly retries.",
     )

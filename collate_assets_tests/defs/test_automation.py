@@ -14,6 +14,8 @@ from collate_assets.sample import DEMO_INPUT_DIR
 from .helpers import build_dataset_defs, demo_settings, materialize
 from .test_sensor import tick as sensor_tick
 
+EXTRA = ('{"messages": [{"role": "user", "content": "one more"}, '
+         '{"role": "assistant", "content": "ok"}]}\n')
 ASKED = {"tokenized_conversations", "packed_arrow", "packed_parquet"}
 
 
@@ -93,3 +95,53 @@ def test_formats_not_asked_for_carry_no_condition(tmp_path):
     sensors = {s.name: s for s in defs.sensors}
     assert isinstance(sensors["collate_automation"], dg.AutomationConditionSensorDefinition)
     assert sensors["collate_automation"].default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_edit_observed_as_the_previous_run_ends_is_not_lost(tmp_path):
+    """eager() alone drops an edit observed in the same evaluation as the partition's own update
+    (its since-last-handled reset wins); input_changed keeps the partition requested until it is current."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    with dg.instance_for_test() as instance:
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        run_requested(defs, instance, requested(first))
+        # Edited and observed right after the run, before the next evaluation sees the run's update.
+        with open(folder / "demo_small.jsonl", "a") as f:
+            f.write(EXTRA)
+        sensor_tick(instance, folder)
+        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert requested(second) == {"tokenized_conversations": {"demo_small.jsonl"}, "packed_arrow": {"demo_small.jsonl"}}
+        # An edit observed while a run of the old bytes was going on: that run ends, the partition is still stale.
+        run_requested(defs, instance, requested(second))
+        with open(folder / "demo_small.jsonl", "a") as f:
+            f.write(EXTRA)
+        sensor_tick(instance, folder)
+        third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert requested(third) == {"tokenized_conversations": {"demo_small.jsonl"}, "packed_arrow": {"demo_small.jsonl"}}
+        run_requested(defs, instance, requested(third))
+        fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+        assert requested(fourth) == {}  # current again: nothing more
+
+
+def test_a_touched_file_runs_nothing(tmp_path):
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    with dg.instance_for_test() as instance:
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        run_requested(defs, instance, requested(first))
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        path = folder / "demo_small.jsonl"
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+        sensor_tick(instance, folder)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert requested(after) == {}
