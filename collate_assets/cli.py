@@ -369,19 +369,19 @@ def _work(args, settings):
 
 def _input_files_quietly(input_path: Path) -> list[Path]:
     """The input files, for the progress total (warnings are printed once, by the run)."""
-    from .defs.partitions import scan_input_folder
+    from .core.reader import scan_inputs
 
     if input_path.is_file():
         return [input_path]
-    return list(scan_input_folder(input_path)[0].values())
+    return scan_inputs(input_path)[0]
 
 
 def _run_engine(settings, show_progress: bool):
     """--no-dagster: the engine directly, file after file; a failed file does not stop the others."""
     from .core import CollateError, collate_file, load_tokenizer, output_path_for
     from .core.reader import INPUT_PATTERNS, progress_total
+    from .core.reader import scan_inputs
     from .core.writers import output_folder_problem
-    from .defs.partitions import scan_input_folder
 
     input_path = settings.input_path()
     problem = output_folder_problem(input_path, Path(settings.output_dir))
@@ -390,14 +390,14 @@ def _run_engine(settings, show_progress: bool):
     if input_path.is_file():
         files = [input_path]
     elif input_path.is_dir() or any(c in input_path.name for c in "*?["):
-        found, warnings = scan_input_folder(input_path)
-        files = [path for path in found.values()]
+        files, clashes, warnings = scan_inputs(input_path)
         for warning in warnings:
-            if "skipped: its outputs" not in warning:
-                print(f"collate: warning: {_shown(input_path)}: {warning}", file=sys.stderr)
+            print(f"collate: warning: {_shown(input_path)}: {warning}", file=sys.stderr)
         if not files:
             raise CollateError(f"no input files ({INPUT_PATTERNS}) in {_shown(input_path)}")
-        files = sorted(set(files) | _clashing(input_path, warnings))
+        # files left out for a stem clash are reported as failures by the loop below
+        folder = input_path if input_path.is_dir() else input_path.parent
+        files = sorted({*files, *(folder / c.split(" skipped: ", 1)[0] for c in clashes)})
     else:
         raise CollateError(f"input not found: {_shown(input_path)}")
     tokenizer = load_tokenizer(
@@ -437,12 +437,6 @@ def _run_engine(settings, show_progress: bool):
         if progress is not None:
             progress.close()
     return results, failures
-
-
-def _clashing(input_path: Path, warnings: list[str]) -> set[Path]:
-    """Files left out of a scan for a stem clash: the engine path reports them as failures itself."""
-    folder = input_path if input_path.is_dir() else input_path.parent
-    return {folder / w.split(" skipped: ", 1)[0] for w in warnings if " skipped: its outputs" in w}
 
 
 if __name__ == "__main__":

@@ -154,6 +154,47 @@ def scan_input_files(folder: str | Path) -> tuple[list[Path], list[str]]:
     return files, warnings
 
 
+def input_folder_and_pattern(source: str | Path) -> tuple[Path, str | None]:
+    """(folder, file-name pattern) of an input: a folder, one file (its folder and its name) or `folder/*.jsonl`.
+
+    A glob may only be in the last part: the inputs are files of one folder.
+    """
+    source = Path(source)
+    if any(char in source.name for char in "*?["):
+        return source.parent, source.name
+    if source.is_file():
+        return source.parent, "".join(f"[{c}]" if c in "*?[" else c for c in source.name)
+    return source, None
+
+
+def scan_inputs(source: str | Path) -> tuple[list[Path], list[str], list[str]]:
+    """(input files, warnings about stem clashes, warnings about entries left out) of a folder, file or glob.
+
+    Two files with the same stem (`x.jsonl` and `x.jsonl.gz`, or `x.json` and `x.parquet`) would
+    write the same outputs: only the first in sorted order is kept, the other is named in a clash
+    warning (`<name> skipped: its outputs would overwrite those of <other> …`). A missing folder
+    gives no files and one warning.
+    """
+    import fnmatch
+
+    folder, pattern = input_folder_and_pattern(source)
+    if not folder.is_dir():
+        return [], [], [f"input folder {folder} does not exist" if not folder.exists() else f"input {folder} is not a folder"]
+    files, skipped = scan_input_files(folder)
+    if pattern is not None:
+        files = [path for path in files if fnmatch.fnmatchcase(path.name, pattern)]
+        skipped = [warning for warning in skipped if "subfolder" not in warning]
+    kept, stems, clashes = [], {}, []
+    for path in files:
+        stem = input_stem(path)
+        if stem in stems:
+            clashes.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]} (same name before .jsonl)")
+            continue
+        stems[stem] = path.name
+        kept.append(path)
+    return kept, clashes, skipped
+
+
 def list_input_files(source: str | Path) -> list[Path]:
     """The input files of a folder (INPUT_SUFFIXES; not recursive), sorted; or the one file given.
 

@@ -78,6 +78,9 @@ class CollateSettings:
         ("arrow",), "Output formats written by `collate` and kept up to date by automation "
         "(comma-separated: arrow, parquet, msgpack, jsonl); the others stay available in the UI.",
         output=False, choices=OUTPUT_FORMATS)
+    sensor_seconds: int = _field(
+        30, "How often (seconds) the Dagster input files sensor looks at the input folder and the automation "
+        "sensor evaluates what to run.", output=False)
     # Which tokenizer. Its content (vocabulary, chat template) is fingerprinted separately, so the
     # name is not part of `fingerprint()`.
     tokenizer: str | None = _field(
@@ -138,6 +141,8 @@ class CollateSettings:
                 raise ValueError(f"{field.name} must be one of {', '.join(choices)}; got {value!r}")
             if field.type in ("bool",) and not isinstance(value, bool):
                 raise ValueError(f"{field.name} must be true or false, got {value!r}")
+        if not _is_int(self.sensor_seconds) or not 1 <= self.sensor_seconds <= 86400:
+            raise ValueError(f"sensor_seconds must be an integer from 1 to 86400, got {self.sensor_seconds!r}")
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
 

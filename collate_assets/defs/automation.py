@@ -93,12 +93,12 @@ def collate_condition(cron: str = NIGHTLY_CRON) -> dg.AutomationCondition:
     ).with_label("collate")
 
 
-def automation_sensor(name: str, selection: dg.AssetSelection) -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(name: str, selection: dg.AssetSelection, seconds: int = EVALUATION_SECONDS) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         name=name,
         target=selection,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=EVALUATION_SECONDS,
+        minimum_interval_seconds=seconds,
         use_user_code_server=True,  # input_changed is Python of ours
         description="Evaluates the datasets' automation conditions: new and edited files, new settings, nightly retries.",
     )

@@ -49,7 +49,7 @@ def build_dataset_defs(settings: CollateSettings, name: str | None = None) -> dg
         ],
         sensors=[
             build_input_files_sensor(dataset),
-            automation_sensor(dataset.op_name("collate_automation"), selection),
+            automation_sensor(dataset.op_name("collate_automation"), selection, settings.sensor_seconds),
         ],
         resources={dataset.resource_key: CollateConfig.from_settings(settings)},
     )

@@ -28,10 +28,10 @@ from typing import Any
 from upath import UPath
 
 from collate_assets.core import EXTENSIONS, CollateError, CollateSettings, PackStats, pack_spill
-from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem
+from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem, input_folder_and_pattern
 from collate_assets.core.writers import atomic_path, fit_name, output_folder_problem
 
-from .partitions import input_folder_and_pattern, key_to_file_name
+from .partitions import key_to_file_name
 from .partitions import output_stem as _output_stem
 
 LOCAL_PROTOCOLS = ("", "file", "local")

@@ -20,14 +20,13 @@ A key can only ever name a file directly inside the input folder: the decoded na
 name (no `/`, no NUL, not `.` or `..`), or the key is refused.
 """
 
-import fnmatch
 import os
 from pathlib import Path
 
 import dagster as dg
 
 from collate_assets.core import input_stem as _input_stem
-from collate_assets.core.reader import scan_input_files
+from collate_assets.core.reader import scan_inputs
 
 
 INPUT_FILES = dg.DynamicPartitionsDefinition(name="input_files")
@@ -81,23 +80,6 @@ def output_stem(key: str) -> str:
     return _input_stem(Path(key_to_file_name(key)))
 
 
-def input_folder_and_pattern(source: str | Path) -> tuple[Path, str | None]:
-    """(folder, file-name pattern): a folder, one file (its folder and its name) or `folder/*.jsonl`.
-
-    A glob may only be in the last part (the files of one folder are the partitions, keyed by name).
-    """
-    source = Path(source)
-    if any(char in source.name for char in "*?["):
-        return source.parent, source.name
-    if source.is_file():
-        return source.parent, glob_escape(source.name)
-    return source, None
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
 def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
     """The input files of `input_dir` by partition key, and warnings about files left out.
 
@@ -113,27 +95,8 @@ def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]
 
 def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]:
     """(files by key, warnings about stem clashes, warnings about entries that are not input files)."""
-    folder, pattern = input_folder_and_pattern(input_dir)
-    if not folder.is_dir():
-        return {}, [], [f"input folder {folder} does not exist"] if not folder.exists() else [
-            f"input {folder} is not a folder"
-        ]
-    files, skipped = scan_input_files(folder)
-    if pattern is not None:
-        files = [path for path in files if fnmatch.fnmatchcase(path.name, pattern)]
-        skipped = [w for w in skipped if "subfolder" not in w]
-    by_key: dict[str, Path] = {}
-    stems: dict[str, str] = {}
-    clashes: list[str] = []
-    for path in files:
-        key = file_name_to_key(path.name)
-        stem = _input_stem(path)
-        if stem in stems:
-            clashes.append(f"{path.name} skipped: its outputs would overwrite those of {stems[stem]} (same name before .jsonl)")
-            continue
-        stems[stem] = path.name
-        by_key[key] = path
-    return by_key, clashes, skipped
+    files, clashes, skipped = scan_inputs(input_dir)
+    return {file_name_to_key(path.name): path for path in files}, clashes, skipped
 
 
 def register_keys(instance: dg.DagsterInstance, partitions_name: str, keys: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """The input files sensor: the input folder's files as partitions, and their observations.
 
-Every 30 s it lists the dataset's input folder (not its subfolders) and
+Every `sensor_seconds` (30 by default) it lists the dataset's input folder (not its subfolders) and
 - adds a partition for each new file, deletes the partition of a file that disappeared (its outputs
   and history are left in place);
 - records a `raw_conversations` observation (the file's sha256 as data version) for each new or
@@ -57,7 +57,7 @@ def build_input_files_sensor(dataset: Dataset) -> dg.SensorDefinition:
 
     @dg.sensor(
         name=dataset.op_name("input_files_sensor"),
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=dataset.settings.sensor_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={dataset.resource_key},
         description="Adds a partition for each new input file, drops deleted ones, and observes new or changed files.",

@@ -48,6 +48,7 @@ REPOSITORY_NAME = "__repository__"  # the repository a `dg.Definitions` becomes
 ASSET_JOB = "__ASSET_JOB"  # the implicit job the UI's Materialize button launches
 
 DEV_START_TIMEOUT = 180.0
+SENSOR_SECONDS = 5  # COLLATE_SENSOR_SECONDS of the `dagster dev` the tests start (default 30)
 DEV_STOP_GRACE = 10.0  # `dagster dev` may ignore SIGTERM for ~25 s while a run is in flight
 COMMAND_TIMEOUT = 300.0
 
@@ -333,6 +334,8 @@ class DagsterDev:
         output_dir = root / "output"
         cwd = root / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
+        # Sensors every 5 s instead of 30: the automation tests wait for ticks, not for work.
+        collate_env.setdefault("sensor_seconds", SENSOR_SECONDS)
         env = make_env(home, input_dir=input_dir, output_dir=output_dir, **collate_env)
         if register_first:
             run([*COLLATE, "-i", input_dir, "--register-only"], env=env, cwd=cwd, check=True, timeout=120)

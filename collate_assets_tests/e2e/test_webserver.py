@@ -22,10 +22,11 @@ import pytest
 
 from collate_assets.defs.partitions import key_to_file_name
 
-from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, DagsterDev, open_instance, record_timing
+from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, DagsterDev, check_evaluations, open_instance, record_timing
 from .conftest import run as run_command
 
 PARTITION = "demo_small.jsonl"
+DEMO_PARTITIONS = ("demo.jsonl", "demo_small.jsonl")
 CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
 SELECTED = [["packed_arrow"], ["tokenized_conversations"]]
 RUN_TIMEOUT = 240.0
@@ -215,7 +216,7 @@ def ui_materialize(server: DagsterDev, partition: str, check_selection: list[dic
 def test_materialize_a_partition_like_the_ui(dagster_dev):
     from datasets import Dataset
 
-    # 1. the partition exists (registered before the start; the sensor would add it within ~30 s)
+    # 1. the partition exists (registered before the start; the sensor would add it at its first tick)
     def partition_known():
         [node] = asset_nodes(dagster_dev, [["packed_arrow"]])
         return PARTITION in node["partitionKeys"]
@@ -276,7 +277,7 @@ AUTOMATION_SENSOR = "collate_automation"
 NEW_FILE = "arrived_later.jsonl"  # dropped into the input folder while `dagster dev` runs
 NEW_FILE_LINES = 24  # the first records of demo.jsonl
 EDITED_SMALL_LINES = 20  # an edit of demo_small.jsonl keeps its first 20 records (of 40)
-# The input sensor's tick (every 30 s), then the automation sensor's (every 30 s), then the run.
+# The input sensor's tick, then the automation sensor's (every 5 s here: COLLATE_SENSOR_SECONDS), then the run.
 AUTOMATION_TIMEOUT = 180.0
 EDIT_RERUN_TIMEOUT = 120.0  # "an edited file reruns within two minutes"
 ACTIVE_STATUSES = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
@@ -586,6 +587,56 @@ def test_file_edited_again_right_after_its_rerun_reruns_again(dagster_dev):
     edit_and_wait_for_rerun(server, PARTITION, records[: EDITED_SMALL_LINES + 2])
     _, seconds = edit_and_wait_for_rerun(server, PARTITION, records[: EDITED_SMALL_LINES + 4], observe=True)
     record_timing(f"webserver: {PARTITION} edited again right after its rerun, rerun {seconds:.1f} s after the edit")
+
+
+# -- a backfill, as the UI launches one for several partitions ------------------------------------------
+
+BACKFILL_MUTATION = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+
+def test_a_backfill_of_every_partition_runs_each_with_its_checks(dagster_dev):
+    """What the UI sends when several partitions are picked: one backfill; the daemon runs one partition a
+    run (so one bad file fails alone, and each partition's checks are recorded for it). Last of the
+    tests on the shared server: it materializes demo.jsonl, which the automation tests expect untouched."""
+    import dagster as dg
+
+    params = {
+        "assetSelection": [{"path": ["tokenized_conversations"]}, {"path": ["packed_arrow"]}],
+        "partitionNames": list(DEMO_PARTITIONS),
+        "fromFailure": False,
+        "tags": [],
+    }
+    result = dagster_dev.graphql(BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    backfill_id = result["backfillId"]
+
+    def done():
+        with open_instance(dagster_dev.home) as instance:
+            backfill = instance.get_backfill(backfill_id)
+            status = backfill.status.value if backfill else None
+            return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") else None
+
+    status = wait_for(f"backfill {backfill_id}", done, timeout=RUN_TIMEOUT, interval=2.0)
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    with open_instance(dagster_dev.home) as instance:
+        backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert backfill_runs and all(run.is_success for run in backfill_runs)
+        assert sorted(run.tags["dagster/partition"] for run in backfill_runs) == sorted(DEMO_PARTITIONS)
+        for run in backfill_runs:
+            evaluations = check_evaluations(instance, run.run_id)
+            assert {name for _, name in evaluations} == CHECK_NAMES and all(evaluations.values()), evaluations
+    for name in DEMO_PARTITIONS:
+        stem = name.rsplit(".", 1)[0]
+        assert (dagster_dev.output_dir / f"{stem}.arrow").is_file()
 
 
 @pytest.mark.skipif(
