@@ -177,8 +177,12 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 def run_collate(args) -> dict:
     env = dict(os.environ, DAGSTER_HOME=str(Path(args.workdir) / "dagster_home_collate"))
     Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    out = Path(args.workdir) / "collate"
-    cmd = ["collate", "-i", str(args.input), "-o", str(out), "-t", args.tokenizer, "-f", "arrow", "-m", str(args.max_length), "-q"]
+    # The input in a folder of its own: its folder may not hold the outputs.
+    input_dir = Path(args.workdir) / "collate_input"
+    input_dir.mkdir(parents=True, exist_ok=True)
+    _link_or_copy(Path(args.input), input_dir / Path(args.input).name)
+    out = Path(args.workdir) / "collate_out"
+    cmd = ["collate", "-i", str(input_dir / Path(args.input).name), "-o", str(out), "-t", args.tokenizer, "-f", "arrow", "-m", str(args.max_length), "-q"]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
@@ -215,11 +219,11 @@ def run_dagster(args) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    # The same partition again, unchanged: the spill and the output are reused.
+    # The same partition again, unchanged: `dagster asset materialize` recomputes what it is asked to.
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rerun = time.perf_counter() - start
-    out = Path(env["COLLATE_OUTPUT_DIR"]) / "arrow" / f"{Path(args.input).stem}.arrow"
+    out = Path(env["COLLATE_OUTPUT_DIR"]) / f"{Path(args.input).stem}.arrow"
     return {**_read_output_stats(out), "seconds": seconds, "rerun_seconds": rerun, "rerun_share": rerun / seconds}
 
 
@@ -249,7 +253,7 @@ def run_parallel(args) -> dict:
     start = time.perf_counter()
     materialize(["a.jsonl", "b.jsonl"])
     two = time.perf_counter() - start
-    stats = _read_output_stats(Path(env["COLLATE_OUTPUT_DIR"]) / "arrow" / "b.arrow")
+    stats = _read_output_stats(Path(env["COLLATE_OUTPUT_DIR"]) / "b.arrow")
     return {"tokens": 2 * stats["tokens"], "seconds": two, "one_file_seconds": one, "two_files_seconds": two,
             "two_over_one": two / one}
 
