@@ -34,6 +34,20 @@ def run_requested(defs, instance, wanted: dict[str, set]) -> None:
         assert materialize(defs, instance, partition, assets=assets).success
 
 
+def one_file_built(tmp_path, instance):
+    """demo_small.jsonl in an input folder, seen by the sensor and built by the first automation run:
+    (folder, definitions, the evaluation that requested the run; none has followed it yet)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    sensor_tick(instance, folder)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    run_requested(defs, instance, requested(first))
+    return folder, defs, first
+
+
 def test_new_and_edited_files_run_by_themselves_and_nothing_else(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -68,15 +82,8 @@ def test_new_and_edited_files_run_by_themselves_and_nothing_else(tmp_path):
 
 
 def test_new_settings_rebuild_every_partition(tmp_path):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
-    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
     with dg.instance_for_test() as instance:
-        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        sensor_tick(instance, folder)
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
-        run_requested(defs, instance, requested(first))
+        folder, defs, first = one_file_built(tmp_path, instance)
         again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert requested(again) == {}
         # The same dataset with another max_length: new code versions, so everything is stale.
@@ -100,15 +107,8 @@ def test_formats_not_asked_for_carry_no_condition(tmp_path):
 def test_an_edit_observed_as_the_previous_run_ends_is_not_lost(tmp_path):
     """eager() alone drops an edit observed in the same evaluation as the partition's own update
     (its since-last-handled reset wins); input_changed keeps the partition requested until it is current."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
-    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
     with dg.instance_for_test() as instance:
-        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        sensor_tick(instance, folder)
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
-        run_requested(defs, instance, requested(first))
+        folder, defs, first = one_file_built(tmp_path, instance)
         # Edited and observed right after the run, before the next evaluation sees the run's update.
         with open(folder / "demo_small.jsonl", "a") as f:
             f.write(EXTRA)
@@ -130,15 +130,8 @@ def test_an_edit_observed_as_the_previous_run_ends_is_not_lost(tmp_path):
 def test_a_touched_file_runs_nothing(tmp_path):
     import os
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
-    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
     with dg.instance_for_test() as instance:
-        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        sensor_tick(instance, folder)
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
-        run_requested(defs, instance, requested(first))
+        folder, defs, first = one_file_built(tmp_path, instance)
         settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         path = folder / "demo_small.jsonl"
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
