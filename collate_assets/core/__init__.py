@@ -20,7 +20,7 @@ _WHERE = {
     "PACKING_STRATEGIES": "settings",
     "PackStats": "stats",
     "REASONING_TURNS": "settings",
-    "SPILL_SCHEMA": "api",
+    "SPILL_SCHEMA": "spill",
     "TokenizeStats": "stats",
     "atomic_path": "writers",
     "collate_file": "api",
@@ -36,11 +36,11 @@ _WHERE = {
     "pack": "packing",
     "pack_best_fit_decreasing": "packing",
     "pack_greedy": "packing",
-    "pack_spill": "api",
+    "pack_spill": "spill",
     "read_packed": "writers",
     "rejects_path_for": "api",
-    "spill_lengths": "api",
-    "tokenize_file": "api",
+    "spill_lengths": "spill",
+    "tokenize_file": "tokenize",
     "tokenizer_fingerprint": "tokenizer",
 }
 

@@ -5,7 +5,7 @@ where reaching for Python internals (`x.__class__`, `f.__globals__`, a name-mang
 undefined value that renders as nothing, or a SecurityError. So that such a template fails loudly
 instead of silently rendering something else, `load_tokenizer` also reads the template's syntax tree
 and refuses one that names such an attribute; a SecurityError raised while rendering fails the file
-(see `collate_assets.core.api`).
+(see `collate_assets.core.tokenize`).
 """
 
 from __future__ import annotations

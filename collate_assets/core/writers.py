@@ -30,7 +30,7 @@ from .settings import check_format
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 PACKED_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in PACKED_COLUMNS])
-# The column names of a tokenized spill and the fields of a rejects line (see core.api, core.reader).
+# The column names of a tokenized spill and the fields of a rejects line (see core.spill, core.tokenize, core.reader).
 SPILL_COLUMNS = ("input_ids", "labels", "line")
 REJECT_FIELDS = ("file", "line", "reason", "excerpt")
 # Longest file name (bytes) on the file systems we write to (ext4, xfs, btrfs, tmpfs, APFS: 255).
