@@ -43,6 +43,9 @@ class TokenizeStats:
     reasoning_dropped: int = 0  # assistant turns whose reasoning the template left out (as-rendered)
     histogram: list = dataclasses.field(default_factory=list)
     template: dict = dataclasses.field(default_factory=dict)  # what the chat template shows (TemplateInfo)
+    # Seconds spent in each stage, summed over worker processes: read, parse, render, encode, labels, spill.
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
+    workers: int = 1  # processes that parsed, rendered, encoded and labelled (1: this one)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -85,6 +88,8 @@ class PackStats:
     fill: float = 0.0
     sequences_per_row: float = 0.0
     max_row_tokens: int = 0
+    # Seconds spent in each stage: read (the spill's layout), pack (bins), gather, write.
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
