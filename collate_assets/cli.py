@@ -29,6 +29,7 @@ from pathlib import Path
 from .core.settings import (  # noqa: E402
     LABELS_MODES,
     MAX_LENGTH_CEILING,
+    MAX_WORKERS,
     MIN_RENDER_MAX_CHARS,
     OUTPUT_FORMATS,
     OVERLONG_POLICIES,
@@ -70,6 +71,9 @@ def _loaded(module: str, name: str):
 
 
 def _cleanup_temps() -> None:
+    kill_workers = _loaded("collate_assets.core.tokenize", "kill_workers")
+    if kill_workers is not None:  # first: a worker holds the output's pipes open
+        kill_workers()
     cleanup_temps = _loaded("collate_assets.core.writers", "cleanup_temps")
     if cleanup_temps is not None:
         cleanup_temps()
@@ -132,6 +136,16 @@ def _render_chars(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 0 (one per core) to {MAX_WORKERS}: {value}")
+    return value
+
+
 def _formats(text: str) -> tuple[str, ...]:
     try:
         return parse_formats(text)
@@ -146,7 +160,7 @@ FLAG_FIELDS = {
     "reasoning_turns": "reasoning_turns", "train_empty_think": "train_empty_think",
     "chat_template": "chat_template", "revision": "tokenizer_revision", "trust_remote_code": "trust_remote_code",
     "max_line_bytes": "max_line_bytes", "render_timeout": "render_timeout", "render_max_chars": "render_max_chars",
-    "strict": "strict",
+    "strict": "strict", "workers": "workers",
 }
 
 
@@ -184,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--render-timeout", type=_seconds, metavar="SECONDS", help=f"longest the chat template may render one conversation; longer ones are rejected ({_default('render_timeout')})")
     parser.add_argument("--render-max-chars", type=_render_chars, metavar="N", help=f"most characters anything the chat template makes for one conversation may have ({_default('render_max_chars')})")
     parser.add_argument("--strict", action="store_true", default=None, help=f"fail on the first bad record instead of writing it to the rejects file ({_default('strict')})")
+    parser.add_argument("-w", "--workers", type=_workers, metavar="N", help=f"worker processes that parse, render and tokenize; 0 = one per core this process may use, 1 = none; the output is the same for any N ({_default('workers')})")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -222,6 +222,103 @@ def _excerpt(raw: bytes) -> str:
 
 
 
+@dataclasses.dataclass
+class RawChunk:
+    """A chunk of consecutive records as read, before parsing: what a worker process needs to parse,
+    render and tokenize them (small to pickle: JSONL lines stay bytes).
+
+    `records` are (position, payload) pairs for the non-blank records: the line's bytes (JSON Lines),
+    a `containers.Bad` (a record rejected while reading) or a parsed record of a .json array or a
+    Parquet file (`.record`, `.excerpt`).
+    """
+
+    name: str
+    unit: str
+    records: list
+    lines_read: int = 0
+    blank_lines: int = 0
+    bytes_read: int = 0
+
+
+def iter_raw_chunks(
+    path: str | Path,
+    chunk_lines: int = 1024,
+    chunk_bytes: int = 8 << 20,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[RawChunk]:
+    """Yield the file as chunks of records, unparsed; never the whole file in memory (see iter_chunks)."""
+    if max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes!r}")
+    path = Path(path)
+    name = str(path)
+    problem = input_file_problem(path)
+    if problem is not None:
+        # Checked before opening: opening a FIFO for reading would block until a writer comes.
+        raise CollateError(f"{name}: cannot open: {problem}")
+    try:
+        unit, units = containers.open_units(path, max_line_bytes)
+    except OSError as exc:
+        raise CollateError(f"{name}: cannot open: {exc.strerror or exc}") from exc
+    chunk = RawChunk(name, unit, [])
+    size = 0
+    position = None
+    records = 0
+    try:
+        with contextlib.closing(units):
+            for position, payload, nbytes, weight in units:
+                records += 1
+                chunk.lines_read += 1
+                chunk.bytes_read += nbytes
+                size += weight
+                if payload is None:
+                    chunk.blank_lines += 1
+                else:
+                    chunk.records.append((position, payload))
+                if chunk.lines_read >= chunk_lines or size >= chunk_bytes:
+                    yield chunk
+                    chunk = RawChunk(name, unit, [])
+                    size = 0
+    except (OSError, EOFError, zlib.error) as exc:
+        where = f"line {position or 0}" if unit == "line" else f"{records} records"
+        raise CollateError(f"{name}: cannot read after {where}: {exc}") from exc
+    if chunk.lines_read:
+        yield chunk
+
+
+def parse_chunk(raw: RawChunk) -> LineChunk:
+    """Parse and normalise the records of a raw chunk: the conversations and the rejects among them."""
+    name, unit = raw.name, raw.unit
+    chunk = LineChunk([], [], [], raw.lines_read, raw.blank_lines, raw.bytes_read, unit=unit)
+    parse = orjson.loads
+    for position, payload in raw.records:
+        if type(payload) is bytes:
+            excerpt = _excerpt(payload)
+            try:
+                record = parse(payload)
+            except orjson.JSONDecodeError as exc:
+                reason = f"invalid JSON: {exc}"
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    reason = f"invalid UTF-8: bad byte at offset {bad.start}"
+                chunk.rejects.append(Reject(name, position, reason, excerpt, unit))
+                continue
+        elif type(payload) is containers.Bad:
+            chunk.rejects.append(Reject(name, position, payload.reason, payload.excerpt, unit))
+            continue
+        else:
+            record, excerpt = payload.record, payload.excerpt
+        try:
+            messages = normalize_conversation(record)
+        except ValueError as exc:
+            chunk.rejects.append(Reject(name, position, str(exc), excerpt, unit))
+        else:
+            chunk.line_numbers.append(position)
+            chunk.conversations.append(messages)
+            chunk.excerpts.append(excerpt)
+    return chunk
+
+
 def iter_chunks(
     path: str | Path,
     chunk_lines: int = 1024,
@@ -238,68 +335,6 @@ def iter_chunks(
     a Parquet file without a conversation column) raises CollateError. A .json array that breaks
     part way is read up to the break, which becomes one reject (the records before it are kept).
     """
-    if max_line_bytes < 1:
-        raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes!r}")
-    path = Path(path)
-    name = str(path)
-    problem = input_file_problem(path)
-    if problem is not None:
-        # Checked before opening: opening a FIFO for reading would block until a writer comes.
-        raise CollateError(f"{name}: cannot open: {problem}")
-    try:
-        unit, units = containers.open_units(path, max_line_bytes)
-    except OSError as exc:
-        raise CollateError(f"{name}: cannot open: {exc.strerror or exc}") from exc
-    chunk = LineChunk([], [], [], 0, 0, 0, unit=unit)
-    size = 0
-    position = None
-    records = 0
-    parse = orjson.loads
-    try:
-        with contextlib.closing(units):
-            for position, payload, nbytes, weight in units:
-                records += 1
-                chunk.lines_read += 1
-                chunk.bytes_read += nbytes
-                size += weight
-                if payload is None:
-                    chunk.blank_lines += 1
-                else:
-                    if type(payload) is bytes:
-                        excerpt = _excerpt(payload)
-                        try:
-                            record = parse(payload)
-                        except orjson.JSONDecodeError as exc:
-                            reason = f"invalid JSON: {exc}"
-                            try:
-                                payload.decode("utf-8")
-                            except UnicodeDecodeError as bad:
-                                reason = f"invalid UTF-8: bad byte at offset {bad.start}"
-                            chunk.rejects.append(Reject(name, position, reason, excerpt, unit))
-                            record = _NO_RECORD
-                    elif type(payload) is containers.Bad:
-                        chunk.rejects.append(Reject(name, position, payload.reason, payload.excerpt, unit))
-                        record = _NO_RECORD
-                    else:
-                        record, excerpt = payload.record, payload.excerpt
-                    if record is not _NO_RECORD:
-                        try:
-                            messages = normalize_conversation(record)
-                        except ValueError as exc:
-                            chunk.rejects.append(Reject(name, position, str(exc), excerpt, unit))
-                        else:
-                            chunk.line_numbers.append(position)
-                            chunk.conversations.append(messages)
-                            chunk.excerpts.append(excerpt)
-                if chunk.lines_read >= chunk_lines or size >= chunk_bytes:
-                    yield chunk
-                    chunk = LineChunk([], [], [], 0, 0, 0, unit=unit)
-                    size = 0
-    except (OSError, EOFError, zlib.error) as exc:
-        where = f"line {position or 0}" if unit == "line" else f"{records} records"
-        raise CollateError(f"{name}: cannot read after {where}: {exc}") from exc
-    if chunk.lines_read:
-        yield chunk
+    for raw in iter_raw_chunks(path, chunk_lines, chunk_bytes, max_line_bytes):
+        yield parse_chunk(raw)
 
-
-_NO_RECORD = object()

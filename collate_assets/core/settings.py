@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,7 @@ MAX_LENGTH_CEILING = 1 << 24
 DEFAULT_RENDER_SECONDS = 5.0
 DEFAULT_RENDER_MAX_CHARS = 32 << 20
 MIN_RENDER_MAX_CHARS = 1024
+MAX_WORKERS = 1024
 DEFAULT_OUTPUT_DIR = "collate_output"
 ENV_PREFIX = "COLLATE_"
 
@@ -116,6 +118,10 @@ class CollateSettings:
         "sequence of its own; as-rendered trains what the template renders.", choices=REASONING_TURNS)
     train_empty_think: bool = _field(
         False, "labels=assistant: also train the empty thinking block a template inserts (Qwen3).")
+    # How the work is spread. The outputs are the same bytes whatever the number of workers.
+    workers: int = _field(
+        0, "Worker processes that parse, render, tokenize and label a file: 0 = the cores this process may "
+        "use (CPU affinity and cgroup quota); 1 = none, all in this process.", output=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.formats, str):
@@ -145,6 +151,8 @@ class CollateSettings:
             raise ValueError(f"sensor_seconds must be an integer from 1 to 86400, got {self.sensor_seconds!r}")
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
+        if not _is_int(self.workers) or not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be an integer from 0 (one per core) to {MAX_WORKERS}, got {self.workers!r}")
 
     # -- building --------------------------------------------------------------------------------
 
@@ -208,10 +216,73 @@ class CollateSettings:
 
         return DEMO_INPUT_DIR
 
+    def worker_count(self) -> int:
+        """The number of worker processes: the setting, or (0) the cores this process may use."""
+        return self.workers or available_cpus()
+
     def render_limits(self):
         from .template_limits import RenderLimits
 
         return RenderLimits(seconds=self.render_timeout, max_chars=self.render_max_chars)
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup v2
+    CPU quota (`cpu.max`, as containers get from `--cpus` or a Kubernetes CPU limit), rounded up."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """CPUs allowed by this process's cgroup CPU quota (quota / period), or None when unlimited.
+
+    cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`); the tightest limit on
+    the way up from the process's cgroup to the root.
+    """
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        _, controllers, relative = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            folder, read = Path(root + relative), _cpu_max_v2
+        elif "cpu" in controllers.split(","):
+            folder, read = Path(f"{root}/{controllers}{relative}"), _cpu_quota_v1
+        else:
+            continue
+        for path in (folder, *folder.parents):
+            if not str(path).startswith(root):
+                break
+            value = read(path)
+            if value is not None:
+                best = value if best is None else min(best, value)
+    return best
+
+
+def _cpu_max_v2(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return float(quota) / float(period) if quota != "max" and float(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_quota_v1(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _is_int(value: Any) -> bool:

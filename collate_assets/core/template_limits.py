@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import re
 import sys
 import threading
@@ -144,6 +145,20 @@ _SLOTS: list[_Slot] = []
 _LOCAL = threading.local()
 _WATCHDOG_TICK = 0.02
 _watchdog: threading.Thread | None = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked process (a worker of tokenize.py) has only the thread that forked: no watchdog, and
+    the lock may have been held by one. Start afresh; the watchdog starts again at the first render."""
+    global _FIRE_LOCK, _SLOTS, _LOCAL, _watchdog
+    _FIRE_LOCK = threading.Lock()
+    _SLOTS = []
+    _LOCAL = threading.local()
+    _watchdog = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _watch() -> None:

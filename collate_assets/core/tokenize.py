@@ -2,17 +2,30 @@
 
     tokenize_file(input, spill, tokenizer, settings) -> TokenizeStats
 
-Reading (reader.py) yields chunks of records; each chunk is rendered with the chat template,
-encoded by the Rust tokenizer, labelled and fitted to max_length (the overlong policy), then
-appended to the spill in input order; rejects go to a JSONL file in line order.
+The reader (reader.py) yields chunks of records as read. Each chunk is parsed, rendered with the chat
+template, encoded by the Rust tokenizer, labelled and fitted to max_length (the overlong policy) by
+`ChunkTokenizer.process`, giving a `ChunkResult`. With more than one worker (`settings.workers`) and
+more than one chunk, chunks go to worker processes forked from this one; results are taken back in
+input order, so the spill, the rejects file and the counts are the same bytes whatever the number of
+workers. This process reads, appends each result to the spill and logs its rejects in line order.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import collections
 import contextlib
+import dataclasses
+import itertools
+import multiprocessing
+import os
 import re
-from collections.abc import Callable
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +35,7 @@ from jinja2.exceptions import SecurityError
 
 from .chat import ChatEncoder, Rendered
 from .errors import CollateError
-from .reader import Reject, iter_chunks
+from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
 from .settings import IGNORE_INDEX, CollateSettings
 from .spill import SPILL_SCHEMA
 from .stats import TokenizeStats, length_histogram
@@ -66,6 +79,273 @@ class _RejectLog:
             self.file.write(orjson.dumps(record) + b"\n")
 
 
+# The counts a chunk adds to its file's TokenizeStats (the reject counts are kept by _RejectLog).
+_COUNTED = ("conversations", "sequences", "truncated", "dropped", "split", "tokens_read", "tokens",
+            "trained_tokens", "truncated_tokens", "turn_sequences", "reasoning_dropped")
+STAGES = ("read", "parse", "render", "encode", "labels", "spill")
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """What one chunk gives: its sequences (concatenated, with offsets), their input lines, its rejects
+    in line order, its counts and the seconds of each stage; `error` ends the file after the rejects."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray  # int32, one more than the sequences
+    lines: np.ndarray  # int64, each sequence's position in the file
+    rejects: list[Reject]
+    counts: TokenizeStats
+    seconds: dict[str, float]
+    error: CollateError | None = None
+
+    def batch(self) -> pa.RecordBatch | None:
+        if len(self.lines) == 0:
+            return None
+        offsets = pa.array(self.offsets)
+        return pa.record_batch(
+            [
+                pa.ListArray.from_arrays(offsets, pa.array(self.ids)),
+                pa.ListArray.from_arrays(offsets, pa.array(self.labels)),
+                pa.array(self.lines),
+            ],
+            schema=SPILL_SCHEMA,
+        )
+
+
+class ChunkTokenizer:
+    """Parses, renders, encodes and labels chunks of one file's records (in this process or a worker)."""
+
+    def __init__(self, encoder: ChatEncoder, settings: CollateSettings, name: str):
+        self.encoder = encoder
+        self.settings = settings
+        self.name = name  # the input file's (for rejects and errors)
+
+    def process(self, raw: RawChunk) -> ChunkResult:
+        clock = time.perf_counter
+        encoder = self.encoder
+        seconds = dict.fromkeys(("parse", "render", "encode", "labels"), 0.0)
+        t0 = clock()
+        chunk = parse_chunk(raw)
+        t1 = clock()
+        rendered = encoder.render(chunk.conversations)
+        done = [r for r in rendered if isinstance(r, Rendered)]
+        texts = [t for r in done for t in r.texts]
+        masked = any(m is not None for r in done for m in r.masks)
+        t2 = clock()
+        encodings = encoder.encode_texts(texts, masked) if texts else []
+        t3 = clock()
+        result = self._label(chunk, rendered, encodings)
+        seconds.update(parse=t1 - t0, render=t2 - t1, encode=t3 - t2, labels=clock() - t3)
+        result.seconds = seconds
+        return result
+
+    def _label(self, chunk, rendered, encodings) -> ChunkResult:
+        """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's."""
+        encoder, settings = self.encoder, self.settings
+        counts = TokenizeStats(file=self.name, max_length=settings.max_length)
+        rejects: list[Reject] = []
+        reader_rejects = iter(chunk.rejects)
+        next_reader_reject = next(reader_rejects, None)
+
+        def take_reader_rejects(before_line: int) -> None:
+            nonlocal next_reader_reject
+            while next_reader_reject is not None and next_reader_reject.line < before_line:
+                rejects.append(next_reader_reject)
+                next_reader_reject = next(reader_rejects, None)
+
+        name, unit = self.name, chunk.unit
+        max_length = settings.max_length
+        ids_out: list[np.ndarray] = []
+        labels_out: list[np.ndarray] = []
+        lines_out: list[int] = []
+        error = None
+        enc_iter = iter(encodings)
+        for k, (line, conversation, result) in enumerate(zip(chunk.line_numbers, chunk.conversations, rendered)):
+            take_reader_rejects(line)
+            excerpt = chunk.excerpts[k] if k < len(chunk.excerpts) else _excerpt(conversation.messages)
+            if isinstance(result, SecurityError):
+                # A template that breaks the sandbox's rules is hostile or broken for every line: stop.
+                error = CollateError(
+                    f"{shown(name)}:{line}: the chat template broke the Jinja sandbox's rules "
+                    f"({_one_line(result)}); refusing to use it"
+                )
+                break
+            if isinstance(result, ValueError):
+                rejects.append(Reject(name, line, str(result), excerpt, unit))
+                continue
+            if isinstance(result, Exception):
+                rejects.append(Reject(name, line, f"chat template error: {_one_line(result)}", excerpt, unit))
+                continue
+            sequences = [encoder.labels_for(next(enc_iter), mask) for mask in result.masks]
+            try:
+                pieces, reason = _fit(sequences, settings, counts, line, name)
+            except CollateError as exc:  # overlong=error
+                error = exc
+                break
+            if reason is not None:
+                rejects.append(Reject(name, line, reason, excerpt, unit))
+                continue
+            trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
+            if trained == 0:
+                reason = "no trainable token"
+                n = sum(len(ids) for ids, _ in sequences)
+                if any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "truncate":
+                    reason += f" left after truncation to {max_length} tokens"
+                    counts.truncated -= 1
+                    counts.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+                elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
+                    reason += " (no assistant message)"
+                rejects.append(Reject(name, line, reason, excerpt, unit))
+                counts.tokens_read -= n
+                continue
+            counts.conversations += 1
+            counts.trained_tokens += trained
+            counts.reasoning_dropped += result.dropped_reasoning
+            counts.turn_sequences += len(result.texts) - 1
+            for piece_ids, piece_labels in pieces:
+                ids_out.append(piece_ids)
+                labels_out.append(piece_labels)
+                lines_out.append(line)
+        if error is None:
+            take_reader_rejects(1 << 62)
+        lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        counts.sequences += len(ids_out)
+        counts.tokens += int(offsets[-1])
+        empty = np.zeros(0, dtype=np.int32)
+        return ChunkResult(
+            ids=np.concatenate(ids_out) if ids_out else empty,
+            labels=np.concatenate(labels_out) if labels_out else empty,
+            offsets=offsets,
+            lines=np.asarray(lines_out, dtype=np.int64),
+            rejects=rejects,
+            counts=counts,
+            seconds={},
+            error=error,
+        )
+
+
+# -- worker processes ----------------------------------------------------------------------------------
+
+_WORKER: ChunkTokenizer | None = None
+
+
+def _init_worker(tokenizer: ChunkTokenizer) -> None:
+    """In a new worker process: Ctrl-C and SIGTERM are the main process's to handle (it stops the workers);
+    the tokenizer encodes on this worker's core only; nothing of the main process's cleanup is inherited."""
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from . import writers
+
+    # the main process's temporary files are its own to remove (on Ctrl-C), not a worker's
+    writers._LIVE_TEMPS.clear()
+    writers._TEMP_DIRS.clear()
+    _WORKER = tokenizer
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker is killed when the process that started it ends, even by kill -9 (a worker
+    holds copies of the pool's pipes, so it would not see the end of its parent otherwise)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent ended before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+# The pools at work in this process: an interrupt stops their workers before the process exits
+# (see kill_workers, called by the command's signal handler).
+_LIVE_POOLS: set = set()
+
+
+def kill_workers() -> None:
+    """Stop every worker process of this process at once (Ctrl-C, SIGTERM)."""
+    for pool in list(_LIVE_POOLS):
+        pool.kill()
+
+
+def _process_in_worker(raw: RawChunk) -> ChunkResult:
+    return _WORKER.process(raw)
+
+
+class _Pool:
+    """Worker processes forked from this one (spawned where fork does not exist), stopped on any exit."""
+
+    def __init__(self, tokenizer: ChunkTokenizer, workers: int):
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        # The tokenizer's Rust thread pool cannot be used in a forked child: the workers turn it off
+        # (see _init_worker); said here, the variable keeps the library from warning about it at fork.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer,))
+        _LIVE_POOLS.add(self)
+
+    def submit(self, raw: RawChunk):
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns at every fork of a process with threads (Dagster's, the template
+            # watchdog's); the workers only run this module's code on inherited objects.
+            warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
+            return self.executor.submit(_process_in_worker, raw)
+
+    def kill(self) -> None:
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+
+    def close(self, ok: bool) -> None:
+        _LIVE_POOLS.discard(self)
+        if not ok:  # an error or an interrupt: the chunks under way are not waited for
+            self.kill()
+        self.executor.shutdown(wait=ok, cancel_futures=True)
+
+
+def _results(
+    chunks: Iterator[RawChunk], tokenizer: ChunkTokenizer, workers: int, name: str
+) -> Iterator[tuple[RawChunk, ChunkResult, int]]:
+    """Each chunk with its result and the number of processes at work, in input order: this process, or
+    `workers` worker processes when there is more than one chunk (a small file is not worth them)."""
+    first = next(chunks, None)
+    second = next(chunks, None) if first is not None else None
+    chunks = itertools.chain([c for c in (first, second) if c is not None], chunks)
+    if workers <= 1 or second is None:
+        for raw in chunks:
+            yield raw, tokenizer.process(raw), 1
+        return
+    pool = _Pool(tokenizer, workers)
+    ok = False
+    try:
+        pending: collections.deque = collections.deque()
+        for raw in chunks:
+            pending.append((raw, pool.submit(raw)))
+            while len(pending) > 2 * workers:
+                raw, future = pending.popleft()
+                yield raw, future.result(), workers
+        while pending:
+            raw, future = pending.popleft()
+            yield raw, future.result(), workers
+        ok = True
+    except BrokenProcessPool as exc:
+        raise CollateError(
+            f"{shown(name)}: a worker process stopped while tokenizing (killed, or out of memory?): {exc}"
+        ) from None
+    finally:
+        pool.close(ok)
+
+
+# -- the step ----------------------------------------------------------------------------------------
+
+
 def tokenize_file(
     input_path: str | Path,
     spill_path: str | Path,
@@ -77,11 +357,12 @@ def tokenize_file(
     chunk_lines: int = 1024,
     max_line_bytes: int | None = None,
 ) -> TokenizeStats:
-    """Render, tokenize and label every conversation of one JSONL file into an Arrow spill file.
+    """Render, tokenize and label every conversation of one input file into an Arrow spill file.
 
     Overlong conversations follow `settings.overlong`. Bad lines go to `rejects_path` (JSONL) and the
     counts; `settings.strict` fails on the first one instead. Lines longer than `max_line_bytes`
-    are rejected unparsed. Files appear only when complete.
+    are rejected unparsed. Files appear only when complete. `settings.workers` processes do the
+    work (0: one per core this process may use); the files are the same whatever their number.
 
     Whole-file failures (CollateError, no spill written): the file cannot be read (missing, not a
     regular file, corrupt or truncated gzip); the chat template breaks the Jinja sandbox's rules;
@@ -98,7 +379,21 @@ def tokenize_file(
         reasoning_turns=settings.reasoning_turns,
     )
     stats.template = encoder.info.to_dict()
+    chunk_tokenizer = ChunkTokenizer(encoder, settings, str(input_path))
+    workers = settings.worker_count()
+    seconds = dict.fromkeys(STAGES, 0.0)
     lengths_written: list[np.ndarray] = []
+    clock = time.perf_counter
+
+    def timed_chunks() -> Iterator[RawChunk]:
+        raws = iter_raw_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes)
+        while True:
+            start = clock()
+            raw = next(raws, None)
+            seconds["read"] += clock() - start
+            if raw is None:
+                return
+            yield raw
 
     with contextlib.ExitStack() as outer:
         rejects = _RejectLog(stats, outer, rejects_path, settings.strict)
@@ -107,32 +402,26 @@ def tokenize_file(
                 spill_tmp = stack.enter_context(atomic_path(spill_path))
                 sink = stack.enter_context(pa.OSFile(str(spill_tmp), "wb"))
                 writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
-                pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
-
-                def finish(chunk, rendered, encodings):
-                    batch, lengths = _chunk_to_batch(chunk, rendered, encodings, encoder, settings, stats, rejects)
+                for raw, result, at_work in _results(timed_chunks(), chunk_tokenizer, workers, str(input_path)):
+                    stats.workers = at_work
+                    stats.lines_read += raw.lines_read
+                    stats.blank_lines += raw.blank_lines
+                    for reject in result.rejects:
+                        rejects.add(reject)
+                    if result.error is not None:
+                        raise result.error
+                    for field in _COUNTED:
+                        setattr(stats, field, getattr(stats, field) + getattr(result.counts, field))
+                    for stage, value in result.seconds.items():
+                        seconds[stage] += value
+                    start = clock()
+                    batch = result.batch()
                     if batch is not None:
                         writer.write_batch(batch)
-                        lengths_written.append(lengths)
+                        lengths_written.append(np.diff(result.offsets))
+                    seconds["spill"] += clock() - start
                     if progress is not None:
-                        progress(chunk.bytes_read, chunk.lines_read)
-
-                # Pipeline: the Rust tokenizer encodes chunk k on both cores (GIL released) while this
-                # thread reads and renders chunk k+1, then labels and writes chunk k.
-                pending = None
-                for chunk in iter_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes):
-                    stats.lines_read += chunk.lines_read
-                    stats.blank_lines += chunk.blank_lines
-                    rendered = encoder.render(chunk.conversations)
-                    done = [r for r in rendered if isinstance(r, Rendered)]
-                    texts = [t for r in done for t in r.texts]
-                    masked = any(m is not None for r in done for m in r.masks)
-                    future = pool.submit(encoder.encode_texts, texts, masked)
-                    if pending is not None:
-                        finish(*pending[0], pending[1].result())
-                    pending = ((chunk, rendered), future)
-                if pending is not None:
-                    finish(*pending[0], pending[1].result())
+                        progress(raw.bytes_read, raw.lines_read)
                 if stats.rejected and not stats.conversations:
                     raise _NothingUsable
         except _NothingUsable:
@@ -149,87 +438,11 @@ def tokenize_file(
 
     all_lengths = np.concatenate(lengths_written) if lengths_written else np.zeros(0, dtype=np.int64)
     stats.histogram = length_histogram(all_lengths, settings.max_length)
+    stats.stage_seconds = {stage: round(value, 4) for stage, value in seconds.items()}
     return stats
 
 
-def _chunk_to_batch(chunk, rendered, encodings, encoder: ChatEncoder, settings, stats, rejects):
-    """Labels and overlong policy for one chunk; returns the spill record batch and lengths."""
-    # Rejects are logged in line order: the reader's are merged with the ones found here.
-    reader_rejects = iter(chunk.rejects)
-    next_reader_reject = next(reader_rejects, None)
-
-    def log_reader_rejects(before_line: int) -> None:
-        nonlocal next_reader_reject
-        while next_reader_reject is not None and next_reader_reject.line < before_line:
-            rejects.add(next_reader_reject)
-            next_reader_reject = next(reader_rejects, None)
-
-    max_length = settings.max_length
-    ids_out: list[np.ndarray] = []
-    labels_out: list[np.ndarray] = []
-    lines_out: list[int] = []
-    enc_iter = iter(encodings)
-    for k, (line, conversation, result) in enumerate(zip(chunk.line_numbers, chunk.conversations, rendered)):
-        log_reader_rejects(line)
-        excerpt = chunk.excerpts[k] if k < len(chunk.excerpts) else _excerpt(conversation.messages)
-        if isinstance(result, SecurityError):
-            # A template that breaks the sandbox's rules is hostile or broken for every line: stop.
-            raise CollateError(
-                f"{stats.file}:{line}: the chat template broke the Jinja sandbox's rules "
-                f"({_one_line(result)}); refusing to use it"
-            )
-        if isinstance(result, ValueError):
-            rejects.add(Reject(stats.file, line, str(result), excerpt, chunk.unit))
-            continue
-        if isinstance(result, Exception):
-            rejects.add(Reject(stats.file, line, f"chat template error: {_one_line(result)}", excerpt, chunk.unit))
-            continue
-        sequences = [encoder.labels_for(next(enc_iter), mask) for mask in result.masks]
-        pieces, reason = _fit(sequences, settings, stats, line)
-        if reason is not None:
-            rejects.add(Reject(stats.file, line, reason, excerpt, chunk.unit))
-            continue
-        trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
-        if trained == 0:
-            reason = "no trainable token"
-            n = sum(len(ids) for ids, _ in sequences)
-            if any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "truncate":
-                reason += f" left after truncation to {max_length} tokens"
-                stats.truncated -= 1
-                stats.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
-            elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
-                reason += " (no assistant message)"
-            rejects.add(Reject(stats.file, line, reason, excerpt, chunk.unit))
-            stats.tokens_read -= n
-            continue
-        stats.conversations += 1
-        stats.trained_tokens += trained
-        stats.reasoning_dropped += result.dropped_reasoning
-        stats.turn_sequences += len(result.texts) - 1
-        for piece_ids, piece_labels in pieces:
-            ids_out.append(piece_ids)
-            labels_out.append(piece_labels)
-            lines_out.append(line)
-    log_reader_rejects(1 << 62)
-    if not ids_out:
-        return None, None
-    lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    stats.sequences += len(ids_out)
-    stats.tokens += int(offsets[-1])
-    batch = pa.record_batch(
-        [
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(ids_out))),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(labels_out))),
-            pa.array(lines_out, type=pa.int64()),
-        ],
-        schema=SPILL_SCHEMA,
-    )
-    return batch, lengths
-
-
-def _fit(sequences, settings, stats, line) -> tuple[list, str | None]:
+def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]:
     """Apply the overlong policy to a conversation's sequences: (pieces to write, reject reason or None)."""
     max_length = settings.max_length
     n = sum(len(ids) for ids, _ in sequences)
@@ -242,7 +455,7 @@ def _fit(sequences, settings, stats, line) -> tuple[list, str | None]:
     policy = settings.overlong
     if policy == "error":
         raise CollateError(
-            f"{stats.file}:{line}: conversation has {longest} tokens > max_length {max_length} (overlong=error)"
+            f"{shown(name)}:{line}: conversation has {longest} tokens > max_length {max_length} (overlong=error)"
         )
     if policy == "drop":
         stats.dropped += 1

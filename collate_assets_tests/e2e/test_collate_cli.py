@@ -147,6 +147,8 @@ def test_no_dagster_writes_the_same_bytes(fastchat_runs):
         stats.pop("seconds")
         stats["pack"].pop("output")
         stats["tokenize"].pop("file")
+        for step in ("tokenize", "pack"):
+            stats[step].pop("stage_seconds", None)  # timings: measured, never the same twice
     assert dagster_stats == engine_stats
 
 
