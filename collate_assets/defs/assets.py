@@ -254,7 +254,8 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "reasoning_dropped": stats.reasoning_dropped,
         "chat_template": dg.MetadataValue.json(stats.template),
         "length_histogram": dg.MetadataValue.md(stats.histogram_markdown()),
-        "stats": dg.MetadataValue.json(stats.to_dict()),
+        "stats": dg.MetadataValue.json(stats.to_dict()),  # with the seconds of each stage
+        "workers": stats.workers,
         "spill": dg.MetadataValue.path(str(spill)),
         "rejects": dg.MetadataValue.path(str(rejects)),
         "input_file": dg.MetadataValue.path(str(source)),
