@@ -393,7 +393,7 @@ def _input_files_quietly(input_path: Path) -> list[Path]:
 
 def _run_engine(settings, show_progress: bool):
     """--no-dagster: the engine directly, file after file; a failed file does not stop the others."""
-    from .core import CollateError, collate_file, load_tokenizer, output_path_for
+    from .core import CollateError, collate_file_formats, load_tokenizer, output_path_for
     from .core.reader import INPUT_PATTERNS, progress_total
     from .core.reader import scan_inputs
     from .core.writers import output_folder_problem
@@ -434,20 +434,17 @@ def _run_engine(settings, show_progress: bool):
             else:
                 if progress is not None:
                     progress.set_postfix_str(_shown(path.name))
-                for index, (fmt, output) in enumerate(written):
-                    try:
-                        results.append(collate_file(
-                            path, output, tokenizer, settings, fmt,
-                            progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None and index == 0 else None,
-                        ))
-                    except CollateError as exc:
-                        failures.append((path, str(exc)))
-                        break
-                    except Exception as exc:  # unexpected, but still only this file's failure
-                        if os.environ.get("COLLATE_DEBUG"):
-                            raise
-                        failures.append((path, f"{type(exc).__name__}: {exc}"))
-                        break
+                try:  # tokenized once, packed into each format
+                    results += collate_file_formats(
+                        path, dict(written), tokenizer, settings,
+                        progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None else None,
+                    )
+                except CollateError as exc:
+                    failures.append((path, str(exc)))
+                except Exception as exc:  # unexpected, but still only this file's failure
+                    if os.environ.get("COLLATE_DEBUG"):
+                        raise
+                    failures.append((path, f"{type(exc).__name__}: {exc}"))
     finally:
         if progress is not None:
             progress.close()

@@ -24,6 +24,7 @@ _WHERE = {
     "TokenizeStats": "stats",
     "atomic_path": "writers",
     "collate_file": "api",
+    "collate_file_formats": "api",
     "collate_folder": "api",
     "file_sha256": "writers",
     "input_stem": "reader",

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import CollateError
@@ -46,19 +47,48 @@ def collate_file(
     The folder is `collate-<host>-<pid>-*` in `work_dir` (default: the system temp folder); such
     folders left behind by killed runs are removed by the next run.
     """
-    check_format(fmt)
+    [stats] = collate_file_formats(
+        input_path, {fmt: Path(output_path)}, tokenizer, settings,
+        rejects_path=rejects_path, progress=progress, work_dir=work_dir, max_line_bytes=max_line_bytes,
+    )
+    return stats
+
+
+def collate_file_formats(
+    input_path: str | Path,
+    outputs: Mapping[str, str | Path],
+    tokenizer,
+    settings: CollateSettings,
+    *,
+    rejects_path: str | Path | None = None,
+    progress: Progress | None = None,
+    work_dir: str | Path | None = None,
+    max_line_bytes: int | None = None,
+) -> list[FileStats]:
+    """Tokenize one file once and pack it into each format of `outputs` (format -> output path).
+
+    The rejects file is the first output's (`rejects_path_for`) unless given.
+    """
+    for fmt in outputs:
+        check_format(fmt)
+    if not outputs:
+        raise ValueError("no output format given")
     start = time.perf_counter()
-    output_path = Path(output_path)
     if rejects_path is None:
-        rejects_path = rejects_path_for(output_path)
+        rejects_path = rejects_path_for(Path(next(iter(outputs.values()))))
+    out = []
     with _work_dir(work_dir) as tmp:
         spill = Path(tmp) / "spill.arrow"
         tok_stats = tokenize_file(
             input_path, spill, tokenizer, settings,
             rejects_path=rejects_path, progress=progress, max_line_bytes=max_line_bytes,
         )
-        pack_stats = pack_spill(spill, output_path, fmt, settings)
-    return FileStats(tok_stats, pack_stats, time.perf_counter() - start)
+        tokenized = time.perf_counter() - start
+        for fmt, output_path in outputs.items():
+            begun = time.perf_counter()
+            pack_stats = pack_spill(spill, Path(output_path), fmt, settings)
+            out.append(FileStats(tok_stats, pack_stats, tokenized + time.perf_counter() - begun))
+    return out
 
 
 def collate_folder(
