@@ -3,11 +3,14 @@
     python benchmarks/bench.py --size 60MB            # all five measurements on one input
     python benchmarks/bench.py --size 60MB --only engine,limit
     python benchmarks/bench.py --only many             # many small files (not part of the default set)
+    python benchmarks/bench.py --size 60MB --only cores   # 1 core against 2 (not part of the default set)
 
 Input: the conversations of ../shared/data (both data sets, as role/content `messages`), shuffled
 with a fixed seed and repeated until the file reaches --size. Every measurement runs in its own
 process; peak RSS is the largest sum of RSS over that process and all its children, sampled every
-20 ms.
+20 ms, and peak PSS the largest sum of their PSS (proportional set size: a page shared by k
+processes counts 1/k in each), sampled likewise. Forked workers share the pages of the process they
+were forked from, which an RSS sum counts once per process: PSS is the memory the tree really holds.
 
   limit   chat-template render of all conversations, then the fast tokenizer's encode_batch
   trl     HF datasets + TRL: load_dataset(json) -> map(apply_chat_template, num_proc=2)
@@ -26,15 +29,27 @@ process; peak RSS is the largest sum of RSS over that process and all its childr
             (d) collate -i DIR/one.jsonl           again: unchanged rerun of one file
             (e) dagster asset materialize --partition one.jsonl   after collate -i DIR --register-only
           and the ratios the Dagster layer is held to: b/a <= 2, c/d <= 1.25, e/f <= 1.5.
+  cores   the engine on 1 core against 2 (not part of the default set): `collate -i FILE -o OUT -f arrow
+          -m MAX --no-dagster --json` pinned with `taskset -c 0` and `taskset -c 0,1` (the first two
+          CPUs this process may use), alternated, --cores-reps rounds, medians of: wall seconds, CPU
+          seconds (user + sys of the command and the workers it waited for, from os.wait4), the
+          ideal wall (CPU seconds / cores), the speed-up 1 -> 2 cores (target >= 1.8x) and the
+          per-stage seconds the command reports in --json (`stage_seconds` of tokenize and pack,
+          summed over files; absent until the engine fills them). From the 1-core stage seconds, an
+          Amdahl projection for 16 and 64 cores: serial in the main process (reading lines, writing
+          the spill, packing, writing the output, and start-up) against spread over workers (parse,
+          render, encode, labels). Skipped with a message without taskset or with fewer than 2 CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,7 +64,23 @@ DATA_FILES = [
     SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json",
 ]
 DEFAULT_MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster", "parallel")
-MEASUREMENTS = (*DEFAULT_MEASUREMENTS, "many")
+MEASUREMENTS = (*DEFAULT_MEASUREMENTS, "many", "cores")
+# Measurements that time whole processes themselves (no bench child, no memory sampling).
+SELF_TIMED = ("many", "cores")
+
+# The 1-core / 2-core measurement (`--only cores`).
+CORES_TARGET = 1.8  # speed-up 1 -> 2 cores the engine is held to
+# Where each stage runs (the `stage_seconds` keys of `collate --json`, prefixed with their step).
+# Serial: in the main process, whatever the number of workers; parallel: spread over the workers.
+SERIAL_STAGES = ("tokenize.read", "tokenize.spill", "pack.read", "pack.pack", "pack.gather", "pack.write")
+PARALLEL_STAGES = ("tokenize.parse", "tokenize.render", "tokenize.encode", "tokenize.labels")
+STAGE_LABELS = {
+    "tokenize.read": "read lines", "tokenize.parse": "parse + normalise", "tokenize.render": "render template",
+    "tokenize.encode": "encode (Rust)", "tokenize.labels": "labels + overlong", "tokenize.spill": "write spill",
+    "pack.read": "read spill layout", "pack.pack": "bin packing", "pack.gather": "gather rows",
+    "pack.write": "write output",
+}
+PROJECT_CORES = (16, 64)
 
 # The many-small-files measurement (`--only many`).
 MANY_FILES = 40
@@ -278,20 +309,37 @@ def measure(name: str, args, workdir: Path) -> dict:
     ]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     proc = psutil.Process(child.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while child.poll() is None:
-        try:
-            procs = [proc, *proc.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
+        rss, pss = _tree_memory(proc)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.02)
     out = child.stdout.read()
     if child.returncode != 0:
         return {"name": name, "error": f"exit {child.returncode}"}
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(name=name, peak_rss_mb=peak / 1e6)
+    result.update(name=name, peak_rss_mb=peak_rss / 1e6, peak_pss_mb=peak_pss / 1e6)
     return result
+
+
+def _tree_memory(proc) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over `proc` and all its descendants; a process that ends while it is
+    read counts 0 (PSS reads /proc/PID/smaps_rollup: ~0.5 ms a process)."""
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    rss = pss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+        except psutil.Error:
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)  # (PSS is Linux-only: elsewhere the RSS)
+    return rss, pss
 
 
 def main() -> None:
@@ -301,7 +349,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument(
         "--only", default=",".join(DEFAULT_MEASUREMENTS),
-        help="comma-separated subset of " + ",".join(MEASUREMENTS) + " (default: all but many)",
+        help="comma-separated subset of " + ",".join(MEASUREMENTS) + " (default: all but many and cores)",
     )
     parser.add_argument("--input", type=Path, help="use this JSONL instead of building one")
     parser.add_argument("--workdir", type=Path)
@@ -309,6 +357,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON")
     parser.add_argument("--many-reps", type=int, default=3, help="rounds of the many-small-files measurement")
     parser.add_argument("--many-select", default=MANY_SELECT, help="assets `dagster asset materialize` selects (many, step e)")
+    parser.add_argument("--cores-reps", type=int, default=3, help="rounds of the 1-core / 2-core measurement")
     args = parser.parse_args()
 
     if args.child:
@@ -331,22 +380,27 @@ def main() -> None:
             if name == "many":  # times whole processes itself: no child, no RSS sampling
                 results[name] = run_many(args, tmp / name)
                 continue
+            if name == "cores":  # likewise: pinned whole processes, CPU seconds from os.wait4
+                results[name] = run_cores(args, tmp / name)
+                continue
             results[name] = measure(name, args, tmp / name)
             print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
-    if any(name != "many" for name in results):
-        print_table({name: r for name, r in results.items() if name != "many"}, args.max_length)
+    if any(name not in SELF_TIMED for name in results):
+        print_table({name: r for name, r in results.items() if name not in SELF_TIMED}, args.max_length)
     if "many" in results:
         print_many(results["many"])
+    if "cores" in results:
+        print_cores(results["cores"])
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
 
 
 def print_table(results: dict, max_length: int) -> None:
-    print("\n| measurement | wall s | tokens | tokens/s | peak RSS MB | rows | lower bound | fill |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| measurement | wall s | tokens | tokens/s | peak RSS MB | peak PSS MB | rows | lower bound | fill |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         if "error" in r:
-            print(f"| {name} | {r['error']} | | | | | | |")
+            print(f"| {name} | {r['error']} | | | | | | | |")
             continue
         rate = r["tokens"] / r["seconds"]
         r["tokens_per_s"] = rate
@@ -355,8 +409,10 @@ def print_table(results: dict, max_length: int) -> None:
         fill = f"{r['tokens'] / (rows * max_length):.4f}" if rows else ""
         print(
             f"| {name} | {r['seconds']:.1f} | {r['tokens']:,} | {rate:,.0f} | {r['peak_rss_mb']:.0f} | "
-            f"{rows if rows is not None else ''} | {bound if rows else ''} | {fill} |"
+            f"{r['peak_pss_mb']:.0f} | {rows if rows is not None else ''} | {bound if rows else ''} | {fill} |"
         )
+    print("(peak RSS: largest sum of RSS over the process tree, pages shared by forked workers counted once per "
+          "process; peak PSS: the same with shared pages split between the processes sharing them)")
 
     def ratio(a: str, b: str) -> str:
         if a in results and b in results and "tokens_per_s" in results[a] and "tokens_per_s" in results[b]:
@@ -513,6 +569,237 @@ def print_many(r: dict) -> None:
         value = r["median"][num] / r["median"][den]
         verdict = "ok" if value <= target else "over"
         print(f"{name} = {value:.2f}  (target <= {target:g}: {verdict})  {what}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# One core against two: how the engine scales, and where its time goes (`--only cores`).
+
+
+def _allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs the cgroup's quota allows (cgroup v2 cpu.max or v1 cfs quota), None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def _run_pinned(cpus: list[int], cmd: list[str], env: dict, logs: Path) -> dict:
+    """Run `cmd` under `taskset -c CPUS`; wall seconds, CPU seconds (user + sys of it and of every
+    descendant it waited for, from os.wait4), its largest single-process RSS, and its stdout."""
+    stdout_path, stderr_path = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(["taskset", "-c", ",".join(map(str, cpus)), *cmd], env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # taskset execs the command: same process
+        wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = "\n".join(stderr_path.read_text(errors="replace").strip().splitlines()[-15:])
+        raise SystemExit(f"bench cores: exit {child.returncode}: taskset -c {','.join(map(str, cpus))} {' '.join(cmd)}\n{tail}")
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "user": usage.ru_utime,
+        "sys": usage.ru_stime,
+        "max_rss_mb": usage.ru_maxrss * 1024 / 1e6,  # kB on Linux: the largest one process, not a sum
+        "stdout": stdout_path.read_text(),
+    }
+
+
+def _stage_sums(files: list[dict]) -> dict[str, float]:
+    """`stage_seconds` of every file's tokenize and pack steps (`collate --json`), summed, as `step.stage`."""
+    out: dict[str, float] = {}
+    for stats in files:
+        for step in ("tokenize", "pack"):
+            for stage, seconds in ((stats.get(step) or {}).get("stage_seconds") or {}).items():
+                key = f"{step}.{stage}"
+                out[key] = out.get(key, 0.0) + float(seconds)
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_cores(args, workdir: Path) -> dict:
+    """The engine pinned to 1 core and to 2, --cores-reps alternated rounds (see the module doc)."""
+    if shutil.which("taskset") is None:
+        print("cores: skipped: taskset is not installed (util-linux)", flush=True)
+        return {"skipped": "taskset is not installed"}
+    allowed = _allowed_cpus()
+    if len(allowed) < 2:
+        print(f"cores: skipped: this process may use {len(allowed)} CPU ({allowed}); 2 are needed", flush=True)
+        return {"skipped": f"{len(allowed)} CPU allowed"}
+    configs = {1: allowed[:1], 2: allowed[:2]}
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < 2:
+        print(f"cores: warning: the cgroup CPU quota allows {quota:g} CPUs: the 2-core figures are capped by it", flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    input_dir = workdir / "input"  # the input in a folder of its own: its folder may not hold the outputs
+    input_dir.mkdir(exist_ok=True)
+    source = input_dir / Path(args.input).name
+    _link_or_copy(Path(args.input), source)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("COLLATE_WORKERS", None)  # the default: as many workers as the pinned cores
+    print(f"cores: {source.stat().st_size / 1e6:.1f} MB; `collate --no-dagster --json` pinned with taskset -c "
+          f"{','.join(map(str, configs[1]))} and -c {','.join(map(str, configs[2]))}; {args.cores_reps} alternated "
+          f"rounds; the machine's load average now {os.getloadavg()[0]:.2f}", flush=True)
+    runs: dict[int, list[dict]] = {n: [] for n in configs}
+    digests: dict[int, set] = {n: set() for n in configs}
+    for round_ in range(args.cores_reps):
+        order = (1, 2) if round_ % 2 == 0 else (2, 1)
+        for n in order:
+            out = workdir / f"out_r{round_}_{n}cpu"
+            cmd = ["collate", "-i", str(source), "-o", str(out), "-t", args.tokenizer, "-f", "arrow",
+                   "-m", str(args.max_length), "--no-dagster", "--json"]
+            run = _run_pinned(configs[n], cmd, env, workdir / f"r{round_}_{n}cpu")
+            files = json.loads(run.pop("stdout"))
+            run["stages"] = _stage_sums(files)
+            run["workers"] = sorted({f["tokenize"].get("workers") for f in files if "tokenize" in f}, key=str)
+            run["tokens"] = sum(f["pack"]["tokens"] for f in files)
+            run["load_after"] = os.getloadavg()[0]
+            digests[n].add(_file_digest(out / f"{source.stem}.arrow"))
+            shutil.rmtree(out, ignore_errors=True)
+            runs[n].append(run)
+            print(f"  cores round {round_ + 1}: {n} core{'s' if n > 1 else ''}: wall {run['wall']:.1f} s, "
+                  f"CPU {run['cpu']:.1f} s, workers {run['workers']}, load {run['load_after']:.2f}",
+                  file=sys.stderr, flush=True)
+
+    median = {}
+    for n, values in runs.items():
+        keys = sorted({k for r in values for k in r["stages"]})
+        median[n] = {
+            "wall": statistics.median(r["wall"] for r in values),
+            "cpu": statistics.median(r["cpu"] for r in values),
+            "max_rss_mb": statistics.median(r["max_rss_mb"] for r in values),
+            "stages": {k: statistics.median(r["stages"].get(k, 0.0) for r in values) for k in keys},
+        }
+        median[n]["ideal"] = median[n]["cpu"] / n
+    all_digests = digests[1] | digests[2]
+    return {
+        "input": str(args.input), "bytes": source.stat().st_size, "rounds": args.cores_reps,
+        "cpus": {str(n): cpus for n, cpus in configs.items()}, "cgroup_quota": quota,
+        "runs": {str(n): r for n, r in runs.items()},
+        "median": {str(n): m for n, m in median.items()},
+        "speedup": median[1]["wall"] / median[2]["wall"],
+        "identical": len(all_digests) == 1,
+        "projection": _project(median[1]),
+    }
+
+
+def _project(one_core: dict) -> dict | None:
+    """Amdahl from the 1-core stage seconds: T(N) = S + P / N, where S is what stays in the main
+    process (SERIAL_STAGES, stages not known here, and start-up: wall minus the stages) and P what
+    the workers share (PARALLEL_STAGES). None without stage seconds."""
+    stages = one_core["stages"]
+    if not stages:
+        return None
+    serial = {k: v for k, v in stages.items() if k not in PARALLEL_STAGES}
+    parallel = {k: v for k, v in stages.items() if k in PARALLEL_STAGES}
+    # With one core nothing overlaps, so the wall the stages do not account for is start-up
+    # (imports, tokenizer load, template probes) and the glue between stages: serial too.
+    serial["start-up + unmeasured"] = max(0.0, one_core["wall"] - sum(stages.values()))
+    p = sum(parallel.values())
+
+    def amdahl(serial_parts: dict) -> dict:
+        s = sum(serial_parts.values())
+        rows = {}
+        for n in (1, 2, *PROJECT_CORES):
+            t = s + p / n
+            rows[str(n)] = {"wall": t, "speedup": (s + p) / t, "efficiency": (s + p) / t / n, "serial_share": s / t}
+        top = sorted(serial_parts.items(), key=lambda kv: -kv[1])
+        return {"S": s, "rows": rows, "limit": (s + p) / s if s else math.inf,
+                "limited_by": [k for k, v in top if v > 0][:3]}
+
+    whole = amdahl(serial)
+    # A large input dilutes the start-up: the stages alone are what scales with the data.
+    stages_only = amdahl({k: v for k, v in serial.items() if k != "start-up + unmeasured"})
+    return {"serial": serial, "parallel": parallel, "S": whole["S"], "P": p, "rows": whole["rows"],
+            "limit": whole["limit"], "limited_by": whole["limited_by"], "stages_only": stages_only}
+
+
+def print_cores(r: dict) -> None:
+    if "skipped" in r:
+        print(f"\nCores: skipped ({r['skipped']})")
+        return
+    m = {int(n): v for n, v in r["median"].items()}
+    runs = {int(n): v for n, v in r["runs"].items()}
+    print(f"\nCores: `collate -i FILE -f arrow --no-dagster --json` on {r['bytes'] / 1e6:.1f} MB, pinned with taskset; "
+          f"median of {r['rounds']} alternated rounds (CPU = user + sys of the command and its waited-for workers)")
+    print("\n| cores | taskset -c | workers | wall s | CPU s | ideal wall s (CPU / cores) | wall / ideal | runs wall s | max RSS of one process MB |")
+    print("|---:|---|---|---:|---:|---:|---:|---|---:|")
+    for n in sorted(m):
+        workers = sorted({w for run in runs[n] for w in run["workers"]}, key=str)
+        walls = ", ".join(f"{run['wall']:.1f}" for run in runs[n])
+        print(f"| {n} | {','.join(map(str, r['cpus'][str(n)]))} | {','.join(map(str, workers))} | {m[n]['wall']:.2f} | "
+              f"{m[n]['cpu']:.2f} | {m[n]['ideal']:.2f} | {m[n]['wall'] / m[n]['ideal']:.2f} | "
+              f"{walls} | {m[n]['max_rss_mb']:.0f} |")
+    got = m[1]["cpu"] / m[1]["wall"]
+    if got < 0.9:
+        print(f"\nthe machine was busy: on 1 core the command got {got:.0%} of its core (CPU / wall); every figure "
+              "below is inflated by the other work, the 2-core one most")
+    verdict = "ok" if r["speedup"] >= CORES_TARGET else "under"
+    print(f"\nspeed-up 1 -> 2 cores: {r['speedup']:.2f}x  (target >= {CORES_TARGET:g}x: {verdict}); "
+          f"CPU seconds 2 cores / 1 core: {m[2]['cpu'] / m[1]['cpu']:.2f}")
+    print(f"outputs identical on 1 and 2 cores: {'yes' if r['identical'] else 'NO (bytes differ)'}")
+    if r.get("cgroup_quota"):
+        print(f"cgroup CPU quota: {r['cgroup_quota']:g} CPUs")
+
+    keys = [k for k in (*SERIAL_STAGES[:1], *PARALLEL_STAGES, *SERIAL_STAGES[1:]) if k in m[1]["stages"] or k in m[2]["stages"]]
+    keys += sorted(k for k in {*m[1]["stages"], *m[2]["stages"]} if k not in keys)
+    if not keys:
+        print("\nstage_seconds: empty in `collate --json` (the engine does not report them yet): no split, no projection")
+        return
+    total1 = sum(m[1]["stages"].values())
+    print("\nPer stage (`stage_seconds` of --json, summed over files; parallel stages summed over workers):\n")
+    print("| stage | runs in | 1 core s | share of 1-core stages | 2 cores s |")
+    print("|---|---|---:|---:|---:|")
+    for k in keys:
+        where = "workers" if k in PARALLEL_STAGES else "main process"
+        a, b = m[1]["stages"].get(k, 0.0), m[2]["stages"].get(k, 0.0)
+        print(f"| {k} ({STAGE_LABELS.get(k, '?')}) | {where} | {a:.2f} | {a / total1:.1%} | {b:.2f} |" if total1 else
+              f"| {k} | {where} | {a:.2f} | | {b:.2f} |")
+    print(f"| all stages | | {total1:.2f} | | {sum(m[2]['stages'].values()):.2f} |")
+    proj = r["projection"]
+    if proj is None:
+        return
+    print(f"\nProjection (Amdahl from the 1-core stage seconds: T(N) = S + P/N): serial S = {proj['S']:.2f} s "
+          f"(main process: {', '.join(f'{k} {v:.2f}' for k, v in sorted(proj['serial'].items(), key=lambda kv: -kv[1]))}), "
+          f"parallel P = {proj['P']:.2f} s (workers: {', '.join(f'{k} {v:.2f}' for k, v in proj['parallel'].items())})\n")
+    print("| cores | projected wall s | speed-up | efficiency | serial share of the wall |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, row in proj["rows"].items():
+        measured = f" (measured {m[2]['wall']:.2f})" if n == "2" else ""
+        print(f"| {n} | {row['wall']:.2f}{measured} | {row['speedup']:.2f}x | {row['efficiency']:.0%} | {row['serial_share']:.0%} |")
+    print(f"\nlimit with unlimited cores: {proj['limit']:.1f}x; limited by what stays in the main process: "
+          f"{', '.join(proj['limited_by'])}"
+          + (" (start-up is paid once per command: a larger input dilutes it)" if "start-up + unmeasured" in proj["limited_by"] else ""))
+    only = proj.get("stages_only")
+    if only and only["S"] > 0:
+        cells = ", ".join(f"{n} cores {row['speedup']:.1f}x" for n, row in only["rows"].items() if n in ("16", "64"))
+        print(f"the stages alone (a large input, start-up diluted): serial {only['S']:.2f} s against parallel "
+              f"{proj['P']:.2f} s: {cells}, at most {only['limit']:.1f}x; limited by {', '.join(only['limited_by'])}")
+    print("(stage seconds are wall seconds of each stage; on 1 core with nothing else running they are its CPU seconds)")
 
 
 if __name__ == "__main__":
