@@ -2,17 +2,22 @@
 
     pack_spill(spill, output, fmt, settings) -> PackStats
 
-One record per sequence (input_ids, labels, line). Packing reads only the IPC metadata and list
-offsets (the lengths); rows are gathered with positioned reads of each sequence's tokens while
-writing, so peak memory does not grow with the input size.
+One record per sequence (input_ids, labels, line). The spill is read through pyarrow's IPC file
+reader over a memory map: packing needs only the list offsets (the lengths); each write group's
+rows are then gathered from numpy views of the mapped record batches. The map is re-opened for
+every RELEASE_BYTES of spill data read, so the pages read leave the resident set as soon as they
+are used (they are clean pages of the file: closing the map drops them, the page cache keeps
+them): peak memory does not grow with the spill's size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
-import mmap
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,44 +38,123 @@ SPILL_SCHEMA = pa.schema(
 )
 # Rows are gathered and written in batches of about this many tokens (bounded memory).
 WRITE_BATCH_TOKENS = 1 << 22
+# At most about this many bytes of the spill are mapped into memory at once (see _batches).
+RELEASE_BYTES = 1 << 26
 
 
-def _spill_layout(spill_file) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sequence of a spill: its length and the file positions of its input_ids and labels.
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where each sequence of a spill is: its length, its record batch, its first token there."""
 
-    Only the IPC metadata and list offsets are read (through a memory map that is released
-    afterwards); tokens are then read with positioned reads, so nothing of the spill stays resident.
+    lengths: np.ndarray  # int64, per sequence in file order
+    batch: np.ndarray  # int64, the record batch holding it
+    first: np.ndarray  # int64, the index of its first token in that batch's input_ids (and labels) values
+
+
+@contextlib.contextmanager
+def _open_spill(path: str | Path) -> Iterator[pa.ipc.RecordBatchFileReader]:
+    """The IPC file reader of a spill over a memory map; the file is unmapped once the block has
+    ended and no buffer of it is left (then the pages read leave this process's resident set)."""
+    try:
+        if os.stat(path).st_size == 0:
+            raise CollateError(f"{path}: spill file is empty")
+        source = pa.memory_map(str(path))
+    except FileNotFoundError as exc:
+        raise CollateError(f"{path}: spill file not found; tokenize again") from exc
+    try:
+        try:
+            # Through a BufferReader over the mapped bytes: reading a batch is then only slicing
+            # them (the memory-mapped file itself would madvise(WILLNEED) every batch, 6x slower).
+            reader = pa.ipc.open_file(pa.BufferReader(source.read_buffer()))
+        except pa.ArrowInvalid as exc:
+            raise CollateError(f"{path}: not a spill file ({exc}); tokenize again") from exc
+        if not reader.schema.equals(SPILL_SCHEMA):
+            raise CollateError(f"{path}: not a spill file (columns {reader.schema.names}); tokenize again")
+        yield reader
+    finally:
+        source.close()
+
+
+def _batches(path: str | Path, indices) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(index, record batch) for the batches `indices` of a spill, in that order.
+
+    The file is mapped afresh once the batches yielded hold RELEASE_BYTES (so at most about that
+    much of it is resident at a time); a batch must not be kept after the next one is asked for.
     """
-    lengths, ids_at, labels_at = [], [], []
-    with _mapped(spill_file) as mapped:
-        base = pa.py_buffer(mapped)
-        reader = pa.ipc.open_file(pa.BufferReader(base))
-        batch = None  # a spill of an empty file has no record batch
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            ids_col, lab_col = batch.column(0), batch.column(1)
-            offsets = ids_col.offsets.to_numpy().astype(np.int64)
-            starts = offsets[:-1] * 4  # int32 tokens
-            lengths.append(np.diff(offsets))
-            ids_at.append(ids_col.values.to_numpy().ctypes.data - base.address + starts)
-            labels_at.append(lab_col.values.to_numpy().ctypes.data - base.address + starts)
-        del reader, batch, base
-        _release(mapped)
-    if not lengths:
+    indices = iter(indices)
+    index = next(indices, None)
+    while index is not None:
+        with _open_spill(path) as reader:
+            mapped = 0
+            while index is not None and mapped < RELEASE_BYTES:
+                try:
+                    batch = reader.get_batch(index)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise CollateError(f"{path}: record batch {index} is unreadable ({exc}); tokenize again") from exc
+                mapped += batch.get_total_buffer_size()
+                yield index, batch
+                del batch
+                index = next(indices, None)
+            del reader
+
+
+def _read_layout(path: str | Path) -> _Layout:
+    """The layout of a spill, from the list offsets of its record batches only."""
+    with _open_spill(path) as reader:
+        count = reader.num_record_batches
+    lengths, firsts = [], []
+    for _, batch in _batches(path, range(count)):
+        offsets = batch.column(0).offsets.to_numpy().astype(np.int64)
+        if not np.array_equal(offsets, batch.column(1).offsets.to_numpy()):
+            raise CollateError(f"{path}: input_ids and labels of a sequence differ in length; tokenize again")
+        lengths.append(np.diff(offsets))
+        firsts.append(offsets[:-1])
+        del batch, offsets
+    if not lengths:  # a spill of an input without a usable conversation has no record batch
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    return np.concatenate(lengths), np.concatenate(ids_at), np.concatenate(labels_at)
+        return _Layout(empty, empty, empty)
+    counts = np.fromiter((len(n) for n in lengths), dtype=np.int64, count=len(lengths))
+    return _Layout(
+        lengths=np.concatenate(lengths),
+        batch=np.repeat(np.arange(len(lengths), dtype=np.int64), counts),
+        first=np.concatenate(firsts),
+    )
 
 
 def spill_lengths(spill_path: str | Path) -> np.ndarray:
     """Sequence lengths of a spill file, read from its list offsets only."""
-    with open(spill_path, "rb") as spill_file:
-        return _spill_layout(spill_file)[0]
+    return _read_layout(spill_path).lengths
 
 
-def _read_into(fd: int, out: np.ndarray, position: int, path) -> None:
-    if os.preadv(fd, [out], int(position)) != out.nbytes:
-        raise CollateError(f"{path}: spill file is shorter than its metadata says; tokenize again")
+def _gather_tokens(path: str | Path, layout: _Layout, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The input_ids and labels of the sequences `seqs`, one after the other, as int32 arrays.
+
+    Read in file order (sequence numbers follow the file), batch by batch through numpy views of
+    the mapped values, and copied to where each sequence goes in the output.
+    """
+    seq_lengths = layout.lengths[seqs]
+    dest = np.zeros(len(seqs), dtype=np.int64)
+    np.cumsum(seq_lengths[:-1], out=dest[1:])
+    ids = np.empty(int(seq_lengths.sum()), dtype=np.int32)
+    labels = np.empty_like(ids)
+    order = np.argsort(seqs, kind="stable")
+    in_file_order = seqs[order]
+    batches = layout.batch[in_file_order]
+    wanted = np.unique(batches)
+    per_batch = np.searchsorted(batches, wanted, side="right")
+    starts = layout.first[in_file_order].tolist()
+    ends = (layout.first[in_file_order] + seq_lengths[order]).tolist()
+    dests = dest[order].tolist()
+    done = 0
+    for (index, batch), stop in zip(_batches(path, wanted.tolist()), per_batch.tolist()):
+        id_values = batch.column(0).values.to_numpy()
+        label_values = batch.column(1).values.to_numpy()
+        for start, end, to in zip(starts[done:stop], ends[done:stop], dests[done:stop]):
+            ids[to : to + end - start] = id_values[start:end]
+            labels[to : to + end - start] = label_values[start:end]
+        done = stop
+        del batch, id_values, label_values
+    return ids, labels
 
 
 def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settings: CollateSettings) -> PackStats:
@@ -78,79 +162,78 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     check_format(fmt)
     max_length = settings.max_length
     stats = PackStats(output=str(output_path), format=fmt, max_length=max_length, packing=settings.packing)
-    with open(spill_path, "rb") as spill_file:
-        lengths, ids_at, labels_at = _spill_layout(spill_file)
-        fd = spill_file.fileno()
-        if len(lengths) and lengths.max() > max_length:
-            raise CollateError(
-                f"{spill_path}: a sequence has {int(lengths.max())} tokens > max_length {max_length}; "
-                "tokenize again with this max_length"
-            )
-        bins = packing.pack(lengths, max_length, settings.packing)
+    clock = time.perf_counter()
+    layout = _read_layout(spill_path)
+    lengths = layout.lengths
+    stats.stage_seconds["read"] = time.perf_counter() - clock
+    if len(lengths) and lengths.max() > max_length:
+        raise CollateError(
+            f"{spill_path}: a sequence has {int(lengths.max())} tokens > max_length {max_length}; "
+            "tokenize again with this max_length"
+        )
+    clock = time.perf_counter()
+    bins = packing.pack(lengths, max_length, settings.packing)
+    stats.stage_seconds["pack"] = time.perf_counter() - clock
 
-        def gather(rows: list[list[int]]) -> pa.RecordBatch:
-            seqs = list(itertools.chain.from_iterable(rows))
-            seq_lengths = lengths[seqs].astype(np.int32)
-            ids = np.empty(int(seq_lengths.sum()), dtype=np.int32)
-            labels = np.empty_like(ids)
-            pos = 0
-            for s in seqs:
-                n = int(lengths[s])
-                _read_into(fd, ids[pos : pos + n], ids_at[s], spill_path)
-                _read_into(fd, labels[pos : pos + n], labels_at[s], spill_path)
-                pos += n
-            seq_starts = np.zeros(len(seqs), dtype=np.int64)
-            np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
-            positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
-            labels[seq_starts] = IGNORE_INDEX  # never train across a sequence boundary
-            row_tokens = np.fromiter((lengths[r].sum() for r in rows), dtype=np.int64, count=len(rows))
-            row_offsets = pa.array(_offsets(row_tokens))
-            seq_offsets = pa.array(_offsets([len(r) for r in rows]))
-            batch = pa.record_batch(
-                [
-                    pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
-                    pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
-                    pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
-                    pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lengths)),
-                ],
-                schema=PACKED_SCHEMA,
-            )
-            stats.rows += len(rows)
-            stats.tokens += len(ids)
-            stats.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
-            stats.max_row_tokens = max(stats.max_row_tokens, int(row_tokens.max()))
-            return batch
+    def gather(rows: list[list[int]]) -> pa.RecordBatch:
+        seqs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
+        ids, labels = _gather_tokens(spill_path, layout, seqs)
+        seq_lengths = lengths[seqs].astype(np.int32)
+        seq_starts = np.zeros(len(seqs), dtype=np.int64)
+        np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
+        positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
+        labels[seq_starts[seq_lengths > 0]] = IGNORE_INDEX  # never train across a sequence boundary
+        row_tokens = np.fromiter((lengths[r].sum() for r in rows), dtype=np.int64, count=len(rows))
+        row_offsets = pa.array(_offsets(row_tokens))
+        seq_offsets = pa.array(_offsets([len(r) for r in rows]))
+        batch = pa.record_batch(
+            [
+                pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
+                pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
+                pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
+                pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lengths)),
+            ],
+            schema=PACKED_SCHEMA,
+        )
+        stats.rows += len(rows)
+        stats.tokens += len(ids)
+        stats.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
+        stats.max_row_tokens = max(stats.max_row_tokens, int(row_tokens.max()))
+        return batch
 
-        with packed_writer(output_path, fmt) as writer:
-            group: list[list[int]] = []
-            group_tokens = 0
-            for row in bins:
-                group.append(row)
-                group_tokens += int(lengths[row].sum())
-                if group_tokens >= WRITE_BATCH_TOKENS:
-                    writer.write(gather(group))
-                    group, group_tokens = [], 0
-            if group:
-                writer.write(gather(group))
+    def groups() -> Iterator[list[list[int]]]:
+        group: list[list[int]] = []
+        group_tokens = 0
+        for row in bins:
+            group.append(row)
+            group_tokens += int(lengths[row].sum())
+            if group_tokens >= WRITE_BATCH_TOKENS:
+                yield group
+                group, group_tokens = [], 0
+        if group:
+            yield group
+
+    writing = 0.0
+    started = time.perf_counter()
+    with packed_writer(output_path, fmt) as writer:
+        for group in groups():
+            batch = gather(group)
+            clock = time.perf_counter()
+            writer.write_batch(batch)
+            writing += time.perf_counter() - clock
+            del batch
+        clock = time.perf_counter()
+        writer.close()
+    ended = time.perf_counter()
+    writing += ended - clock  # closing, syncing and renaming the file
+    stats.stage_seconds["gather"] = ended - started - writing
+    stats.stage_seconds["write"] = writing
 
     stats.sequences = len(lengths)
     stats.lower_bound = packing.lower_bound(stats.tokens, max_length)
     stats.fill = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
     stats.sequences_per_row = stats.sequences / stats.rows if stats.rows else 0.0
     return stats
-
-
-@contextlib.contextmanager
-def _mapped(file):
-    """A read-only memory map of `file` (closed by the garbage collector once no view is left)."""
-    if os.fstat(file.fileno()).st_size == 0:
-        raise CollateError(f"{file.name}: spill file is empty")
-    yield mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _release(mapped: mmap.mmap) -> None:
-    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _offsets(counts) -> np.ndarray:

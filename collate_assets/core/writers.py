@@ -7,6 +7,7 @@ temporary name in the destination folder and renamed when complete, so a reader 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -338,27 +339,78 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-class _ArrowWriter:
-    def __init__(self, path: Path):
-        self._sink = pa.OSFile(str(path), "wb")
+@dataclasses.dataclass(frozen=True)
+class WriteCounts:
+    """What a packed writer wrote: rows, and bytes of the finished file."""
+
+    rows: int = 0
+    bytes: int = 0
+
+
+class PackedWriter:
+    """One packed output being written to `path` (the temporary path of `packed_writer`).
+
+    The interface of the datasets library's ArrowWriter: `write_batch(batch)` for each record
+    batch of PACKED_SCHEMA, then `close()`, which returns the counts and may be called again
+    (it then only returns them). Subclasses open their file in `_open` and implement `_write`
+    and `_close`; the rows are counted here and the bytes are the file's size once closed.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = 0
+        self._counts: WriteCounts | None = None
+        self._open()
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        if self._counts is not None:
+            raise ValueError(f"{shown(self.path)}: write_batch after close")
+        self._write(batch)
+        self.rows += batch.num_rows
+
+    write = write_batch  # the name before the datasets-like interface
+
+    def close(self) -> WriteCounts:
+        if self._counts is None:
+            self._close()
+            self._counts = WriteCounts(rows=self.rows, bytes=os.path.getsize(self.path))
+        return self._counts
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class _ArrowWriter(PackedWriter):
+    """An Arrow IPC stream (what `datasets.Dataset.from_file` loads)."""
+
+    def _open(self) -> None:
+        self._sink = pa.OSFile(str(self.path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, PACKED_SCHEMA)
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
-    def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
+    def _close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._sink.close()
 
 
-class _ParquetWriter:
-    def __init__(self, path: Path):
-        self._writer = pq.ParquetWriter(str(path), PACKED_SCHEMA, compression="zstd")
+class _ParquetWriter(PackedWriter):
+    def _open(self) -> None:
+        self._writer = pq.ParquetWriter(str(self.path), PACKED_SCHEMA, compression="zstd")
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._writer.close()
 
 
@@ -373,37 +425,44 @@ def _row_arrays(batch: pa.RecordBatch) -> Iterator[dict[str, np.ndarray]]:
         yield {name: values[offsets[r] : offsets[r + 1]] for name, (offsets, values) in columns.items()}
 
 
-class _MsgpackWriter:
-    def __init__(self, path: Path):
-        self._file = open(path, "wb")
+class _FileWriter(PackedWriter):
+    """Writers that serialise rows themselves into a plain binary file."""
+
+    def _open(self) -> None:
+        self._file = open(self.path, "wb")
+
+    def _close(self) -> None:
+        self._file.close()
+
+
+class _MsgpackWriter(_FileWriter):
+    def _open(self) -> None:
+        super()._open()
         self._packer = msgpack.Packer()
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def _write(self, batch: pa.RecordBatch) -> None:
         for row in _row_arrays(batch):
             self._file.write(self._packer.pack({k: v.tolist() for k, v in row.items()}))
 
-    def close(self) -> None:
-        self._file.close()
 
-
-class _JsonlWriter:
-    def __init__(self, path: Path):
-        self._file = open(path, "wb")
-
-    def write(self, batch: pa.RecordBatch) -> None:
+class _JsonlWriter(_FileWriter):
+    def _write(self, batch: pa.RecordBatch) -> None:
         lines = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in _row_arrays(batch)]
         self._file.write(b"\n".join(lines) + b"\n" if lines else b"")
 
-    def close(self) -> None:
-        self._file.close()
 
-
-_WRITERS = {"arrow": _ArrowWriter, "parquet": _ParquetWriter, "msgpack": _MsgpackWriter, "jsonl": _JsonlWriter}
+_WRITERS: dict[str, type[PackedWriter]] = {
+    "arrow": _ArrowWriter, "parquet": _ParquetWriter, "msgpack": _MsgpackWriter, "jsonl": _JsonlWriter,
+}
 
 
 @contextlib.contextmanager
-def packed_writer(path: str | Path, fmt: str):
-    """Open a writer for `fmt`; the file appears at `path` only when the block completes."""
+def packed_writer(path: str | Path, fmt: str) -> Iterator[PackedWriter]:
+    """Open a writer for `fmt`; the file appears at `path` only when the block completes.
+
+    The writer is closed when the block ends (whether or not the block closed it to read its
+    counts); on an exception or Ctrl-C the temporary file is removed and nothing appears at `path`.
+    """
     check_format(fmt)
     with atomic_path(path) as tmp:
         writer = _WRITERS[fmt](tmp)

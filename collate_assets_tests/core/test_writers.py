@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from collate_assets.core import OUTPUT_FORMATS, PACKED_SCHEMA, CollateError, atomic_path, file_sha256, read_packed
-from collate_assets.core.writers import packed_writer
+from collate_assets.core.writers import PackedWriter, WriteCounts, packed_writer
 
 ROWS = [
     {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2],
@@ -82,8 +82,8 @@ def test_atomic_path_replaces_the_old_file_on_success(tmp_path):
 def test_round_trip_every_format(tmp_path, fmt):
     path = tmp_path / f"out.{fmt}"
     with packed_writer(path, fmt) as writer:
-        writer.write(_batch(ROWS[:2]))
-        writer.write(_batch(ROWS[2:]))
+        writer.write_batch(_batch(ROWS[:2]))
+        writer.write_batch(_batch(ROWS[2:]))
     assert list(read_packed(path, fmt)) == ROWS
     assert _leftovers(tmp_path) == []
 
@@ -101,7 +101,7 @@ def test_writer_failure_leaves_no_output(tmp_path, fmt):
     path = tmp_path / f"out.{fmt}"
     with pytest.raises(Boom):
         with packed_writer(path, fmt) as writer:
-            writer.write(_batch(ROWS))
+            writer.write_batch(_batch(ROWS))
             raise Boom
     assert list(tmp_path.iterdir()) == []
 
@@ -111,14 +111,14 @@ def test_writer_accepts_sliced_batches(tmp_path, fmt):
     """A sliced batch has non-zero list offsets: rows must still come out whole and in order."""
     path = tmp_path / f"out.{fmt}"
     with packed_writer(path, fmt) as writer:
-        writer.write(_batch(ROWS).slice(1, 2))
+        writer.write_batch(_batch(ROWS).slice(1, 2))
     assert list(read_packed(path, fmt)) == ROWS[1:]
 
 
 def test_arrow_output_is_an_ipc_stream_with_int32_lists(tmp_path):
     path = tmp_path / "out.arrow"
     with packed_writer(path, "arrow") as writer:
-        writer.write(_batch(ROWS))
+        writer.write_batch(_batch(ROWS))
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_stream(source).read_all()
     assert table.schema == PACKED_SCHEMA
@@ -128,7 +128,7 @@ def test_arrow_output_is_an_ipc_stream_with_int32_lists(tmp_path):
 def test_jsonl_output_is_one_row_a_line(tmp_path):
     path = tmp_path / "out.jsonl"
     with packed_writer(path, "jsonl") as writer:
-        writer.write(_batch(ROWS))
+        writer.write_batch(_batch(ROWS))
     lines = path.read_bytes().split(b"\n")
     assert len(lines) == len(ROWS) + 1 and lines[-1] == b""
     assert lines[1] == b'{"input_ids":[1],"labels":[-100],"position_ids":[0],"seq_lengths":[1]}'
@@ -155,3 +155,65 @@ def test_file_sha256(tmp_path):
     data = np.random.default_rng(0).bytes(3 * 1024 + 5)
     path.write_bytes(data)
     assert file_sha256(path, block=1024) == hashlib.sha256(data).hexdigest()
+
+
+# -- the writers' shared interface: write_batch / close -> WriteCounts ----------------------------------
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_close_counts_what_was_written(tmp_path, fmt):
+    """close() returns the rows and bytes of the finished file; the rows are the ones read back."""
+    path = tmp_path / f"out.{fmt}"
+    with packed_writer(path, fmt) as writer:
+        assert isinstance(writer, PackedWriter)
+        writer.write_batch(_batch(ROWS[:2]))
+        writer.write_batch(_batch(ROWS).slice(2, 1))
+        writer.write_batch(_batch([]))
+        counts = writer.close()
+        assert writer.close() == counts  # closing again only returns the counts
+    assert counts == WriteCounts(rows=len(list(read_packed(path, fmt))), bytes=path.stat().st_size)
+    assert counts.rows == len(ROWS) and counts.bytes > 0
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_close_counts_zero_rows(tmp_path, fmt):
+    path = tmp_path / f"empty.{fmt}"
+    with packed_writer(path, fmt) as writer:
+        counts = writer.close()
+    assert counts == WriteCounts(rows=0, bytes=path.stat().st_size)
+    assert list(read_packed(path, fmt)) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_old_write_name_and_write_after_close(tmp_path, fmt):
+    """`write` is kept as an alias of write_batch; writing to a closed writer is refused."""
+    path = tmp_path / f"out.{fmt}"
+    with packed_writer(path, fmt) as writer:
+        writer.write(_batch(ROWS))
+        writer.close()
+        with pytest.raises(ValueError, match="after close"):
+            writer.write_batch(_batch(ROWS))
+    assert list(read_packed(path, fmt)) == ROWS
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_closed_writer_still_renames_only_on_success(tmp_path, fmt):
+    """Closing inside the block does not publish the file: an error after it leaves nothing."""
+    path = tmp_path / f"out.{fmt}"
+    with pytest.raises(Boom):
+        with packed_writer(path, fmt) as writer:
+            writer.write_batch(_batch(ROWS))
+            writer.close()
+            raise Boom
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_packed_writer_refuses_a_file_it_did_not_write(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    path.write_bytes(b"my own notes\n")
+    with pytest.raises(CollateError, match="did not write"):
+        with packed_writer(path, fmt) as writer:
+            writer.write_batch(_batch(ROWS))
+    assert path.read_bytes() == b"my own notes\n" and _leftovers(tmp_path) == []
