@@ -306,9 +306,13 @@ class _Pool:
             return self.executor.submit(_process_in_worker, raw)
 
     def kill(self) -> None:
-        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        for process in processes:
             with contextlib.suppress(Exception):
                 process.kill()
+        for process in processes:  # reaped, so no zombie is left while this process goes on
+            with contextlib.suppress(Exception):
+                process.join(timeout=2)
 
     def close(self, ok: bool) -> None:
         _LIVE_POOLS.discard(self)
