@@ -44,7 +44,6 @@ were forked from, which an RSS sum counts once per process: PSS is the memory th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -633,16 +632,10 @@ def _stage_sums(files: list[dict]) -> dict[str, float]:
     return out
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_cores(args, workdir: Path) -> dict:
     """The engine pinned to 1 core and to 2, --cores-reps alternated rounds (see the module doc)."""
+    from collate_assets.core import file_sha256
+
     if shutil.which("taskset") is None:
         print("cores: skipped: taskset is not installed (util-linux)", flush=True)
         return {"skipped": "taskset is not installed"}
@@ -678,7 +671,7 @@ def run_cores(args, workdir: Path) -> dict:
             run["workers"] = sorted({f["tokenize"].get("workers") for f in files if "tokenize" in f}, key=str)
             run["tokens"] = sum(f["pack"]["tokens"] for f in files)
             run["load_after"] = os.getloadavg()[0]
-            digests[n].add(_file_digest(out / f"{source.stem}.arrow"))
+            digests[n].add(file_sha256(out / f"{source.stem}.arrow"))
             shutil.rmtree(out, ignore_errors=True)
             runs[n].append(run)
             print(f"  cores round {round_ + 1}: {n} core{'s' if n > 1 else ''}: wall {run['wall']:.1f} s, "
