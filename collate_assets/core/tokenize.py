@@ -306,6 +306,8 @@ class _Pool:
             return self.executor.submit(_process_in_worker, raw)
 
     def kill(self) -> None:
+        """Only for a process about to end (Ctrl-C, SIGTERM): a worker killed while it sends a result
+        leaves the pool's manager thread waiting for the rest of it, and Python's exit waits for that thread."""
         processes = list((getattr(self.executor, "_processes", None) or {}).values())
         for process in processes:
             with contextlib.suppress(Exception):
@@ -314,11 +316,11 @@ class _Pool:
             with contextlib.suppress(Exception):
                 process.join(timeout=2)
 
-    def close(self, ok: bool) -> None:
+    def close(self) -> None:
+        """Chunks not started are cancelled; those under way (at most two a worker) end, then every worker
+        exits and is reaped. A broken pool (a worker died) has already stopped the others."""
         _LIVE_POOLS.discard(self)
-        if not ok:  # an error or an interrupt: the chunks under way are not waited for
-            self.kill()
-        self.executor.shutdown(wait=ok, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _results(
@@ -334,7 +336,6 @@ def _results(
             yield raw, tokenizer.process(raw), 1
         return
     pool = _Pool(tokenizer, workers)
-    ok = False
     try:
         pending: collections.deque = collections.deque()
         for raw in chunks:
@@ -345,13 +346,12 @@ def _results(
         while pending:
             raw, future = pending.popleft()
             yield raw, future.result(), workers
-        ok = True
     except BrokenProcessPool as exc:
         raise CollateError(
             f"{shown(name)}: a worker process stopped while tokenizing (killed, or out of memory?): {exc}"
         ) from None
     finally:
-        pool.close(ok)
+        pool.close()
 
 
 # -- the step ----------------------------------------------------------------------------------------

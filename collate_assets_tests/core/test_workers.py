@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def mixed_input(path: Path) -> Path:
             out.append(json.dumps({"messages": [{"role": "bot", "content": "?"}]}).encode())
     path.write_bytes(b"\n".join(out) + b"\n")
     return path
+
+
+def assert_the_pool_is_gone() -> None:
+    """No thread of the pool is left: Python's exit waits for such a thread, and one that waits for a
+    worker killed in the middle of sending its result waits forever (a run that never ends)."""
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    assert left == []
 
 
 def run(tmp_path: Path, source: Path, workers: int, fmt: str = "arrow", **settings) -> dict:
@@ -88,6 +96,7 @@ def test_a_file_ending_error_is_the_same_with_workers(tmp_path, settings):
             tokenize_file(source, tmp_path / f"spill{workers}.arrow", demo_tokenizer(), config, chunk_lines=CHUNK_LINES)
         messages.append(str(caught.value))
         assert not (tmp_path / f"spill{workers}.arrow").exists()
+        assert_the_pool_is_gone()
     assert messages[0] == messages[1] and str(source) in messages[0]
 
 
@@ -111,6 +120,45 @@ def test_a_worker_that_dies_fails_its_file_without_hanging(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
     assert [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE] == []
     assert psutil.Process().children() == []  # the killed workers were reaped too
+    assert_the_pool_is_gone()
+
+
+_ERRORS_THEN_EXIT = """
+import os, signal, sys, tempfile
+from pathlib import Path
+from collate_assets.core import CollateError, CollateSettings, tokenize_file
+from collate_assets.core.tokenize import ChunkTokenizer
+from collate_assets_tests.core.test_workers import CHUNK_LINES, mixed_input
+from collate_assets_tests.helpers import demo_tokenizer
+
+process = ChunkTokenizer.process
+def dies(self, raw):
+    if raw.records and raw.records[0][0] > 2 * CHUNK_LINES:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return process(self, raw)
+
+folder = Path(sys.argv[1])
+source = mixed_input(folder / "mixed.jsonl")
+tokenizer = demo_tokenizer()
+for _ in range(int(sys.argv[2])):
+    for method, settings in ((process, {"strict": True}), (process, {"overlong": "error", "max_length": 64}), (dies, {})):
+        ChunkTokenizer.process = method
+        try:
+            tokenize_file(source, folder / "spill.arrow", tokenizer, CollateSettings(workers=2, **{"max_length": 512, **settings}),
+                          chunk_lines=CHUNK_LINES)
+        except CollateError:
+            pass
+print("ended")
+"""
+
+
+def test_a_process_whose_files_failed_in_workers_still_exits(tmp_path):
+    """Errors that end files under way in the workers, again and again, then a normal exit: the process
+    ends (a worker stopped in the middle of sending its result once left a thread that Python's exit waited
+    for forever, so a failed Dagster step's process never ended)."""
+    result = subprocess.run([sys.executable, "-c", _ERRORS_THEN_EXIT, str(tmp_path), "12"], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ended", result.stderr[-2000:]
 
 
 def test_an_interrupt_stops_the_workers_too(tmp_path):
