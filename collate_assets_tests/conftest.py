@@ -79,3 +79,14 @@ def shared_tokenizer_name(request) -> str:
 def shared_tokenizer(shared_tokenizer_name, load_shared_tokenizer):
     """The shared tokenizer named by `shared_tokenizer_name` (so the test runs once per tokenizer)."""
     return load_shared_tokenizer(shared_tokenizer_name)
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_pool_left_behind():
+    """After every test: no worker pool's thread is still running. Python's exit waits for such a thread,
+    so one left behind would make the whole suite hang after its last test, with no test to blame."""
+    yield
+    import threading
+
+    left = [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread" and t.is_alive()]
+    assert left == [], f"a worker pool was left running: {left}"
