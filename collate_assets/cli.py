@@ -270,6 +270,9 @@ def make_progress(total: int, enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .core.tokenizer import own_process
+
+    own_process()  # tokenizers load without PyTorch here (see core.tokenizer)
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = install_signal_handlers()

@@ -10,9 +10,11 @@ and refuses one that names such an attribute; a SecurityError raised while rende
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .errors import CollateError
@@ -26,6 +28,42 @@ from .template_limits import (
 )
 
 log = logging.getLogger(__name__)
+
+# Whether this process is collate's own (the `collate` command, the code location of
+# `collate_assets.definitions`): then transformers loads tokenizers without importing PyTorch, which
+# it does only because it is installed (its configuration module imports it), and which costs about
+# 1.2 s of CPU and 2-3 s of wall time a process. A tokenizer needs no PyTorch. It stays off where
+# collate_assets is a library in someone else's process: transformers modules imported while PyTorch
+# is hidden stay without it, and that process may load models afterwards.
+_OWN_PROCESS = False
+
+
+def own_process() -> None:
+    """Declare this process collate's own (see _OWN_PROCESS)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+
+
+@contextlib.contextmanager
+def _torch_hidden(hide: bool):
+    """While loading a tokenizer: `import torch` fails (so transformers takes it as absent), unless this
+    process has imported PyTorch already (nothing to save then) or is not collate's own."""
+    if not hide or "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # the import system's way to say a module cannot be imported
+    # and transformers' "PyTorch was not found. Models won't be available" advice is not for this load
+    advice = os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    try:
+        yield
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+        if advice is None:
+            os.environ.pop("TRANSFORMERS_NO_ADVISORY_WARNINGS", None)
+        else:
+            os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = advice
 
 def check_chat_template(source: str, name: str = "chat template") -> None:
     """Raise CollateError if the template names a Python internal (`__class__`, `__globals__`, ...).
@@ -83,7 +121,9 @@ def load_tokenizer(
     (time and size per conversation, see `template_limits`) and is refused when it goes over them
     on probe conversations.
     """
-    from transformers import AutoTokenizer
+    hide_torch = _OWN_PROCESS and not trust_remote_code  # a repository's own code may want PyTorch
+    with _torch_hidden(hide_torch):
+        from transformers import AutoTokenizer
 
     install()
     limits = render_limits if render_limits is not None else RenderLimits()
@@ -94,9 +134,10 @@ def load_tokenizer(
     if trust_remote_code:
         log.warning("trust_remote_code is ON for tokenizer %s: its repository code will run", name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, use_fast=True
-        )
+        with _torch_hidden(hide_torch):
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, revision=revision, trust_remote_code=trust_remote_code, use_fast=True
+            )
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF errors)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not _looks_like_path(name) and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
