@@ -1,24 +1,30 @@
 """Dagster instance storage on a real PostgreSQL server (dagster-postgres), as a team deployment uses.
 
-The test starts its own throwaway cluster (initdb + pg_ctl from Debian's postgresql package, which
-.ci/run installs when missing), points a DAGSTER_HOME at it, runs two `collate` commands on two
-files at the same time (SQLite storage would say "database is locked" here) and reads the runs and
-materializations back from Postgres.
+The module starts its own throwaway cluster (initdb + pg_ctl from Debian's postgresql package, which
+.ci/run installs when missing), with one database a test. One test points a DAGSTER_HOME at it, runs
+two `collate` commands on two files at the same time (SQLite storage would say "database is locked"
+here) and reads the runs and materializations back from Postgres. The other backfills 20 partitions
+through the run queue of a real `dagster-daemon` with a limit on concurrent runs and a limit of one
+run at a time per partition, and checks the limits held, nothing was lost and nothing ran twice.
 """
 
 import glob
+import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
+from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, make_env, run
 
 
 def _pg_bin(name: str) -> str | None:
@@ -74,19 +80,32 @@ def postgres(tmp_path_factory):
         subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
 
 
-def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(textwrap.dedent(f"""\
+def _database(postgres: dict, name: str) -> str:
+    """A new, empty database on the module's server: each test's instance starts from nothing."""
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", "dagster", "-d", "postgres", "-c", f"CREATE DATABASE {name}"],
+        check=True, capture_output=True,
+    )
+    return name
+
+
+def _storage_yaml(postgres: dict, db_name: str) -> str:
+    return textwrap.dedent(f"""\
         storage:
           postgres:
             postgres_db:
               username: dagster
               password: ""
               hostname: 127.0.0.1
-              db_name: dagster
+              db_name: {db_name}
               port: {postgres['port']}
-        """))
+        """)
+
+
+def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(_storage_yaml(postgres, "dagster"))
     inputs = []
     for name in ("demo.jsonl", "demo_small.jsonl"):
         folder = tmp_path / f"in_{name}"
@@ -126,3 +145,121 @@ def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
             assert metadata["rows"].value > 0 and 0 < metadata["fill"].value <= 1
     finally:
         instance.dispose()
+
+
+# -- a backfill through the run queue ------------------------------------------------------------------
+
+QUEUE_LIMIT = 3  # max_concurrent_runs
+BACKFILL_PARTITIONS = 20
+AGAIN = 2  # partitions the second backfill asks for again
+
+
+def _queue_yaml(limit: int) -> str:
+    """The run queue a team sets: at most `limit` runs at once, and one run at a time per partition (a
+    backfill and automation, or two backfills, never write the same partition's files together)."""
+    return textwrap.dedent(f"""\
+        run_coordinator:
+          module: dagster.core.run_coordinator
+          class: QueuedRunCoordinator
+          config:
+            max_concurrent_runs: {limit}
+            dequeue_interval_seconds: 1
+            tag_concurrency_limits:
+              - key: dagster/partition
+                value:
+                  applyLimitPerUniqueValue: true
+                limit: 1
+        """)
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of [start, end] intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(postgres, tmp_path):
+    """`dagster job backfill` of 20 partitions, then at once a second, higher-priority backfill of 2 of
+    them, through a real daemon's run queue on Postgres: every run succeeds, each backfill runs each of
+    its partitions exactly once, never more than QUEUE_LIMIT runs at once, never two runs of a partition
+    at once (the priority puts the second backfill's runs beside the first's), and the files are the
+    ones the engine writes alone."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(_storage_yaml(postgres, _database(postgres, "queued")) + _queue_yaml(QUEUE_LIMIT))
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    lines = (DEMO_INPUT_DIR / "demo.jsonl").read_bytes().splitlines(keepends=True)
+    names = [f"part-{k:02d}.jsonl" for k in range(BACKFILL_PARTITIONS)]
+    for k, name in enumerate(names):
+        (input_dir / name).write_bytes(b"".join(lines[k * 15:(k + 1) * 15]))
+    output_dir = tmp_path / "output"
+    # Automation evaluates once when the daemon starts (and finds nothing to do: the files are registered
+    # first), then not again during the test: every run here is one of the two backfills.
+    env = make_env(home, input_dir=input_dir, output_dir=output_dir, tokenizer=DEMO_TOKENIZER_DIR, max_length=1024,
+                   sensor_seconds=86400)
+    run([*COLLATE, "-i", str(input_dir), "--register-only"], env=env, cwd=tmp_path, check=True, timeout=120)
+
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        backfill = [*DAGSTER, "job", "backfill", "-w", str(WORKSPACE_YAML), "-j", "collate_job", "--noprompt"]
+        first = run([*backfill, "--partitions", ",".join(names)], env=env, cwd=tmp_path, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = run([*backfill, "--partitions", ",".join(names[:AGAIN]), "--tags", json.dumps({"dagster/priority": "10"})],
+                     env=env, cwd=tmp_path, timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+
+        instance = dg.DagsterInstance.from_config(str(home))
+        try:
+            deadline = time.monotonic() + 400
+            while True:
+                records = instance.get_run_records()
+                if len(records) >= BACKFILL_PARTITIONS + AGAIN and all(r.dagster_run.is_finished for r in records):
+                    break
+                assert daemon.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    f"{sum(r.dagster_run.is_finished for r in records)} of {len(records)} runs finished\n"
+                    + log_path.read_text()[-3000:]
+                )
+                time.sleep(1)
+        finally:
+            instance.dispose()
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
+
+    runs = [r.dagster_run for r in records]
+    assert all(run_.status == dg.DagsterRunStatus.SUCCESS for run_ in runs), [(r.run_id, r.status) for r in runs]
+    by_backfill: dict[str, list[str]] = {}
+    for run_ in runs:
+        by_backfill.setdefault(run_.tags["dagster/backfill"], []).append(run_.tags["dagster/partition"])
+    assert sorted(sorted(p) for p in by_backfill.values()) == sorted([sorted(names[:AGAIN]), sorted(names)])
+    intervals = [(r.start_time, r.end_time) for r in records]
+    most = _most_at_once(intervals)
+    print(f"queued backfill: {len(records)} runs on Postgres, at most {most} at once (limit {QUEUE_LIMIT}), "
+          f"{max(e for _, e in intervals) - min(s for s, _ in intervals):.1f} s from first start to last end")
+    assert 2 <= most <= QUEUE_LIMIT
+    for name in names[:AGAIN]:
+        twice = [(r.start_time, r.end_time) for r in records if r.dagster_run.tags["dagster/partition"] == name]
+        assert len(twice) == 2 and _most_at_once(twice) == 1, (name, twice)
+
+    alone = tmp_path / "alone"
+    result = run([*COLLATE, "-i", str(input_dir), "-o", str(alone), "-t", str(DEMO_TOKENIZER_DIR), "-m", "1024", "-q",
+                  "--no-dagster"], env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in names:
+        stem = name.removesuffix(".jsonl")
+        assert (output_dir / f"{stem}.arrow").read_bytes() == (alone / f"{stem}.arrow").read_bytes(), stem
