@@ -4,6 +4,7 @@
     python benchmarks/bench.py --size 60MB --only engine,limit
     python benchmarks/bench.py --only many             # many small files (not part of the default set)
     python benchmarks/bench.py --size 60MB --only cores   # 1 core against 2 (not part of the default set)
+    python benchmarks/bench.py --size 60MB --only e2e     # whole commands against TRL (not part of the default set)
 
 Input: the conversations of ../shared/data (both data sets, as role/content `messages`), shuffled
 with a fixed seed and repeated until the file reaches --size. Every measurement runs in its own
@@ -39,6 +40,11 @@ were forked from, which an RSS sum counts once per process: PSS is the memory th
           Amdahl projection for 16 and 64 cores: serial in the main process (reading lines, writing
           the spill, packing, writing the output, and start-up) against spread over workers (parse,
           render, encode, labels). Skipped with a message without taskset or with fewer than 2 CPUs.
+  e2e     end to end as a user waits for it (not part of the default set): the TRL pipeline above and
+          `collate -i FILE -f arrow` (through Dagster, and --no-dagster) each as one whole process from
+          start to exit (imports and tokenizer load included), a fresh DAGSTER_HOME and output folder
+          each time, alternated, --e2e-reps rounds; medians of wall, peak RSS and PSS, rows, and TRL /
+          collate (target >= 1.5x).
 """
 
 from __future__ import annotations
@@ -63,9 +69,9 @@ DATA_FILES = [
     SHARED / "data" / "llamafactory_kto_en_demo" / "kto_en_demo.json",
 ]
 DEFAULT_MEASUREMENTS = ("limit", "trl", "engine", "collate", "dagster", "parallel")
-MEASUREMENTS = (*DEFAULT_MEASUREMENTS, "many", "cores")
+MEASUREMENTS = (*DEFAULT_MEASUREMENTS, "many", "cores", "e2e")
 # Measurements that time whole processes themselves (no bench child, no memory sampling).
-SELF_TIMED = ("many", "cores")
+SELF_TIMED = ("many", "cores", "e2e")
 
 # The 1-core / 2-core measurement (`--only cores`).
 CORES_TARGET = 1.8  # speed-up 1 -> 2 cores the engine is held to
@@ -357,6 +363,7 @@ def main() -> None:
     parser.add_argument("--many-reps", type=int, default=3, help="rounds of the many-small-files measurement")
     parser.add_argument("--many-select", default=MANY_SELECT, help="assets `dagster asset materialize` selects (many, step e)")
     parser.add_argument("--cores-reps", type=int, default=3, help="rounds of the 1-core / 2-core measurement")
+    parser.add_argument("--e2e-reps", type=int, default=3, help="rounds of the end-to-end measurement")
     args = parser.parse_args()
 
     if args.child:
@@ -382,6 +389,9 @@ def main() -> None:
             if name == "cores":  # likewise: pinned whole processes, CPU seconds from os.wait4
                 results[name] = run_cores(args, tmp / name)
                 continue
+            if name == "e2e":  # whole processes, alternated rounds
+                results[name] = run_e2e(args, tmp / name)
+                continue
             results[name] = measure(name, args, tmp / name)
             print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
     if any(name not in SELF_TIMED for name in results):
@@ -390,6 +400,8 @@ def main() -> None:
         print_many(results["many"])
     if "cores" in results:
         print_cores(results["cores"])
+    if "e2e" in results:
+        print_e2e(results["e2e"])
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
 
@@ -569,6 +581,88 @@ def print_many(r: dict) -> None:
         verdict = "ok" if value <= target else "over"
         print(f"{name} = {value:.2f}  (target <= {target:g}: {verdict})  {what}")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: whole commands, from the shell prompt back to it (`--only e2e`).
+
+E2E_TARGET = 1.5  # TRL pipeline wall / `collate` wall
+
+
+def _timed_tree(cmd: list[str], env: dict) -> dict:
+    """Wall seconds, peak RSS and PSS (summed over the process tree, sampled every 20 ms) and stdout of
+    `cmd` as one process; exits with its stderr tail when it fails."""
+    import psutil
+
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak_rss = peak_pss = 0
+    while child.poll() is None:
+        rss, pss = _tree_memory(proc)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    out, err = child.communicate()
+    if child.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise SystemExit(f"bench e2e: exit {child.returncode}: {' '.join(cmd)}\n{tail}")
+    return {"seconds": seconds, "peak_rss_mb": peak_rss / 1e6, "peak_pss_mb": peak_pss / 1e6, "stdout": out}
+
+
+def run_e2e(args, workdir: Path) -> dict:
+    """The TRL pipeline and `collate` (through Dagster, and --no-dagster) as whole processes, imports and
+    tokenizer load included, alternated, --e2e-reps rounds, medians; a fresh DAGSTER_HOME and output
+    folder for every `collate` (an unchanged rerun would skip the file)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    input_dir = workdir / "in"
+    input_dir.mkdir()
+    source = input_dir / Path(args.input).name
+    _link_or_copy(Path(args.input), source)
+    base_env = dict(os.environ, HF_HUB_OFFLINE="1")
+    runs: dict[str, list[dict]] = {"trl": [], "collate": [], "no-dagster": []}
+    for round_ in range(args.e2e_reps):
+        here = workdir / f"round{round_}"
+        here.mkdir()
+        trl = _timed_tree([sys.executable, __file__, "--child", "trl", "--input", str(source), "--tokenizer", args.tokenizer,
+                           "--max-length", str(args.max_length), "--workdir", str(here / "trl")], base_env)
+        trl["rows"] = json.loads(trl.pop("stdout").strip().splitlines()[-1])["rows"]
+        runs["trl"].append(trl)
+        for name, extra in (("collate", []), ("no-dagster", ["--no-dagster"])):
+            home = here / f"home-{name}"
+            home.mkdir()
+            out = here / f"out-{name}"
+            cmd = ["collate", "-i", str(source), "-o", str(out), "-t", args.tokenizer, "-f", "arrow",
+                   "-m", str(args.max_length), "-q", *extra]
+            run = _timed_tree(cmd, dict(base_env, DAGSTER_HOME=str(home)))
+            run.pop("stdout")
+            run["rows"] = _read_output_stats(out / f"{source.stem}.arrow")["rows"]
+            runs[name].append(run)
+        print(f"  e2e round {round_ + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()),
+              file=sys.stderr, flush=True)
+    tokens = _read_output_stats(workdir / "round0" / "out-collate" / f"{source.stem}.arrow")["tokens"]
+    median = {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "peak_rss_mb", "peak_pss_mb")}
+              for name, rs in runs.items()}
+    return {"rounds": args.e2e_reps, "bytes": source.stat().st_size, "tokens": tokens,
+            "lower_bound": -(-tokens // args.max_length), "runs": runs, "median": median}
+
+
+def print_e2e(r: dict) -> None:
+    m = r["median"]
+    print(f"\nEnd to end: whole processes (imports, tokenizer load, Dagster included) on {r['bytes'] / 1e6:.1f} MB, "
+          f"{r['tokens']:,} tokens, median of {r['rounds']} alternated rounds")
+    print("\n| command | median wall s | runs s | median peak RSS MB | median peak PSS MB | rows (lower bound " f"{r['lower_bound']}) |")
+    print("|---|---:|---|---:|---:|---:|")
+    labels = {"trl": "HF datasets + TRL (bench.py --child trl)", "collate": "`collate` (through Dagster)",
+              "no-dagster": "`collate --no-dagster`"}
+    for name, runs in r["runs"].items():
+        cells = ", ".join(f"{x['seconds']:.1f}" for x in runs)
+        rows = sorted({x["rows"] for x in runs})
+        print(f"| {labels[name]} | {m[name]['seconds']:.2f} | {cells} | {m[name]['peak_rss_mb']:.0f} | "
+              f"{m[name]['peak_pss_mb']:.0f} | {', '.join(map(str, rows))} |")
+    for name in ("collate", "no-dagster"):
+        ratio = m["trl"]["seconds"] / m[name]["seconds"]
+        print(f"TRL / {labels[name]}: {ratio:.2f}x (target >= {E2E_TARGET:g}x: {'ok' if ratio >= E2E_TARGET else 'under'})")
 
 
 # ---------------------------------------------------------------------------------------------

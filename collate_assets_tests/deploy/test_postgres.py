@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
-from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, make_env, run
+from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, check_evaluations, make_env, run
 
 
 def _pg_bin(name: str) -> str | None:
@@ -150,6 +150,7 @@ def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
 # -- a backfill through the run queue ------------------------------------------------------------------
 
 QUEUE_LIMIT = 3  # max_concurrent_runs
+CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
 BACKFILL_PARTITIONS = 20
 AGAIN = 2  # partitions the second backfill asks for again
 
@@ -231,6 +232,7 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
                     + log_path.read_text()[-3000:]
                 )
                 time.sleep(1)
+            evaluations = {r.dagster_run.run_id: check_evaluations(instance, r.dagster_run.run_id) for r in records}
         finally:
             instance.dispose()
     finally:
@@ -243,14 +245,18 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
 
     runs = [r.dagster_run for r in records]
     assert all(run_.status == dg.DagsterRunStatus.SUCCESS for run_ in runs), [(r.run_id, r.status) for r in runs]
+    for run_id, evaluation in evaluations.items():  # each run evaluated its partition's blocking checks
+        assert {name for _, name in evaluation} == CHECK_NAMES and all(evaluation.values()), (run_id, evaluation)
     by_backfill: dict[str, list[str]] = {}
     for run_ in runs:
         by_backfill.setdefault(run_.tags["dagster/backfill"], []).append(run_.tags["dagster/partition"])
     assert sorted(sorted(p) for p in by_backfill.values()) == sorted([sorted(names[:AGAIN]), sorted(names)])
     intervals = [(r.start_time, r.end_time) for r in records]
     most = _most_at_once(intervals)
+    seconds = sorted(end - start for start, end in intervals)
     print(f"queued backfill: {len(records)} runs on Postgres, at most {most} at once (limit {QUEUE_LIMIT}), "
-          f"{max(e for _, e in intervals) - min(s for s, _ in intervals):.1f} s from first start to last end")
+          f"{max(e for _, e in intervals) - min(s for s, _ in intervals):.1f} s from first start to last end, "
+          f"a run {seconds[len(seconds) // 2]:.1f} s (median)")
     assert 2 <= most <= QUEUE_LIMIT
     for name in names[:AGAIN]:
         twice = [(r.start_time, r.end_time) for r in records if r.dagster_run.tags["dagster/partition"] == name]

@@ -22,7 +22,7 @@ import pytest
 
 from collate_assets.defs.partitions import key_to_file_name
 
-from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, DagsterDev, check_evaluations, open_instance, record_timing
+from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, DagsterDev, open_instance, record_timing
 from .conftest import run as run_command
 
 PARTITION = "demo_small.jsonl"
@@ -577,56 +577,6 @@ def test_edited_file_reruns_by_itself_and_nothing_else(dagster_dev):
 
     latest_packed = entries(materializations(server, [PARTITION])[("packed_arrow", PARTITION)][0])
     assert latest_packed["rows"] == len(Dataset.from_file(str(server.output_dir / "demo_small.arrow")))
-
-
-# -- a backfill, as the UI launches one for several partitions ------------------------------------------
-
-BACKFILL_MUTATION = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
-
-
-def test_a_backfill_of_every_partition_runs_each_with_its_checks(dagster_dev):
-    """What the UI sends when several partitions are picked: one backfill; the daemon runs one partition a
-    run (so one bad file fails alone, and each partition's checks are recorded for it). Last of the
-    tests on the shared server: it materializes demo.jsonl, which the automation tests expect untouched."""
-    import dagster as dg
-
-    params = {
-        "assetSelection": [{"path": ["tokenized_conversations"]}, {"path": ["packed_arrow"]}],
-        "partitionNames": list(DEMO_PARTITIONS),
-        "fromFailure": False,
-        "tags": [],
-    }
-    result = dagster_dev.graphql(BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    backfill_id = result["backfillId"]
-
-    def done():
-        with open_instance(dagster_dev.home) as instance:
-            backfill = instance.get_backfill(backfill_id)
-            status = backfill.status.value if backfill else None
-            return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") else None
-
-    status = wait_for(f"backfill {backfill_id}", done, timeout=RUN_TIMEOUT, interval=2.0)
-    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
-    with open_instance(dagster_dev.home) as instance:
-        backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        assert backfill_runs and all(run.is_success for run in backfill_runs)
-        assert sorted(run.tags["dagster/partition"] for run in backfill_runs) == sorted(DEMO_PARTITIONS)
-        for run in backfill_runs:
-            evaluations = check_evaluations(instance, run.run_id)
-            assert {name for _, name in evaluations} == CHECK_NAMES and all(evaluations.values()), evaluations
-    for name in DEMO_PARTITIONS:
-        stem = name.rsplit(".", 1)[0]
-        assert (dagster_dev.output_dir / f"{stem}.arrow").is_file()
 
 
 @pytest.mark.skipif(
