@@ -11,11 +11,14 @@ it lies, never copied into the checkout; when it is missing, ``require`` skips t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,31 @@ def collate_command(*args: str) -> list[str]:
 def run(cmd: list[str], *, env: dict | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run `cmd` with `subprocess_env()` (unless `env` is given), capturing its text output."""
     return subprocess.run(cmd, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+# -- DAGSTER_HOMEs ------------------------------------------------------------------------------------
+
+_TEMPLATE_HOME: list[Path] = []
+
+
+def seed_dagster_home(folder: Path) -> Path:
+    """`folder` as a DAGSTER_HOME whose SQLite instance (Dagster's default storage) already exists: a copy
+    of one created once per session. Creating the schema costs ~1.5-2 s a process; every copy is the same
+    empty instance a first command would create. Tests of a first start on a bare home do not use this."""
+    if not _TEMPLATE_HOME:
+        import dagster as dg
+
+        base = Path(tempfile.mkdtemp(prefix="collate-test-dagster-home-"))
+        atexit.register(shutil.rmtree, base, True)
+        template = base / "home"
+        template.mkdir()
+        (template / "dagster.yaml").touch()
+        instance = dg.DagsterInstance.from_config(str(template))
+        try:
+            instance.get_runs(limit=1)
+            instance.get_dynamic_partitions("input_files")
+        finally:
+            instance.dispose()
+        _TEMPLATE_HOME.append(template)
+    shutil.copytree(_TEMPLATE_HOME[0], folder, dirs_exist_ok=True)
+    return folder

@@ -67,10 +67,12 @@ DAGSTER = _console_script("dagster", "dagster")
 
 
 def make_dagster_home(folder: Path) -> Path:
-    """A DAGSTER_HOME: the folder, created, with an empty dagster.yaml (Dagster's SQLite defaults)."""
+    """A DAGSTER_HOME: the folder, created, with an empty dagster.yaml (Dagster's SQLite defaults) and
+    its SQLite instance already created (see helpers.seed_dagster_home)."""
+    from collate_assets_tests.helpers import seed_dagster_home
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dagster.yaml").touch()
-    return folder
+    return seed_dagster_home(folder)
 
 
 def copy_demo(folder: Path, names: Sequence[str] = DEMO_FILES) -> Path:

@@ -29,7 +29,7 @@ from collate_assets.defs.partitions import file_name_to_key
 from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
-from collate_assets_tests.helpers import collate_command, subprocess_env
+from collate_assets_tests.helpers import collate_command, seed_dagster_home, subprocess_env
 
 SHARED_TOKENIZERS = Path(__file__).resolve().parents[3] / "shared" / "tokenizers"
 GOOD_LINES = (DEMO_INPUT_DIR / "demo_small.jsonl").read_bytes().splitlines(keepends=True)[:6]
@@ -37,6 +37,8 @@ GOOD = b"".join(GOOD_LINES)
 
 
 def collate(*args: str, home: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    if "--no-dagster" not in args and not home.exists():
+        seed_dagster_home(home)
     return subprocess.run(
         collate_command(*args), env=subprocess_env(DAGSTER_HOME=str(home), **env),
         capture_output=True, text=True, timeout=timeout,
