@@ -306,25 +306,32 @@ RUNNERS = {
 
 def measure(name: str, args, workdir: Path) -> dict:
     """Run one measurement in a child process, sampling the RSS of its whole process tree."""
-    import psutil
-
     cmd = [
         sys.executable, __file__, "--child", name, "--input", str(args.input), "--tokenizer", args.tokenizer,
         "--max-length", str(args.max_length), "--workdir", str(workdir),
     ]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    proc = psutil.Process(child.pid)
-    peak_rss = peak_pss = 0
-    while child.poll() is None:
-        rss, pss = _tree_memory(proc)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.02)
+    peak_rss, peak_pss = _peak_tree_memory(child)
     out = child.stdout.read()
     if child.returncode != 0:
         return {"name": name, "error": f"exit {child.returncode}"}
     result = json.loads(out.strip().splitlines()[-1])
     result.update(name=name, peak_rss_mb=peak_rss / 1e6, peak_pss_mb=peak_pss / 1e6)
     return result
+
+
+def _peak_tree_memory(child: subprocess.Popen) -> tuple[int, int]:
+    """Until `child` ends: the largest (sum of RSS, sum of PSS) over it and its descendants, every 20 ms.
+    (Its output pipes are read after it ends: fine for the small JSON lines the measurements print.)"""
+    import psutil
+
+    proc = psutil.Process(child.pid)
+    peak_rss = peak_pss = 0
+    while child.poll() is None:
+        rss, pss = _tree_memory(proc)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.02)
+    return peak_rss, peak_pss
 
 
 def _tree_memory(proc) -> tuple[int, int]:
@@ -592,16 +599,9 @@ E2E_TARGET = 1.5  # TRL pipeline wall / `collate` wall
 def _timed_tree(cmd: list[str], env: dict) -> dict:
     """Wall seconds, peak RSS and PSS (summed over the process tree, sampled every 20 ms) and stdout of
     `cmd` as one process; exits with its stderr tail when it fails."""
-    import psutil
-
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak_rss = peak_pss = 0
-    while child.poll() is None:
-        rss, pss = _tree_memory(proc)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.02)
+    peak_rss, peak_pss = _peak_tree_memory(child)
     seconds = time.perf_counter() - start
     out, err = child.communicate()
     if child.returncode != 0:
