@@ -65,6 +65,7 @@ def _torch_hidden(hide: bool):
         else:
             os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = advice
 
+
 def check_chat_template(source: str, name: str = "chat template") -> None:
     """Raise CollateError if the template names a Python internal (`__class__`, `__globals__`, ...).
 
