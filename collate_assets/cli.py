@@ -146,6 +146,16 @@ def _workers(text: str) -> int:
     return value
 
 
+def _shard_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be 0 (never split) or a positive number of MiB: {text}")
+    return value
+
+
 def _formats(text: str) -> tuple[str, ...]:
     try:
         return parse_formats(text)
@@ -160,7 +170,7 @@ FLAG_FIELDS = {
     "reasoning_turns": "reasoning_turns", "train_empty_think": "train_empty_think",
     "chat_template": "chat_template", "revision": "tokenizer_revision", "trust_remote_code": "trust_remote_code",
     "max_line_bytes": "max_line_bytes", "render_timeout": "render_timeout", "render_max_chars": "render_max_chars",
-    "strict": "strict", "workers": "workers",
+    "strict": "strict", "workers": "workers", "shard_mb": "shard_mb",
 }
 
 
@@ -199,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--render-max-chars", type=_render_chars, metavar="N", help=f"most characters anything the chat template makes for one conversation may have ({_default('render_max_chars')})")
     parser.add_argument("--strict", action="store_true", default=None, help=f"fail on the first bad record instead of writing it to the rejects file ({_default('strict')})")
     parser.add_argument("-w", "--workers", type=_workers, metavar="N", help=f"worker processes that parse, render and tokenize; 0 = one per core this process may use, 1 = none; the output is the same for any N ({_default('workers')})")
+    parser.add_argument("--shard-mb", type=_shard_mb, metavar="MB", help=f"split plain .jsonl files over MB MiB into line-aligned shards of about that size, written as <name>-00000-of-000NN.<ext> with <name>.shards.json; 0 = never ({_default('shard_mb')})")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -397,6 +408,9 @@ def _input_files_quietly(input_path: Path) -> list[Path]:
 def _run_engine(settings, show_progress: bool):
     """--no-dagster: the engine directly, file after file; a failed file does not stop the others."""
     from .core import CollateError, collate_file_formats, load_tokenizer, output_path_for
+    from .core.api import shard_summary_path, write_shard_summary
+    from .core.shards import plan_shards, summarize
+    from .core.writers import file_sha256
     from .core.reader import INPUT_PATTERNS, progress_total
     from .core.reader import scan_inputs
     from .core.writers import output_folder_problem
@@ -424,30 +438,52 @@ def _run_engine(settings, show_progress: bool):
     )
     progress = make_progress(sum(progress_total(f) for f in files), show_progress)
     results, failures, outputs = [], [], {}
+
+    def one(path: Path, shard) -> dict | None:
+        """Tokenize `path` (or a shard of it) once and pack it into each format; its tokenize stats, or None."""
+        written = {}
+        for fmt in settings.formats:
+            output = output_path_for(path, Path(settings.output_dir), fmt, shard)
+            if output in outputs:
+                failures.append((path, f"not processed: its outputs would overwrite those of {_shown(outputs[output].name)}"))
+                return None
+            outputs[output] = path
+            written[fmt] = output
+        if progress is not None:
+            progress.set_postfix_str(_shown(path.name) + (shard.suffix if shard is not None else ""))
+        try:
+            stats = collate_file_formats(
+                path, written, tokenizer, settings, shard=shard,
+                progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None else None,
+            )
+        except CollateError as exc:
+            failures.append((path, str(exc)))
+            return None
+        except Exception as exc:  # unexpected, but still only this file's failure
+            if os.environ.get("COLLATE_DEBUG"):
+                raise
+            failures.append((path, f"{type(exc).__name__}: {exc}"))
+            return None
+        results.extend(stats)
+        return stats[0].tokenize.to_dict()
+
     try:
         for path in files:
-            written = []
-            for fmt in settings.formats:
-                output = output_path_for(path, Path(settings.output_dir), fmt)
-                if output in outputs:
-                    failures.append((path, f"not processed: its outputs would overwrite those of {_shown(outputs[output].name)}"))
-                    break
-                outputs[output] = path
-                written.append((fmt, output))
-            else:
-                if progress is not None:
-                    progress.set_postfix_str(_shown(path.name))
-                try:  # tokenized once, packed into each format
-                    results += collate_file_formats(
-                        path, dict(written), tokenizer, settings,
-                        progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None else None,
-                    )
-                except CollateError as exc:
-                    failures.append((path, str(exc)))
-                except Exception as exc:  # unexpected, but still only this file's failure
-                    if os.environ.get("COLLATE_DEBUG"):
-                        raise
-                    failures.append((path, f"{type(exc).__name__}: {exc}"))
+            try:
+                shards = plan_shards(path, settings.shard_bytes())
+            except OSError as exc:
+                failures.append((path, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if shards is None:
+                one(path, None)
+                continue
+            done = [one(path, shard) for shard in shards]  # a failed shard does not stop the others
+            if all(done):
+                summary = summarize(path, done, len(shards))
+                summary.update(input_sha256=file_sha256(path), settings_fingerprint=settings.fingerprint())
+                write_shard_summary(shard_summary_path(path, Path(settings.output_dir)), summary)
+                if summary["problems"]:
+                    failures.append((path, "its shards do not add up to the file: " + "; ".join(summary["problems"])))
     finally:
         if progress is not None:
             progress.close()

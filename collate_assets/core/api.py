@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import CollateError
 from .reader import input_stem, list_input_files
 from .settings import EXTENSIONS, CollateSettings, check_format
+from .shards import Shard
 from .stats import FileStats
 from .spill import pack_spill
 from .tokenize import Progress, tokenize_file
@@ -21,9 +22,25 @@ from .writers import fit_name, output_folder_problem
 from .writers import work_dir as _work_dir
 
 
-def output_path_for(input_path: Path, output_dir: Path, fmt: str) -> Path:
-    """`in/name.jsonl(.gz)` → `out/name.<ext>` (a name too long for the file system is shortened)."""
-    return Path(output_dir) / fit_name(input_stem(Path(input_path)), EXTENSIONS[fmt])
+def output_path_for(input_path: Path, output_dir: Path, fmt: str, shard: Shard | None = None) -> Path:
+    """`in/name.jsonl(.gz)` → `out/name.<ext>`, a shard's `out/name-00000-of-00004.<ext>` (a name too
+    long for the file system is shortened)."""
+    suffix = (shard.suffix if shard is not None else "") + EXTENSIONS[fmt]
+    return Path(output_dir) / fit_name(input_stem(Path(input_path)), suffix)
+
+
+def shard_summary_path(input_path: Path, output_dir: Path) -> Path:
+    """`out/name.shards.json`: the account of a sharded file's shards."""
+    return Path(output_dir) / fit_name(input_stem(Path(input_path)), ".shards.json")
+
+
+def write_shard_summary(path: Path, summary: dict) -> None:
+    import json
+
+    from .writers import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def rejects_path_for(output_path: Path) -> Path:
@@ -64,8 +81,9 @@ def collate_file_formats(
     progress: Progress | None = None,
     work_dir: str | Path | None = None,
     max_line_bytes: int | None = None,
+    shard: Shard | None = None,
 ) -> list[FileStats]:
-    """Tokenize one file once and pack it into each format of `outputs` (format -> output path).
+    """Tokenize one file (or one shard of it) once and pack it into each format of `outputs` (format -> output path).
 
     The rejects file is the first output's (`rejects_path_for`) unless given.
     """
@@ -81,7 +99,7 @@ def collate_file_formats(
         spill = Path(tmp) / "spill.arrow"
         tok_stats = tokenize_file(
             input_path, spill, tokenizer, settings,
-            rejects_path=rejects_path, progress=progress, max_line_bytes=max_line_bytes,
+            rejects_path=rejects_path, progress=progress, max_line_bytes=max_line_bytes, shard=shard,
         )
         tokenized = time.perf_counter() - start
         for fmt, output_path in outputs.items():

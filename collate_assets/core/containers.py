@@ -190,15 +190,18 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-def _jsonl_units(stream, max_line_bytes: int, consumed: Callable[[], int] | None = None) -> Iterator[Unit]:
+def _jsonl_units(
+    stream, max_line_bytes: int, consumed: Callable[[], int] | None = None, first_line: int = 1
+) -> Iterator[Unit]:
     """Lines of a binary stream: raw JSON text, blank lines, and lines over `max_line_bytes` as Bad.
 
     A line longer than the limit (its newline not counted) is never held whole: its start is kept for
     the excerpt and the rest skipped. With `consumed` (bytes of the file read so far), a unit's nbytes
-    counts file bytes (compressed input) instead of the line's length.
+    counts file bytes (compressed input) instead of the line's length. `first_line`: the number of
+    the stream's first line in its file (a shard starts part way in).
     """
     readline = stream.readline
-    line_no = 0
+    line_no = first_line - 1
     done = 0
     while raw := readline(max_line_bytes + 1):
         line_no += 1
@@ -215,7 +218,7 @@ def _jsonl_units(stream, max_line_bytes: int, consumed: Callable[[], int] | None
             content = length - 1 if piece.endswith(b"\n") else length
             payload = Bad(f"line longer than {max_line_bytes} bytes ({content} bytes); not parsed", excerpt(head))
         else:
-            if line_no == 1 and raw.startswith(BOM):
+            if line_no == 1 and raw.startswith(BOM):  # only the file's own first line
                 raw = raw[3:]
             payload = raw if raw.strip() else None
         if consumed is None:
@@ -236,6 +239,24 @@ def _open_jsonl(path: Path):
         raw = _ZstdReader(path)
         return io.BufferedReader(raw, 1 << 16), lambda: raw.compressed_read
     return open(path, "rb"), None
+
+
+class _Range(io.BufferedReader):
+    """Bytes `[start, end)` of a file as a buffered stream (readline stops at `end`)."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        raw = open(path, "rb", buffering=0)
+        raw.seek(start)
+        self._left = end - start
+        super().__init__(raw, 1 << 16)
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        limit = self._left if size is None or size < 0 else min(size, self._left)
+        line = super().readline(limit)
+        self._left -= len(line)
+        return line
 
 
 def _owning(stream, units: Iterator[Unit]) -> Iterator[Unit]:
@@ -539,13 +560,17 @@ def _parquet_units(path: Path, parquet, columns: list[str], max_line_bytes: int)
 # -- all of them --------------------------------------------------------------------------------------
 
 
-def open_units(path: Path, max_line_bytes: int) -> tuple[str, Iterator[Unit]]:
+def open_units(path: Path, max_line_bytes: int, shard=None) -> tuple[str, Iterator[Unit]]:
     """The kind of position ("line", "index", "row") and the units of an input file (see the module docstring).
 
     The file is opened here (OSError when it cannot be; CollateError for a Parquet file that is not
     one or has no conversation column, or a .json that is neither an array nor JSON Lines); the rest
-    is read as the units are taken.
+    is read as the units are taken. With `shard` (a `shards.Shard` of a plain .jsonl file), only its
+    lines are read, numbered as in the whole file.
     """
+    if shard is not None:
+        stream = _Range(path, shard.start, shard.end)
+        return "line", _owning(stream, _jsonl_units(stream, max_line_bytes, first_line=shard.first_line))
     kind = container_of(path)
     if kind == "parquet":
         parquet, columns = _open_parquet(path)

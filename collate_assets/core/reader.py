@@ -245,8 +245,12 @@ def iter_raw_chunks(
     chunk_lines: int = 1024,
     chunk_bytes: int = 8 << 20,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    shard=None,
 ) -> Iterator[RawChunk]:
-    """Yield the file as chunks of records, unparsed; never the whole file in memory (see iter_chunks)."""
+    """Yield the file as chunks of records, unparsed; never the whole file in memory (see iter_chunks).
+
+    With `shard` (a `shards.Shard`), only that shard's lines are read, numbered as in the whole file.
+    """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes!r}")
     path = Path(path)
@@ -256,7 +260,7 @@ def iter_raw_chunks(
         # Checked before opening: opening a FIFO for reading would block until a writer comes.
         raise CollateError(f"{name}: cannot open: {problem}")
     try:
-        unit, units = containers.open_units(path, max_line_bytes)
+        unit, units = containers.open_units(path, max_line_bytes, shard)
     except OSError as exc:
         raise CollateError(f"{name}: cannot open: {exc.strerror or exc}") from exc
     chunk = RawChunk(name, unit, [])

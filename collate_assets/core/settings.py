@@ -122,6 +122,9 @@ class CollateSettings:
     workers: int = _field(
         0, "Worker processes that parse, render, tokenize and label a file: 0 = the cores this process may "
         "use (CPU affinity and cgroup quota); 1 = none, all in this process.", output=False)
+    shard_mb: float = _field(
+        0.0, "Plain .jsonl input files over this many MiB are split into line-aligned shards of about this "
+        "size, each its own partition and output <name>-00000-of-000NN.<ext>; 0 = never split.", output=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.formats, str):
@@ -151,6 +154,10 @@ class CollateSettings:
             raise ValueError(f"sensor_seconds must be an integer from 1 to 86400, got {self.sensor_seconds!r}")
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
+        if isinstance(self.shard_mb, int) and not isinstance(self.shard_mb, bool):
+            object.__setattr__(self, "shard_mb", float(self.shard_mb))
+        if not isinstance(self.shard_mb, float) or not 0 <= self.shard_mb < 1e9 or math.isnan(self.shard_mb):
+            raise ValueError(f"shard_mb must be a number of MiB, 0 (never split) or more, got {self.shard_mb!r}")
         if not _is_int(self.workers) or not 0 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be an integer from 0 (one per core) to {MAX_WORKERS}, got {self.workers!r}")
 
@@ -215,6 +222,10 @@ class CollateSettings:
         from collate_assets.sample import DEMO_INPUT_DIR
 
         return DEMO_INPUT_DIR
+
+    def shard_bytes(self) -> int:
+        """Files over this many bytes are split into shards (0: never)."""
+        return int(self.shard_mb * (1 << 20))
 
     def worker_count(self) -> int:
         """The number of worker processes: the setting, or (0) the cores this process may use."""

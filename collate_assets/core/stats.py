@@ -46,6 +46,7 @@ class TokenizeStats:
     # Seconds spent in each stage, summed over worker processes: read, parse, render, encode, labels, spill.
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     workers: int = 1  # processes that parsed, rendered, encoded and labelled (1: this one)
+    shard: dict | None = None  # the part of the file read (shards.Shard.to_dict()); None: all of it
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -37,6 +37,7 @@ from .chat import ChatEncoder, Rendered
 from .errors import CollateError
 from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
 from .settings import IGNORE_INDEX, CollateSettings
+from .shards import Shard
 from .spill import SPILL_SCHEMA
 from .stats import TokenizeStats, length_histogram
 from .writers import atomic_path, shown
@@ -367,6 +368,7 @@ def tokenize_file(
     progress: Progress | None = None,
     chunk_lines: int = 1024,
     max_line_bytes: int | None = None,
+    shard: Shard | None = None,
 ) -> TokenizeStats:
     """Render, tokenize and label every conversation of one input file into an Arrow spill file.
 
@@ -380,11 +382,15 @@ def tokenize_file(
     overlong=error meets an overlong conversation; strict mode meets a bad line; or the file has
     lines but not one usable conversation (not JSONL, or every line bad) - the rejects file is still
     written then, to show why.
+
+    With `shard` (see shards.py), only that part of a plain .jsonl file is read; its lines keep their
+    numbers in the whole file.
     """
     input_path = Path(input_path)
     if max_line_bytes is None:
         max_line_bytes = settings.max_line_bytes
-    stats = TokenizeStats(file=str(input_path), max_length=settings.max_length)
+    stats = TokenizeStats(file=str(input_path), max_length=settings.max_length,
+                          shard=shard.to_dict() if shard is not None else None)
     encoder = ChatEncoder(
         tokenizer, settings.labels, train_empty_think=settings.train_empty_think,
         reasoning_turns=settings.reasoning_turns,
@@ -397,7 +403,7 @@ def tokenize_file(
     clock = time.perf_counter
 
     def timed_chunks() -> Iterator[RawChunk]:
-        raws = iter_raw_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes)
+        raws = iter_raw_chunks(input_path, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes, shard=shard)
         while True:
             start = clock()
             raw = next(raws, None)

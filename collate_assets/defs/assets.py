@@ -18,6 +18,7 @@ partition stale (see automation.py for what then runs by itself).
 
 
 import dataclasses
+import json
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +26,9 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, PackStats, file_sha256, read_packed, spill_lengths, tokenize_file
+from collate_assets.core.api import write_shard_summary
 from collate_assets.core.reader import input_file_problem, progress_total
+from collate_assets.core.shards import summarize
 from collate_assets.core.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
 from collate_assets.core.writers import shown
 
@@ -213,21 +216,26 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
     problem = input_file_problem(source)
     if problem is not None:
         raise CollateError(f"input file {source} for partition {key!r} {problem}")
+    shard = files.shard(key, source)
     before = source.stat()
     input_sha256 = file_sha256(source)
     spill = files.spill_path(key)
     rejects = files.rejects_path(key)
-    context.log.info(f"tokenizing {shown(source)} ({before.st_size:,} bytes) with {identity['name']} into {shown(spill)}")
+    part = f" (bytes {shard.start:,}-{shard.end:,}, from line {shard.first_line:,})" if shard else ""
+    context.log.info(f"tokenizing {shown(source)}{part} ({before.st_size:,} bytes) with {identity['name']} into {shown(spill)}")
+    total = shard.end - shard.start if shard else progress_total(source)
     stats = tokenize_file(
-        source, spill, tokenizer, settings, rejects_path=rejects, progress=_progress_logger(context, progress_total(source))
+        source, spill, tokenizer, settings, rejects_path=rejects, progress=_progress_logger(context, total), shard=shard
     )
     after = source.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise CollateError(f"{source} changed while it was tokenized; run again")
-    SpillManifest(
+    manifest = SpillManifest(
         partition_key=key, spill_path=str(spill), rejects_path=str(rejects), input_path=str(source),
         input_sha256=input_sha256, tokenizer=identity, settings=settings.as_dict(), stats=stats.to_dict(),
-    ).write(files.manifest_path(key))
+    )
+    manifest.write(files.manifest_path(key))
+    account = file_account(files, manifest, write=True) if shard else None
     if stats.rejected:
         context.log.warning(
             f"{shown(source.name)}: {stats.rejected} of {stats.lines_read} records rejected; reasons and records in {shown(rejects)}"
@@ -265,7 +273,71 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "tokenizer_fingerprint": identity["fingerprint"],
         "settings": dg.MetadataValue.json(settings.output_dict()),
         "settings_fingerprint": settings.fingerprint(),
+        **(_shard_metadata(shard, account, files.summary_path(key)) if shard else {}),
     }
+
+
+def _shard_metadata(shard, account: dict, summary_path) -> dict:
+    out = {
+        "shard": dg.MetadataValue.json(shard.to_dict()),
+        "first_line": shard.first_line,
+        "shards_tokenized": account["shards_done"],
+        "shard_count": shard.count,
+    }
+    if "file_lines" in account:
+        out["file_summary"] = dg.MetadataValue.md(_summary_markdown(account))
+        out["file_summary_path"] = dg.MetadataValue.path(str(summary_path))
+    return out
+
+
+def _summary_markdown(account: dict) -> str:
+    rows = [
+        f"{account['shard_count']} shards of {shown(account['file'])}: {account['lines_read']:,} of "
+        f"{account['file_lines']:,} lines read, {account['conversations']:,} written, {account['rejected']:,} "
+        f"rejected, {account['blank_lines']:,} blank" + ("" if not account["problems"] else "; PROBLEMS: " + "; ".join(account["problems"])),
+        "",
+        "| shard | first line | lines | rejected | sequences | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {s['index']:05d} | {s['first_line']:,} | {s['lines_read']:,} | {s['rejected']:,} | {s['sequences']:,} | {s['tokens']:,} |"
+        for s in account["shards"]
+    ]
+    return "\n".join(rows)
+
+
+def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = False) -> dict:
+    """The account of a shard's file: `core.shards.summarize` over every shard's manifest once all are
+    tokenized from the same file and settings, else how many are (`shards_done`, `shard_count`).
+
+    With `write`, a complete account is written to `<output_dir>/<stem>.shards.json` (by whichever
+    shard completes it; the same bytes whoever writes it). Without, it is read back from there.
+    """
+    count = manifest.stats["shard"]["count"]
+    path = files.summary_path(manifest.partition_key)
+    if not write:
+        try:
+            with local_copy(path) as local:
+                account = json.loads(local.read_text(encoding="utf-8"))
+            if account.get("input_sha256") == manifest.input_sha256 and account.get("settings_fingerprint") == manifest.collate_settings().fingerprint():
+                return account
+        except (OSError, ValueError):
+            pass
+    done = []
+    for sibling in files.shard_keys(manifest.partition_key):
+        other = manifest_for(files, sibling)
+        if (other is not None and other.input_sha256 == manifest.input_sha256
+                and other.settings == manifest.settings and other.tokenizer == manifest.tokenizer):
+            done.append(other.stats)
+    if len(done) < count or not write:
+        return {"shards_done": len(done), "shard_count": count}
+    account = summarize(manifest.input_path, done, count)
+    account.update(input_sha256=manifest.input_sha256, settings_fingerprint=manifest.collate_settings().fingerprint())
+    if is_local(path):
+        write_shard_summary(local_path(path), account)
+    else:  # an object store publishes the object whole
+        path.write_text(json.dumps(account, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return account
 
 
 def _reasons_markdown(reasons: dict[str, int]) -> str:
@@ -346,7 +418,8 @@ def _pack_partition(files: DatasetFiles, key: str, fmt: str, settings: CollateSe
     stats = write_packed(manifest.spill_path, dest, fmt, settings)
     with local_copy(dest) as path:
         report = checks.verify_packed_rows(read_packed(path, fmt, numpy=True), settings.max_length)
-    results = list(checks.check_results(report, manifest, spill_lengths(manifest.spill_path)))
+    account = file_account(files, manifest) if manifest.stats.get("shard") else None
+    results = list(checks.check_results(report, manifest, spill_lengths(manifest.spill_path), account))
     return packed_metadata(stats, dest, manifest, settings), results
 
 

@@ -9,7 +9,10 @@ written (with the engine's `read_packed`, independently of the writer):
 - labels_masked_at_starts: labels are -100 at every sequence start, so the last token of one
   conversation is never trained to predict the first of the next;
 - tokens_conserved: the packed tokens and sequences are those of the spill, and every token read
-  is either packed or reported as cut away by the overlong policy.
+  is either packed or reported as cut away by the overlong policy;
+- lines_accounted: every line read is written, rejected or blank; for a shard of a split file, once
+  every shard is tokenized, the shards cover the file exactly: contiguous, line numbers following
+  on, and the lines read adding up to the file's own line count.
 
 A failed check fails the step (the checks are blocking), so nothing downstream uses the output.
 """
@@ -30,6 +33,7 @@ CHECK_DESCRIPTIONS = {
     "sequence_boundaries": "position_ids restart at 0 at each sequence start and seq_lengths match them.",
     "labels_masked_at_starts": "labels are -100 at the first token of every packed sequence.",
     "tokens_conserved": "Tokens and sequences in the spill equal those packed; tokens read = packed + cut away.",
+    "lines_accounted": "Lines read = written + rejected + blank; a split file's shards cover it line for line.",
 }
 
 
@@ -91,8 +95,14 @@ def _first(value: int | None) -> dict:
     return {} if value is None else {"first_bad_row": value}
 
 
-def check_results(report: RowReport, spill: SpillManifest, spill_token_lengths: np.ndarray) -> Iterator[tuple[str, bool, dict]]:
-    """(check name, passed, metadata) of the four checks for one packed file."""
+def check_results(
+    report: RowReport, spill: SpillManifest, spill_token_lengths: np.ndarray, file_account: dict | None = None
+) -> Iterator[tuple[str, bool, dict]]:
+    """(check name, passed, metadata) of the checks for one packed file.
+
+    `file_account`, for a shard: the summary of its file's shards (`core.shards.summarize`) once every
+    shard is tokenized, or `{"shards_done": k, "shard_count": n}` before.
+    """
     max_length = spill.settings["max_length"]
     spill_tokens = int(spill_token_lengths.sum())
     spill_sequences = int(len(spill_token_lengths))
@@ -113,6 +123,20 @@ def check_results(report: RowReport, spill: SpillManifest, spill_token_lengths: 
     yield "tokens_conserved", conserved, {
         "packed_tokens": report.tokens, "spill_tokens": spill_tokens, "tokens_read": tokens_read,
         "tokens_cut_away": cut_away, "packed_sequences": report.sequences, "spill_sequences": spill_sequences}
+    stats = spill.stats
+    accounted = stats["lines_read"] == stats["blank_lines"] + stats["conversations"] + stats["rejected"]
+    meta = {name: stats[name] for name in ("lines_read", "conversations", "rejected", "blank_lines")}
+    if stats.get("shard"):
+        meta.update(first_line=stats["shard"]["first_line"], start_byte=stats["shard"]["start"], end_byte=stats["shard"]["end"])
+    if file_account is not None:
+        problems = file_account.get("problems", [])
+        accounted = accounted and not problems
+        meta.update(shards_tokenized=f"{file_account['shards_done']} of {file_account['shard_count']}")
+        if "file_lines" in file_account:
+            meta.update(file_lines=file_account["file_lines"], file_lines_read=file_account["lines_read"])
+        if problems:
+            meta.update(problems=dg.MetadataValue.json(problems))
+    yield "lines_accounted", accounted, meta
 
 
 def check_specs(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:

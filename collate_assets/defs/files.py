@@ -29,9 +29,10 @@ from upath import UPath
 
 from collate_assets.core import EXTENSIONS, CollateError, CollateSettings, PackStats, pack_spill
 from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem, input_folder_and_pattern
+from collate_assets.core.shards import Shard, locate_shard, shard_count, shard_suffix
 from collate_assets.core.writers import atomic_path, fit_name, output_folder_problem
 
-from .partitions import key_to_file_name
+from .partitions import key_to_file_name, shard_key, split_shard_key
 from .partitions import output_stem as _output_stem
 
 LOCAL_PROTOCOLS = ("", "file", "local")
@@ -50,7 +51,7 @@ def local_path(path: UPath) -> Path:
 def _input_file_name(partition_key: str) -> str:
     """The input file name of a partition key: a bare input file name (INPUT_SUFFIXES), or CollateError."""
     try:
-        name = key_to_file_name(partition_key)
+        name = key_to_file_name(split_shard_key(partition_key)[0])
     except ValueError as exc:
         raise CollateError(
             f"partition key {partition_key!r} does not name a file of the input folder ({exc}); partitions "
@@ -105,8 +106,38 @@ class DatasetFiles:
                 raise CollateError(f"{problem}; set another output_dir / spill_dir")
 
     def file_name(self, partition_key: str, suffix: str) -> str:
-        """`<stem><suffix>` of a partition, shortened if too long for a file name."""
-        return fit_name(output_stem(partition_key), suffix)
+        """`<stem><suffix>` of a partition (`<stem>-00000-of-00004<suffix>` for a shard), shortened if too
+        long for a file name."""
+        shard = split_shard_key(partition_key)[1]
+        return fit_name(output_stem(partition_key), (shard_suffix(*shard) if shard else "") + suffix)
+
+    def shard(self, partition_key: str, path: Path) -> Shard | None:
+        """The part of `path` a partition reads (None: all of it), as the file is now.
+
+        CollateError when the file is no longer split as the key says (it grew or shrank, or shard_mb
+        changed): the input files sensor (or `collate`) registers the partitions it is split into now,
+        and outputs are never written under a count that is out of date.
+        """
+        shard = split_shard_key(partition_key)[1]
+        now = shard_count(path, self.settings.shard_bytes())
+        if (shard[1] if shard else 1) != now:
+            split = f"split into {now} shards" if now > 1 else "read whole"
+            raise CollateError(
+                f"partition {partition_key!r}: {path.name} is now {split} (shard_mb={self.settings.shard_mb:g}); "
+                "its partitions are registered anew by the input files sensor or `collate`"
+            )
+        return locate_shard(path, *shard) if shard else None
+
+    def shard_keys(self, partition_key: str) -> list[str]:
+        """Every partition key of the file partition `partition_key` reads (itself for a whole file)."""
+        file_key, shard = split_shard_key(partition_key)
+        if shard is None:
+            return [partition_key]
+        return [shard_key(file_key, index, shard[1]) for index in range(shard[1])]
+
+    def summary_path(self, partition_key: str) -> UPath:
+        """`<output_dir>/<stem>.shards.json`: the account of a split file's shards."""
+        return self.output_root() / fit_name(output_stem(partition_key), ".shards.json")
 
     def output_path(self, partition_key: str, fmt: str) -> UPath:
         """`<output_dir>/<stem><ext>`: the stem of a bare file name, so never outside output_dir."""

@@ -18,15 +18,23 @@ again when a partition is materialized (the folder may have changed since it was
 
 A key can only ever name a file directly inside the input folder: the decoded name must be a bare file
 name (no `/`, no NUL, not `.` or `..`), or the key is refused.
+
+A plain `.jsonl` file over the `shard_mb` setting is several partitions, one per shard (see
+`collate_assets.core.shards`): its key, `@`, and the shard as its outputs name it (`@` never appears in a
+file's key, where it would be `%40`):
+
+    big.jsonl@00000-of-00004 ... big.jsonl@00003-of-00004
 """
 
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
 
 from collate_assets.core import input_stem as _input_stem
 from collate_assets.core.reader import scan_inputs
+from collate_assets.core.shards import shard_count, shard_suffix
 
 
 INPUT_FILES = dg.DynamicPartitionsDefinition(name="input_files")
@@ -75,12 +83,51 @@ def key_to_file_name(key: str) -> str:
     return name
 
 
+SHARD_SEP = "@"
+_SHARD = re.compile(r"-(\d{5,})-of-(\d{5,})")
+
+
+def shard_key(file_key: str, index: int, count: int) -> str:
+    """The partition key of shard `index` of `count` of the file whose key is `file_key`."""
+    return f"{file_key}{SHARD_SEP}{shard_suffix(index, count)[1:]}"
+
+
+def split_shard_key(key: str) -> tuple[str, tuple[int, int] | None]:
+    """(the file's key, (index, count) or None for a whole file); ValueError for a malformed shard part."""
+    file_key, sep, part = key.partition(SHARD_SEP)
+    if not sep:
+        return key, None
+    match = _SHARD.fullmatch("-" + part)
+    if match is None:
+        raise ValueError(f"bad shard {part!r} in partition key {key!r} (expected 00000-of-00004)")
+    index, count = int(match[1]), int(match[2])
+    if not 0 <= index < count or count < 2 or shard_key(file_key, index, count) != key:
+        raise ValueError(f"bad shard {part!r} in partition key {key!r}")
+    return file_key, (index, count)
+
+
 def output_stem(key: str) -> str:
-    """The stem every output of partition `key` is named after: `name.jsonl(.gz|.zst)`, `name.json`, `name.parquet` -> `name`."""
-    return _input_stem(Path(key_to_file_name(key)))
+    """The stem every output of partition `key` is named after: `name.jsonl(.gz|.zst)`, `name.json`,
+    `name.parquet` -> `name` (a shard's outputs add `-00000-of-00004` to it; see `files.DatasetFiles`)."""
+    return _input_stem(Path(key_to_file_name(split_shard_key(key)[0])))
 
 
-def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+def shard_keys(files: dict[str, Path], shard_bytes: int) -> dict[str, Path]:
+    """`files` by partition key, each file over `shard_bytes` (plain .jsonl) as the keys of its shards."""
+    out = {}
+    for key, path in files.items():
+        try:
+            count = shard_count(path, shard_bytes)
+        except OSError:  # gone since the scan: its partition stays whole, and its run says why
+            count = 1
+        if count == 1:
+            out[key] = path
+        else:
+            out.update((shard_key(key, index, count), path) for index in range(count))
+    return out
+
+
+def scan_input_folder(input_dir: str | Path, shard_bytes: int = 0) -> tuple[dict[str, Path], list[str]]:
     """The input files of `input_dir` by partition key, and warnings about files left out.
 
     `input_dir` is a folder, one input file, or a folder and a glob (`/data/chats/*.jsonl`). A
@@ -89,14 +136,29 @@ def scan_input_folder(input_dir: str | Path) -> tuple[dict[str, Path], list[str]
     `x.parquet`) would write the same outputs, so only the first in sorted order is kept. Folders,
     special files, broken symlinks and symlinks leading outside `input_dir` are left out too.
     """
-    by_key, clashes, skipped = _scan(input_dir)
+    by_key, clashes, skipped = _scan(input_dir, shard_bytes)
     return by_key, skipped + clashes
 
 
-def _scan(input_dir: str | Path) -> tuple[dict[str, Path], list[str], list[str]]:
-    """(files by key, warnings about stem clashes, warnings about entries that are not input files)."""
+def _scan(input_dir: str | Path, shard_bytes: int = 0) -> tuple[dict[str, Path], list[str], list[str]]:
+    """(files by key, warnings about stem clashes, warnings about entries that are not input files);
+    a file over `shard_bytes` is a key per shard."""
     files, clashes, skipped = scan_inputs(input_dir)
-    return {file_name_to_key(path.name): path for path in files}, clashes, skipped
+    by_key = shard_keys({file_name_to_key(path.name): path for path in files}, shard_bytes)
+    names: dict[str, str] = {}  # a file named like another's shard (x-00000-of-00002.jsonl) would share its outputs
+    for key in list(by_key):
+        name = output_name(key)
+        if name in names:
+            clashes.append(f"{by_key.pop(key).name} skipped: its outputs would overwrite those of {names[name]} ({name}.*)")
+        else:
+            names[name] = key
+    return by_key, clashes, skipped
+
+
+def output_name(key: str) -> str:
+    """The name (without extension) of partition `key`'s outputs: `name` or `name-00000-of-00004`."""
+    shard = split_shard_key(key)[1]
+    return output_stem(key) + (shard_suffix(*shard) if shard else "")
 
 
 def register_keys(instance: dg.DagsterInstance, partitions_name: str, keys: list[str]) -> list[str]:

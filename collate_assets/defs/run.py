@@ -33,7 +33,7 @@ from collate_assets.core.writers import output_folder_problem, shown
 from .assets import PROGRESS_SINKS, Dataset
 from .dataset import build_dataset_defs
 from .files import DatasetFiles
-from .partitions import _scan, file_name_to_key, register_keys
+from .partitions import _scan, file_name_to_key, register_keys, shard_keys, split_shard_key
 from .resources import cached_tokenizer
 from .sensors import file_observations
 
@@ -75,13 +75,14 @@ def get_instance() -> dg.DagsterInstance:
     return instance
 
 
-def plan_inputs(input_path: Path) -> tuple[dict[str, Path], list[tuple[Path, str]], list[str]]:
-    """(files to run by partition key, files that cannot run with the reason, warnings)."""
+def plan_inputs(input_path: Path, shard_bytes: int = 0) -> tuple[dict[str, Path], list[tuple[Path, str]], list[str]]:
+    """(files to run by partition key, files that cannot run with the reason, warnings); a file over
+    `shard_bytes` is one key per shard."""
     if input_path.is_file():
-        return {file_name_to_key(input_path.name): input_path}, [], []
+        return shard_keys({file_name_to_key(input_path.name): input_path}, shard_bytes), [], []
     if not input_path.is_dir():
         list_input_files(input_path)  # a missing input: CollateError with the usual message
-    files, clashes, skipped = _scan(input_path)
+    files, clashes, skipped = _scan(input_path, shard_bytes)
     failures = []
     for clash in clashes:
         name, _, reason = clash.partition(" skipped: ")
@@ -93,7 +94,7 @@ def plan_inputs(input_path: Path) -> tuple[dict[str, Path], list[tuple[Path, str
 
 def register_only(settings: CollateSettings) -> list[str]:
     """Register the input files as partitions of the default dataset and observe them; returns their keys."""
-    files, failures, skipped = plan_inputs(settings.input_path())
+    files, failures, skipped = plan_inputs(settings.input_path(), settings.shard_bytes())
     if failures:
         raise CollateError("; ".join(f"{shown(path.name)}: {reason}" for path, reason in failures))
     for warning in skipped:
@@ -127,7 +128,7 @@ def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> Colla
     problem = output_folder_problem(input_path, settings.output_dir)
     if problem is not None:
         raise CollateError(problem)
-    files, failures, skipped = plan_inputs(input_path)
+    files, failures, skipped = plan_inputs(input_path, settings.shard_bytes())
     for warning in skipped:
         warn(f"{shown(input_path)}: {warning}")
     settings = settings.replace(
@@ -156,7 +157,7 @@ def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> Colla
         if progress is not None:
             PROGRESS_SINKS.append(lambda nbytes, _lines: progress.update(nbytes))
             stack.callback(PROGRESS_SINKS.clear)
-            done = sum(_size(files[key]) for key in files if key not in {k for keys in work.values() for k in keys})
+            done = sum(_size(key, files[key]) for key in files if key not in {k for keys in work.values() for k in keys})
             progress.update(done)
         failed: dict[str, str] = {}
         seconds: dict[str, float] = {}
@@ -179,10 +180,12 @@ def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> Colla
     return outcome
 
 
-def _size(path: Path) -> int:
+def _size(key: str, path: Path) -> int:
+    """The bytes a partition reads, about (a shard: its share of the file)."""
     from collate_assets.core.reader import progress_total
 
-    return progress_total(path)
+    shard = split_shard_key(key)[1]
+    return progress_total(path) // (shard[1] if shard else 1)
 
 
 def plan_work(instance, defs: dg.Definitions, dataset: Dataset, files: DatasetFiles, keys: list[str]) -> dict[tuple, list[str]]:

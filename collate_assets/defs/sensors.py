@@ -4,7 +4,9 @@ Every `sensor_seconds` (30 by default) it lists the dataset's input folder (not 
 - adds a partition for each new file, deletes the partition of a file that disappeared (its outputs
   and history are left in place);
 - records a `raw_conversations` observation (the file's sha256 as data version) for each new or
-  changed file. What then runs is decided by the assets' automation conditions (automation.py).
+  changed file. A file split into shards (`shard_mb`) is one partition per shard, each observed with
+  the whole file's sha256, so editing the file reruns all its shards; when its shard count changes,
+  the old shards' partitions go and the new ones come. What then runs is decided by the assets' automation conditions (automation.py).
 Whether a file changed is judged from the size and modification time recorded on its latest
 observation, so an unchanged file is not read again. A missing input folder skips the tick
 without deleting any partition.
@@ -33,6 +35,7 @@ def latest_observation(instance: dg.DagsterInstance, asset_key: dg.AssetKey, par
 def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, files: dict[str, Path]) -> list[dg.AssetObservation]:
     """An observation for each file whose size, mtime or content differ from its latest observation."""
     events = []
+    hashes: dict[Path, str] = {}  # the shards of a split file share its sha256: read it once
     for key, path in files.items():
         stat = path.stat()
         previous = latest_observation(instance, asset_key, key)
@@ -40,7 +43,7 @@ def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, file
             seen = {name: previous.metadata[name].value for name in ("size_bytes", "mtime_ns") if name in previous.metadata}
             if seen == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
                 continue
-        sha = file_sha256(path)
+        sha = hashes.get(path) or hashes.setdefault(path, file_sha256(path))
         metadata = {"path": dg.MetadataValue.path(str(path)), "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if previous is not None and previous.tags.get(DATA_VERSION_TAG) == sha:
             # touched, same bytes: record the new mtime without a new data version (nothing is stale)
@@ -64,7 +67,7 @@ def build_input_files_sensor(dataset: Dataset) -> dg.SensorDefinition:
     )
     def input_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         settings = getattr(context.resources, dataset.resource_key).settings()
-        files, warnings = scan_input_folder(settings.input_path())
+        files, warnings = scan_input_folder(settings.input_path(), settings.shard_bytes())
         for warning in warnings:
             context.log.warning(warning)
         if not files and warnings:

@@ -31,7 +31,7 @@ DATASETS = {"smollm2_chat": "SmolLM2-135M-Instruct", "qwen3_chat": "Qwen3"}
 INPUT = "chats.json"  # the partition key of the one input file
 RECORDS = 24  # conversations of the FastChat sample in that file: small and fast
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-CHECKS = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECKS = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 PACKED = ["packed_arrow", "packed_parquet", "packed_msgpack", "packed_jsonl"]
-CHECKS = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECKS = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 
 
 def test_definitions_are_loadable():

@@ -26,7 +26,7 @@ def test_both_demo_files_materialize_with_passing_checks_in_one_step_each(collat
         assert set(mats) == {"tokenized_conversations", *(f"packed_{fmt}" for fmt in ALL_FORMATS)}
         assert all(m.partition == key for m in mats.values())
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 16
+        assert len(evaluations) == 4 * 5  # four formats, five checks each
         assert all(e.passed and e.partition == key for e in evaluations), [
             (e.asset_key, e.check_name, e.metadata) for e in evaluations if not e.passed
         ]
@@ -143,7 +143,7 @@ def test_a_range_of_partitions_runs_in_one_run_with_metadata_per_partition(tmp_p
         rows = {k: meta(m, "rows") for k, m in by_partition["packed_arrow"].items()}
         assert rows["demo.jsonl"] > rows["demo_small.jsonl"] > 0
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 4 and all(c.passed for c in checks)
+        assert len(checks) == 5 and all(c.passed for c in checks)
         assert all(c.metadata["partitions"].value == 2 for c in checks)
 
 
@@ -173,7 +173,7 @@ def test_a_corrupt_output_fails_its_blocking_check_in_the_same_step(tmp_path, mo
     assert not result.success
     outcome = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert outcome == {"rows_fit_max_length": True, "sequence_boundaries": True,
-                       "labels_masked_at_starts": False, "tokens_conserved": True}
+                       "labels_masked_at_starts": False, "tokens_conserved": True, "lines_accounted": True}
     failed = next(e for e in result.get_asset_check_evaluations() if not e.passed)
     assert failed.metadata["first_bad_row"].value >= 0
     assert any(e.is_step_failure and e.step_key == "packed_jsonl" for e in result.all_events)

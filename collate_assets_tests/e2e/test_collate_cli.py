@@ -30,7 +30,7 @@ from .conftest import (
 )
 
 PACKED_COLUMNS = {"input_ids", "labels", "position_ids", "seq_lengths"}
-CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 
 
 def error_lines(stderr: str) -> list[str]:

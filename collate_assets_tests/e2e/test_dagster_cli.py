@@ -28,7 +28,7 @@ from .conftest import (
 )
 
 MODULE = ["-m", "collate_assets.definitions"]
-CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 
 
 def materialize(partition: str, select: str = "tokenized_conversations,packed_arrow") -> list[str]:

@@ -27,7 +27,7 @@ from .conftest import run as run_command
 
 PARTITION = "demo_small.jsonl"
 DEMO_PARTITIONS = ("demo.jsonl", "demo_small.jsonl")
-CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 SELECTED = [["packed_arrow"], ["tokenized_conversations"]]
 RUN_TIMEOUT = 240.0
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
