@@ -178,23 +178,7 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     def gather(rows: list[list[int]]) -> pa.RecordBatch:
         seqs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
         ids, labels = _gather_tokens(spill_path, layout, seqs)
-        seq_lengths = lengths[seqs].astype(np.int32)
-        seq_starts = np.zeros(len(seqs), dtype=np.int64)
-        np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
-        positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
-        labels[seq_starts[seq_lengths > 0]] = IGNORE_INDEX  # never train across a sequence boundary
-        row_tokens = np.fromiter((lengths[r].sum() for r in rows), dtype=np.int64, count=len(rows))
-        row_offsets = pa.array(_offsets(row_tokens))
-        seq_offsets = pa.array(_offsets([len(r) for r in rows]))
-        batch = pa.record_batch(
-            [
-                pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
-                pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
-                pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
-                pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lengths)),
-            ],
-            schema=PACKED_SCHEMA,
-        )
+        batch, row_tokens = rows_batch(ids, labels, lengths[seqs], [len(r) for r in rows])
         stats.rows += len(rows)
         stats.tokens += len(ids)
         stats.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
@@ -234,6 +218,33 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     stats.fill = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
     stats.sequences_per_row = stats.sequences / stats.rows if stats.rows else 0.0
     return stats
+
+
+def rows_batch(ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarray, seqs_per_row) -> tuple[pa.RecordBatch, np.ndarray]:
+    """Packed rows as a record batch, and the tokens of each row.
+
+    `ids` and `labels` are the sequences' tokens one after the other, `seq_lengths` their lengths,
+    `seqs_per_row` how many consecutive sequences each row holds. `labels` is changed in place: -100
+    at every sequence start, so no row trains across a sequence boundary.
+    """
+    seq_lengths = np.asarray(seq_lengths).astype(np.int32)
+    seq_starts = np.zeros(len(seq_lengths), dtype=np.int64)
+    np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
+    positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
+    labels[seq_starts[seq_lengths > 0]] = IGNORE_INDEX  # never train across a sequence boundary
+    seq_offsets = _offsets(seqs_per_row)
+    row_tokens = np.add.reduceat(seq_lengths.astype(np.int64), seq_offsets[:-1]) if len(seq_lengths) else np.zeros(0, np.int64)
+    row_offsets = pa.array(_offsets(row_tokens))
+    batch = pa.record_batch(
+        [
+            pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
+            pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
+            pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
+            pa.ListArray.from_arrays(pa.array(seq_offsets), pa.array(seq_lengths)),
+        ],
+        schema=PACKED_SCHEMA,
+    )
+    return batch, row_tokens
 
 
 def _offsets(counts) -> np.ndarray:
