@@ -49,7 +49,7 @@ import yaml
 from pydantic import Field
 
 from collate_assets.core import CollateSettings
-from collate_assets.core.settings import DEFAULT_OUTPUT_DIR, settings_fields
+from collate_assets.core.settings import DEFAULT_OUTPUT_DIR, MAX_LENGTH_CEILING, settings_fields
 
 from .dataset import build_dataset_defs
 
@@ -211,6 +211,80 @@ CollateDataset: type[dg.Component] = dg.scaffold_with(CollateDatasetScaffolder)(
 del _CollateDatasetBase
 
 
+class MixSourceModel(dg.Model, dg.Resolvable):
+    """One source of a mix: a dataset of the code location and its weight."""
+
+    dataset: str = Field(description="The name of a dataset of the code location (its key prefix); "
+                         "`default` for the dataset of the COLLATE_* variables.")
+    weight: float = Field(default=1.0, description="2.5: every conversation twice and a third time with "
+                          "probability 0.5; 0.3: each with probability 0.3; 0: none.")
+
+
+class CollateMix(dg.Component, dg.Model, dg.Resolvable):
+    """A training set from several datasets: weighted, deduplicated, split, packed together and shuffled."""
+
+    name: str | None = Field(default=None, description="The mix's asset key prefix and group ([name, training_set]). "
+                             "Default: the name of the folder of the defs.yaml.")
+    sources: list[MixSourceModel] = Field(description="The datasets mixed, each with its weight.")
+    output_dir: str | None = Field(default=None, description="Local folder of the shards and training_set.json. "
+                                   f"Default: {DEFAULT_OUTPUT_DIR}/<name>.")
+    seed: int = Field(default=0, description="Seed of the weighted sampling and of the row order.")
+    validation_share: float = Field(default=0.0, description="Share of the conversations held out for "
+                                    "validation, chosen by a hash of their content (stable when files are added).")
+    shard_rows: int = Field(default=1000, description="Rows per Arrow shard.")
+    max_length: int | None = Field(default=None, description="Tokens per row. Default: the sources' max_length "
+                                   "(the largest; none may exceed the mix's).")
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(f"name must be letters, digits and _ only, got {value!r}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _check_sources(self):
+        names = [source.dataset for source in self.sources]
+        if not names:
+            raise ValueError("sources: a mix needs at least one dataset")
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: a dataset is listed twice ({names})")
+        for source in self.sources:
+            if not source.weight >= 0 or source.weight == float("inf"):
+                raise ValueError(f"sources: the weight of {source.dataset!r} must be a number >= 0, got {source.weight!r}")
+        if not 0 <= self.validation_share < 1:
+            raise ValueError(f"validation_share must be at least 0 and below 1, got {self.validation_share!r}")
+        if self.shard_rows < 1:
+            raise ValueError(f"shard_rows must be at least 1, got {self.shard_rows!r}")
+        if self.max_length is not None and not 2 <= self.max_length <= MAX_LENGTH_CEILING:
+            raise ValueError(f"max_length must be from 2 to {MAX_LENGTH_CEILING}, got {self.max_length!r}")
+        return self
+
+    def mix_definition(self, folder: Path):
+        from .mix import MixDefinition
+
+        name = self.name or _default_name(folder)
+        output = _local_path(self.output_dir, folder) if self.output_dir else os.path.abspath(Path(DEFAULT_OUTPUT_DIR) / name)
+        return MixDefinition(
+            name=name, output_dir=output, sources=tuple((s.dataset, s.weight) for s in self.sources), seed=self.seed,
+            validation_share=self.validation_share, shard_rows=self.shard_rows, max_length=self.max_length,
+        )
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        from .mix import build_mix_defs
+
+        return build_mix_defs(self.mix_definition(context.path))
+
+    @classmethod
+    def get_spec(cls) -> dg.ComponentTypeSpec:
+        return dg.ComponentTypeSpec(
+            description="One shuffled training set from several collate datasets, with weights, deduplication "
+            "and a validation split.",
+            tags=["collate", "mixing"],
+            produces=["asset", "asset_check", "sensor"],
+        )
+
+
 def _defs_module(folder: Path) -> types.ModuleType:
     """A namespace package over `folder`, so Dagster's loader can walk it (and import any .py in it)."""
     name = "_collate_datasets_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
@@ -260,6 +334,7 @@ def load_datasets(folder: Path) -> dg.Definitions:
         except Exception as exc:
             # Dagster's message shows where (the component tree); the cause says what (the field).
             raise dg.DagsterInvalidDefinitionError(f"{_root_cause(exc)}\n{exc}") from exc
+    _check_mix_sources(defs)
     writers: dict[str, str] = {}  # output or spill folder -> the resource of the dataset writing there
     for resource_key, resource in (defs.resources or {}).items():
         if not resource_key.startswith("collate_") or not hasattr(resource, "files"):
@@ -274,4 +349,18 @@ def load_datasets(folder: Path) -> dg.Definitions:
     return defs
 
 
-__all__ = ["CollateDataset", "load_datasets", "defs_yaml_template"]
+def _check_mix_sources(defs: dg.Definitions) -> None:
+    """Every source a mix names is a dataset of the code location (or `default`)."""
+    known = {key.removeprefix("collate_") for key in (defs.resources or {}) if key.startswith("collate_")}
+    for asset in defs.assets or []:
+        if not isinstance(asset, dg.AssetsDefinition) or list(asset.keys)[0].path[-1] != "training_set":
+            continue
+        for needed in asset.required_resource_keys:
+            if needed.startswith("collate_") and needed.removeprefix("collate_") not in known:
+                raise dg.DagsterInvalidDefinitionError(
+                    f"mix {list(asset.keys)[0].path[0]!r}: no dataset named {needed.removeprefix('collate_')!r} "
+                    f"(datasets: default, {', '.join(sorted(known)) or 'none other'})"
+                )
+
+
+__all__ = ["CollateDataset", "CollateMix", "load_datasets", "defs_yaml_template"]
