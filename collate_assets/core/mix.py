@@ -14,7 +14,9 @@ A source is a named list of spills (the tokenized files of one dataset) with a w
 4. weights the training conversations of each source: weight 2.5 keeps every conversation twice and
    a third time with probability 0.5; 0.3 keeps each with probability 0.3. The draws are hashes of
    the conversation and the seed, so they are the same on every run. The validation split is not
-   weighted: each held-out conversation once;
+   weighted: each held-out conversation once. Instead of weights, sources may give `ratio`s: their
+   shares of the training tokens. The weights are then the largest that give those shares without
+   repeating a conversation (the source that runs out first is taken whole, the others down-sampled);
 5. packs each split with best-fit decreasing across all sources (sequences of different sources
    share rows), shuffles the rows with the seed, and writes them as Arrow shards of `shard_rows` rows:
    `train-00000-of-000NN.arrow`, `validation-00000-of-000NN.arrow`, with `training_set.json` (sources,
@@ -64,6 +66,7 @@ class MixSource:
     weight: float
     spills: Sequence[str | Path]
     fingerprints: Sequence[dict] = ()
+    ratio: float | None = None  # a share of the training tokens instead of a weight (all sources or none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +285,11 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     for source in sources:
         if not (source.weight >= 0 and math.isfinite(source.weight)):
             raise CollateError(f"source {source.name!r}: weight must be a finite number >= 0, got {source.weight!r}")
+        if source.ratio is not None and not (source.ratio >= 0 and math.isfinite(source.ratio)):
+            raise CollateError(f"source {source.name!r}: ratio must be a finite number >= 0, got {source.ratio!r}")
+    ratios = [s.ratio for s in sources]
+    if any(r is not None for r in ratios) and (any(r is None for r in ratios) or not sum(ratios) > 0):
+        raise CollateError("give every source a ratio (not all 0), or none: ratios are shares of the training tokens")
     catalog = _catalog(sources)
     n_conv = len(catalog.conv_hash)
     _, first_seen = np.unique(catalog.conv_hash, return_index=True)
@@ -290,17 +298,19 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     validation = _unit(_splitmix64(catalog.conv_hash ^ np.uint64(_VALIDATION_SALT))) < settings.validation_share
     seed_key = np.uint64(int.from_bytes(hashlib.blake2b(str(settings.seed).encode(), digest_size=8).digest(), "little"))
     draw = _unit(_splitmix64(catalog.conv_hash ^ seed_key))
-    weights = np.asarray([s.weight for s in sources], dtype=np.float64)[catalog.conv_source]
+    conv_tokens = np.add.reduceat(catalog.seq_length, catalog.conv_first) if n_conv else np.zeros(0, np.int64)
+    source_weights = _weights(sources, catalog, conv_tokens, kept & ~validation)
+    weights = np.asarray(source_weights, dtype=np.float64)[catalog.conv_source]
     copies = np.floor(weights).astype(np.int64) + (draw < weights - np.floor(weights))
     train_copies = np.where(kept & ~validation, copies, 0)
     held_out = kept & validation & (weights > 0)  # a source of weight 0 gives nothing, not even validation
 
-    conv_tokens = np.add.reduceat(catalog.seq_length, catalog.conv_first) if n_conv else np.zeros(0, np.int64)
     per_source = {}
     for index, source in enumerate(sources):
         mine = catalog.conv_source == index
         per_source[source.name] = {
-            "weight": source.weight,
+            "weight": source_weights[index],
+            **({"ratio": source.ratio} if source.ratio is not None else {}),
             "files": len(source.spills),
             "conversations": int(mine.sum()),
             "tokens": int(conv_tokens[mine].sum()),
@@ -341,6 +351,20 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stats
+
+
+def _weights(sources: Sequence[MixSource], catalog: _Catalog, conv_tokens: np.ndarray, train: np.ndarray) -> list[float]:
+    """Each source's weight: its own, or from the ratios the largest that repeats no conversation."""
+    if sources and sources[0].ratio is None:
+        return [s.weight for s in sources]
+    total = sum(s.ratio for s in sources)
+    available = [int(conv_tokens[train & (catalog.conv_source == i)].sum()) for i in range(len(sources))]
+    wanted = [(s.ratio / total, tokens) for s, tokens in zip(sources, available) if s.ratio > 0]
+    if any(tokens == 0 for _, tokens in wanted):
+        empty = [s.name for s, tokens in zip(sources, available) if s.ratio > 0 and tokens == 0]
+        raise CollateError(f"sources with a ratio but no training conversation: {', '.join(empty)}")
+    mix_tokens = min(tokens / share for share, tokens in wanted)
+    return [round(s.ratio / total * mix_tokens / tokens, 6) if s.ratio > 0 else 0.0 for s, tokens in zip(sources, available)]
 
 
 def _publish(folder: Path, staging: Path, files: list[str]) -> None:

@@ -218,6 +218,8 @@ class MixSourceModel(dg.Model, dg.Resolvable):
                          "`default` for the dataset of the COLLATE_* variables.")
     weight: float = Field(default=1.0, description="2.5: every conversation twice and a third time with "
                           "probability 0.5; 0.3: each with probability 0.3; 0: none.")
+    ratio: float | None = Field(default=None, description="Instead of a weight: this source's share of the "
+                                "training tokens (give every source a ratio); sources are down-sampled to it.")
 
 
 class CollateMix(dg.Component, dg.Model, dg.Resolvable):
@@ -252,6 +254,11 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
         for source in self.sources:
             if not source.weight >= 0 or source.weight == float("inf"):
                 raise ValueError(f"sources: the weight of {source.dataset!r} must be a number >= 0, got {source.weight!r}")
+            if source.ratio is not None and (not source.ratio >= 0 or source.ratio == float("inf")):
+                raise ValueError(f"sources: the ratio of {source.dataset!r} must be a number >= 0, got {source.ratio!r}")
+        ratios = [source.ratio for source in self.sources]
+        if any(r is not None for r in ratios) and (None in ratios or not sum(ratios) > 0):
+            raise ValueError("sources: give every source a ratio (not all 0), or none")
         if not 0 <= self.validation_share < 1:
             raise ValueError(f"validation_share must be at least 0 and below 1, got {self.validation_share!r}")
         if self.shard_rows < 1:
@@ -266,7 +273,7 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
         name = self.name or _default_name(folder)
         output = _local_path(self.output_dir, folder) if self.output_dir else os.path.abspath(Path(DEFAULT_OUTPUT_DIR) / name)
         return MixDefinition(
-            name=name, output_dir=output, sources=tuple((s.dataset, s.weight) for s in self.sources), seed=self.seed,
+            name=name, output_dir=output, sources=tuple((s.dataset, s.weight, s.ratio) for s in self.sources), seed=self.seed,
             validation_share=self.validation_share, shard_rows=self.shard_rows, max_length=self.max_length,
         )
 

@@ -43,7 +43,7 @@ MIX_CHECKS = {
 class MixDefinition:
     name: str
     output_dir: str
-    sources: tuple[tuple[str, float], ...]  # (dataset name, weight)
+    sources: tuple[tuple[str, float, float | None], ...]  # (dataset name, weight, ratio or None)
     seed: int = 0
     validation_share: float = 0.0
     shard_rows: int = 1000
@@ -73,7 +73,7 @@ def mix_condition() -> dg.AutomationCondition:
 
 
 def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
-    sources = [mix.source_dataset(name) for name, _ in mix.sources]
+    sources = [mix.source_dataset(name) for name, *_ in mix.sources]
     key = mix.key()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
@@ -89,7 +89,9 @@ def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
         required_resource_keys={dataset.resource_key for dataset in sources},
         check_specs=specs,
         description=(
-            "One training set from " + ", ".join(f"{name} (weight {weight:g})" for name, weight in mix.sources)
+            "One training set from " + ", ".join(
+                f"{name} ({'ratio' if ratio is not None else 'weight'} {ratio if ratio is not None else weight:g})"
+                for name, weight, ratio in mix.sources)
             + ": exact duplicate conversations dropped across sources, a validation split chosen by content hash, "
             "weighted by source, packed together with best-fit decreasing, rows shuffled with the seed, and "
             f"written as Arrow shards of {mix.shard_rows} rows (train-*.arrow, validation-*.arrow) with {MANIFEST_NAME}."
@@ -115,7 +117,7 @@ def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
 def _sources(context, mix: MixDefinition, datasets: list[Dataset]) -> tuple[list[MixSource], int]:
     """Each source's spills (every partition, tokenized with the current settings), and the row length."""
     out, tokenizers, lengths = [], {}, {}
-    for (name, weight), dataset in zip(mix.sources, datasets):
+    for (name, weight, ratio), dataset in zip(mix.sources, datasets):
         settings = getattr(context.resources, dataset.resource_key).settings()
         files = DatasetFiles(settings)
         for folder in {str(files.output_root()), str(files.spill_root())}:
@@ -138,7 +140,7 @@ def _sources(context, mix: MixDefinition, datasets: list[Dataset]) -> tuple[list
                 f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}): materialize its tokenized_conversations first"
             )
         lengths[name] = settings.max_length
-        out.append(MixSource(name=name, weight=weight, spills=spills, fingerprints=fingerprints))
+        out.append(MixSource(name=name, weight=weight, spills=spills, fingerprints=fingerprints, ratio=ratio))
     if len(tokenizers) > 1:
         raise CollateError(f"the sources were tokenized with different tokenizers ({', '.join(tokenizers.values())}): "
                            "a mix packs token ids of one vocabulary")

@@ -128,3 +128,15 @@ def test_a_new_mix_replaces_only_the_files_of_the_one_before(spills, tmp_path):
 def test_sequences_longer_than_the_mix_rows_are_refused(spills, tmp_path):
     with pytest.raises(CollateError, match="max_length"):
         build_mix([MixSource("a", 1.0, [spills["a"]])], tmp_path / "m", MixSettings(max_length=64))
+
+
+def test_ratios_give_the_shares_of_training_tokens_without_repeating_a_conversation(spills, tmp_path):
+    sources = [MixSource("a", 1.0, [spills["a"]], ratio=3), MixSource("b", 1.0, [spills["b"]], ratio=1)]
+    stats = build_mix(sources, tmp_path / "m", MixSettings(max_length=MAX_LENGTH, seed=5, shard_rows=1000))
+    a, b = stats.sources["a"], stats.sources["b"]
+    # b runs out first (it is far smaller): taken whole; a is down-sampled to three times b's tokens
+    assert b["weight"] == 1.0 and b["train_tokens"] == b["train_tokens_before_weighting"]
+    assert 0 < a["weight"] < 1
+    assert 2.5 < a["train_tokens"] / b["train_tokens"] < 3.5
+    with pytest.raises(CollateError, match="every source a ratio"):
+        build_mix([sources[0], MixSource("c", 1.0, [spills["c"]])], tmp_path / "n", MixSettings(max_length=MAX_LENGTH))

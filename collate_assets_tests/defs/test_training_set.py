@@ -45,7 +45,7 @@ def test_two_datasets_mix_into_one_training_set_and_a_new_file_reruns_only_itsel
         for file in files:
             shutil.copyfile(DEMO_INPUT_DIR / file, folder / file)
         datasets[name] = Dataset(demo_settings(folder, tmp_path / f"out_{name}", formats=("arrow",)), name)
-    mix = MixDefinition(name="mix", output_dir=str(tmp_path / "mix"), sources=(("a", 1.0), ("b", 2.0)), seed=3,
+    mix = MixDefinition(name="mix", output_dir=str(tmp_path / "mix"), sources=(("a", 1.0, None), ("b", 2.0, None)), seed=3,
                         validation_share=0.1, shard_rows=16)
     defs = dg.Definitions.merge(*(build_dataset_defs(d.settings, d.name) for d in datasets.values()), build_mix_defs(mix))
     tokenized = {name: d.key("tokenized_conversations") for name, d in datasets.items()}
