@@ -15,6 +15,8 @@ Packed formats not asked for carry no condition: they stay available in the UI. 
 running by default, so `dagster dev` keeps the outputs current without a schedule of its own.
 """
 
+import warnings
+
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
@@ -94,11 +96,15 @@ def collate_condition(cron: str = NIGHTLY_CRON) -> dg.AutomationCondition:
 
 
 def automation_sensor(name: str, selection: dg.AssetSelection, seconds: int = EVALUATION_SECONDS) -> dg.AutomationConditionSensorDefinition:
-    return dg.AutomationConditionSensorDefinition(
-        name=name,
-        target=selection,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=seconds,
-        use_user_code_server=True,  # input_changed is Python of ours
-        description="Evaluates the datasets' automation conditions: new and edited files, new settings, nightly retries.",
-    )
+    # use_user_code_server is beta in 1.13; we use it knowingly, so keep its warning out of every load
+    # (the `collate` command printed it on every run).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.AutomationConditionSensorDefinition(
+            name=name,
+            target=selection,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=seconds,
+            use_user_code_server=True,  # input_changed is Python of ours
+            description="Evaluates the datasets' automation conditions: new and edited files, new settings, nightly retries.",
+        )
