@@ -13,14 +13,16 @@ import dagster as dg
 from collate_assets.core import CollateSettings
 from collate_assets.core.tokenizer import own_process
 from collate_assets.defs.dataset import build_dataset_defs
+from collate_assets.executors import executor
 
 # This module is the code location: its processes (code server, run workers) are collate's own, so
 # tokenizers load there without PyTorch (see core.tokenizer).
 own_process()
 
 # Each run is one process with its steps in it: the tokenizer loads once per run, and a run of one
-# small file costs one process start instead of one per step.
-EXECUTOR = dg.in_process_executor
+# small file costs one process start instead of one per step. COLLATE_EXECUTOR=celery hands each step
+# to Celery workers instead (collate_assets/executors.py, docs/cluster.md).
+EXECUTOR = executor()
 
 
 def default_settings() -> CollateSettings:

@@ -8,12 +8,10 @@ through the run queue of a real `dagster-daemon` with a limit on concurrent runs
 run at a time per partition, and checks the limits held, nothing was lost and nothing ran twice.
 """
 
-import glob
 import json
 import os
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,85 +19,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
+from collate_assets_tests.deploy.conftest import database as _database
+from collate_assets_tests.deploy.conftest import storage_yaml as _storage_yaml
 from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, check_evaluations, make_env, run
-
-
-def _pg_bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; CI runs as root, so switch to the package's system user.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
-    root = tmp_path_factory.mktemp("pg")
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        os.chmod(root.parent, 0o755)
-        os.chmod(root.parent.parent, 0o755)
-    port = _free_port()
-    subprocess.run(
-        _as_postgres_user([initdb, "-D", str(data), "--auth=trust", "-U", "dagster", "--no-sync"]),
-        check=True, capture_output=True,
-    )
-    log = root / "server.log"
-    subprocess.run(
-        _as_postgres_user([
-            pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-            "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off",
-            "start",
-        ]),
-        check=True, capture_output=True,
-    )
-    try:
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "-d", "postgres", "-c", "CREATE DATABASE dagster"],
-            check=True, capture_output=True,
-        )
-        yield {"port": port, "log": log}
-    finally:
-        subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
-
-
-def _database(postgres: dict, name: str) -> str:
-    """A new, empty database on the module's server: each test's instance starts from nothing."""
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", "dagster", "-d", "postgres", "-c", f"CREATE DATABASE {name}"],
-        check=True, capture_output=True,
-    )
-    return name
-
-
-def _storage_yaml(postgres: dict, db_name: str) -> str:
-    return textwrap.dedent(f"""\
-        storage:
-          postgres:
-            postgres_db:
-              username: dagster
-              password: ""
-              hostname: 127.0.0.1
-              db_name: {db_name}
-              port: {postgres['port']}
-        """)
 
 
 def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
@@ -150,7 +74,7 @@ def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
 # -- a backfill through the run queue ------------------------------------------------------------------
 
 QUEUE_LIMIT = 3  # max_concurrent_runs
-CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved"}
+CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
 BACKFILL_PARTITIONS = 20
 AGAIN = 2  # partitions the second backfill asks for again
 
