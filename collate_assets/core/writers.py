@@ -144,8 +144,14 @@ def written_by_collate(path: str | Path) -> bool:
         if name.endswith(".json"):
             with open(path, "rb") as f:
                 record = json.loads(f.read(64 << 20))  # (json: manifests may hold escaped non-UTF-8 names)
-            # spill manifests (and the records of earlier layouts, which had a lineage)
-            return isinstance(record, dict) and ("lineage" in record or {"spill_path", "partition_key"} <= record.keys())
+            # spill manifests (and the records of earlier layouts, which had a lineage), shard summaries
+            # (core.shards.summarize) and training set manifests (core.mix)
+            return isinstance(record, dict) and (
+                "lineage" in record
+                or {"spill_path", "partition_key"} <= record.keys()
+                or {"shard_count", "shards", "file_lines", "problems"} <= record.keys()
+                or {"sources", "splits", "files", "settings"} <= record.keys()
+            )
     except Exception:  # unreadable or another format: not ours
         return False
     return False

@@ -118,6 +118,13 @@ def test_a_sharded_file_is_written_as_numbered_shards_with_a_summary(tmp_path):
 
     assert sequences((tmp_path / "split").glob("big-*.arrow")) == sequences([tmp_path / "whole" / "big.arrow"])
 
+    # edited (a line added): written again, the summary too (it is a file this tool wrote)
+    with open(source, "ab") as f:
+        f.write(lines[0])
+    again = _collate(*common, "-o", str(tmp_path / "split"), "--shard-mb", f"{shard_mb:.6f}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "split" / "big.shards.json").read_text())["lines_read"] == len(lines) + 1
+
 
 def test_summarize_names_a_gap_between_shards(tmp_path):
     path = tmp_path / "f.jsonl"
