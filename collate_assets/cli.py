@@ -392,7 +392,11 @@ def _work(args, settings):
     note = None
     if outcome.up_to_date:
         files = len({r.tokenize.file for r in outcome.results}) + len(outcome.failures)
-        note = f"collate: {len(outcome.up_to_date)} of {files} files unchanged since their last run: outputs kept"
+        if any("@" in key for key in outcome.keys):  # files split into shards: one partition a shard ("@" is escaped in file keys)
+            note = (f"collate: {len(outcome.up_to_date)} of {len(outcome.keys)} partitions (shards count one each) "
+                    "unchanged since their last run: outputs kept")
+        else:
+            note = f"collate: {len(outcome.up_to_date)} of {files} files unchanged since their last run: outputs kept"
     return "stats", (outcome.results, outcome.failures, note)
 
 

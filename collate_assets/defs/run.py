@@ -115,6 +115,7 @@ class CollateRun:
     failures: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     runs: int = 0  # Dagster runs launched (0 when everything was up to date)
     up_to_date: list[str] = dataclasses.field(default_factory=list)  # partition keys with nothing to do
+    keys: list[str] = dataclasses.field(default_factory=list)  # every partition key of the input (a shard each)
 
 
 def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> CollateRun:
@@ -172,6 +173,7 @@ def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> Colla
                     else:
                         failed[key] = message
         outcome.up_to_date = [key for key in files if not any(key in keys for keys in work.values())]
+        outcome.keys = list(files)
         for key, path in files.items():
             if key in failed:
                 outcome.failures.append((path, failed[key]))
