@@ -12,6 +12,7 @@ from collate_assets.core import CollateSettings, read_packed
 from collate_assets.core.reader import iter_raw_chunks
 from collate_assets.core.shards import count_lines, locate_shard, plan_shards, shard_count, summarize
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
+from collate_assets_tests.helpers import seed_dagster_home, subprocess_env
 
 LINE = st.one_of(
     st.just(b""),
@@ -74,8 +75,9 @@ def test_only_plain_jsonl_is_split(tmp_path):
     assert shard_count(plain, 4000) == 3
 
 
-def _collate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "collate_assets.cli", *args], capture_output=True, text=True, timeout=300)
+def _collate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collate_assets.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_a_sharded_file_is_written_as_numbered_shards_with_a_summary(tmp_path):
@@ -117,6 +119,18 @@ def test_a_sharded_file_is_written_as_numbered_shards_with_a_summary(tmp_path):
         return sorted(out)
 
     assert sequences((tmp_path / "split").glob("big-*.arrow")) == sequences([tmp_path / "whole" / "big.arrow"])
+
+    # through Dagster: the same files, one partition a shard; a rerun keeps them all
+    env = subprocess_env(DAGSTER_HOME=str(seed_dagster_home(tmp_path / "home")))
+    args = ["-i", str(source), "-t", str(DEMO_TOKENIZER_DIR), "-m", "1024", "-q", "-o", str(tmp_path / "dagster"),
+            "--shard-mb", f"{shard_mb:.6f}"]
+    first = _collate(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    for i in range(4):
+        name = f"big-{i:05d}-of-00004.arrow"
+        assert (tmp_path / "dagster" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
+    second = _collate(*args, env=env)
+    assert "4 of 4 partitions (shards count one each) unchanged" in second.stderr, second.stderr
 
     # edited (a line added): written again, the summary too (it is a file this tool wrote)
     with open(source, "ab") as f:
