@@ -94,7 +94,7 @@ def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
                 for name, weight, ratio in mix.sources)
             + ": exact duplicate conversations dropped across sources, a validation split chosen by content hash, "
             "weighted by source, packed together with best-fit decreasing, rows shuffled with the seed, and "
-            f"written as Arrow shards of {mix.shard_rows} rows (train-*.arrow, validation-*.arrow) with {MANIFEST_NAME}."
+            f"written as Arrow shards of {mix.shard_rows} rows (`train-*.arrow`, `validation-*.arrow`) with `{MANIFEST_NAME}`."
         ),
     )
     def training_set(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
