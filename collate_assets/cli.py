@@ -178,7 +178,9 @@ def _default(field: str) -> str:
     """The help text's default: the field's default and its environment variable."""
     value = CollateSettings.__dataclass_fields__[field].default
     shown = ",".join(value) if isinstance(value, tuple) else value
-    return f"default: {shown}; environment: {env_name(field)}" if shown not in (None, False) else f"environment: {env_name(field)}"
+    if value is None or value is False:  # (not `in (None, False)`: 0 == False would hide a default of 0)
+        return f"environment: {env_name(field)}"
+    return f"default: {shown}; environment: {env_name(field)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
