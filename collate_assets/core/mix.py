@@ -324,6 +324,12 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             "fingerprints": list(source.fingerprints),
         }
 
+    if not train_copies.any():
+        raise CollateError(
+            "the mix has no training conversation: "
+            + ", ".join(f"{name}: {figures['conversations']} conversations, {figures['duplicates_dropped']} duplicates, "
+                        f"weight {figures['weight']:g}" for name, figures in per_source.items())
+        )
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".building-{os.getpid()}"

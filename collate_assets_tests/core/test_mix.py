@@ -125,6 +125,12 @@ def test_a_new_mix_replaces_only_the_files_of_the_one_before(spills, tmp_path):
     assert (other / "train-00000-of-00001.arrow").read_text() == "not ours"
 
 
+def test_a_mix_with_nothing_to_train_on_fails_with_the_counts(spills, tmp_path):
+    with pytest.raises(CollateError, match="no training conversation: a: 300 conversations, 14 duplicates, weight 0"):
+        build_mix([MixSource("a", 0.0, [spills["a"]])], tmp_path / "m", MixSettings(max_length=MAX_LENGTH))
+    assert not (tmp_path / "m").exists()
+
+
 def test_sequences_longer_than_the_mix_rows_are_refused(spills, tmp_path):
     with pytest.raises(CollateError, match="max_length"):
         build_mix([MixSource("a", 1.0, [spills["a"]])], tmp_path / "m", MixSettings(max_length=64))
