@@ -45,7 +45,7 @@ from . import packing
 from .errors import CollateError
 from .settings import IGNORE_INDEX
 from .shards import shard_suffix
-from .spill import WRITE_BATCH_TOKENS, _batches, _gather_tokens, _Layout, _open_spill, _read_layout, rows_batch
+from .spill import _batches, _gather_tokens, _Layout, _open_spill, _read_layout, rows_batch, write_groups
 from .writers import atomic_path, packed_writer
 
 MANIFEST_NAME = "training_set.json"
@@ -234,42 +234,32 @@ def _write_split(catalog: _Catalog, seqs: np.ndarray, name: str, folder: Path, s
             f"a tokenized sequence has {int(lengths.max())} tokens > the mix's max_length {settings.max_length}: "
             "tokenize the sources with a max_length no larger than the mix's"
         )
-    bins = packing.pack(lengths, settings.max_length, settings.packing)
-    order = rng.permutation(len(bins))
-    shard_count = max(1, math.ceil(len(bins) / settings.shard_rows))
+    items, offsets = packing.pack_flat(lengths, settings.max_length, settings.packing)
+    counts = np.diff(offsets)
+    rows = len(counts)
+    order = rng.permutation(rows)
+    shard_count = max(1, math.ceil(rows / settings.shard_rows))
     files, tokens, trained, longest = [], 0, 0, 0
     for shard in range(shard_count):
-        rows = [bins[i] for i in order[shard * settings.shard_rows:(shard + 1) * settings.shard_rows]]
+        shard_rows = order[shard * settings.shard_rows:(shard + 1) * settings.shard_rows]
         file_name = f"{name}{shard_suffix(shard, shard_count)}.arrow"
         with packed_writer(folder / file_name, "arrow") as writer:
-            for group in _groups(rows, lengths):
-                picked = seqs[np.fromiter((i for row in group for i in row), dtype=np.int64)]
+            for first, end in write_groups(lengths, items, offsets, shard_rows):
+                group = shard_rows[first:end]
+                picked = seqs[items[_expand(offsets[group], counts[group])]]
                 ids, labels = _gather(catalog, picked)
-                batch, row_tokens = rows_batch(ids, labels, catalog.seq_length[picked], [len(r) for r in group])
+                batch, row_tokens = rows_batch(ids, labels, catalog.seq_length[picked], counts[group])
                 tokens += len(ids)
                 trained += int(np.count_nonzero(labels != IGNORE_INDEX))
                 longest = max(longest, int(row_tokens.max()))
                 writer.write_batch(batch)
                 del batch, ids, labels
         files.append(file_name)
-    rows = len(bins)
     bound = packing.lower_bound(tokens, settings.max_length)
     return {
         "rows": rows, "sequences": len(seqs), "tokens": tokens, "trained_tokens": trained, "lower_bound_rows": bound,
         "fill": tokens / (rows * settings.max_length) if rows else 0.0, "max_row_tokens": longest, "files": files,
     }, files
-
-
-def _groups(rows: list[list[int]], lengths: np.ndarray) -> Iterator[list[list[int]]]:
-    group, group_tokens = [], 0
-    for row in rows:
-        group.append(row)
-        group_tokens += int(lengths[row].sum())
-        if group_tokens >= WRITE_BATCH_TOKENS:
-            yield group
-            group, group_tokens = [], 0
-    if group:
-        yield group
 
 
 def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: MixSettings) -> MixStats:

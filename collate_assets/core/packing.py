@@ -36,6 +36,7 @@ __all__ = [
     "STRATEGIES",
     "lower_bound",
     "pack",
+    "pack_flat",
     "pack_best_fit_decreasing",
     "pack_greedy",
 ]
@@ -102,11 +103,27 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
     Complexity is O(n log n) for the sort plus, per run of equal lengths, a binary search over the
     capacities in use; memory follows the number of bins, never max_length.
     """
+    items, offsets = _bfd_flat(lengths, max_length)
+    return _as_lists(items, offsets)
+
+
+def _as_lists(items: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    flat, bounds = items.tolist(), offsets.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _bfd_flat(lengths: LengthsLike, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit decreasing as (items, offsets): bin i holds ``items[offsets[i]:offsets[i + 1]]``.
+
+    The bin of each item is recorded in one integer array while items are placed, and the bins are
+    made from it at the end (a stable sort keeps each bin's insertion order): a few numpy integers an
+    item instead of a Python list per bin and an int object per item.
+    """
     m_len = _check_max_length(max_length)
     arr = _as_lengths(lengths, m_len)
-    if arr.shape[0] == 0:
-        return []
     n = arr.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
     order = _decreasing_order(arr)
     sorted_len = arr[order]
     # Items of equal length are handled as one run: a single bin can take several of them at once and
@@ -115,10 +132,11 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [n])).tolist()
     run_lengths = sorted_len[starts].tolist()
-    order_list = order.tolist()
+    del sorted_len, cuts
+    bin_of = np.empty(n, dtype=np.int64)  # the bin of the item placed p-th (items in `order`)
     caps: list[int] = []  # capacities with at least one open bin, ascending
     stacks: dict[int, list[int]] = {}
-    bins: list[list[int]] = []
+    bins = 0
 
     def push(c: int, ids) -> None:
         dest = stacks.get(c)
@@ -143,9 +161,9 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
                 b = stack.pop()
                 k = per_bin if per_bin < rem else rem
                 if k == 1:
-                    bins[b].append(order_list[p])
+                    bin_of[p] = b
                 else:
-                    bins[b].extend(order_list[p : p + k])
+                    bin_of[p : p + k] = b
                 p += k
                 rem -= k
                 nc = c - k * s
@@ -156,11 +174,10 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
         if rem:  # nothing open fits: new bins, each taking per_bin items (the last bin the rest)
             per_bin = m_len // s
             full = rem // per_bin
-            first = len(bins)
-            if per_bin == 1:
-                bins += [[x] for x in order_list[p:end]]
-            else:
-                bins += [order_list[j : j + per_bin] for j in range(p, p + full * per_bin, per_bin)]
+            first = bins
+            if full:
+                bin_of[p : p + full * per_bin] = np.arange(full * per_bin, dtype=np.int64) // per_bin + first
+            bins += full
             p += full * per_bin
             nc = m_len - per_bin * s
             if nc and full:
@@ -168,9 +185,10 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
                 touched.append(nc)
             last = end - p
             if last:
-                bins.append(order_list[p:end])
+                bin_of[p:end] = bins
+                bins += 1
                 nc = m_len - last * s
-                push(nc, (len(bins) - 1,))
+                push(nc, (bins - 1,))
                 touched.append(nc)
         for c in set(touched):
             i = bisect.bisect_left(caps, c)
@@ -182,7 +200,27 @@ def pack_best_fit_decreasing(lengths: LengthsLike, max_length: int) -> list[list
                 stacks.pop(c, None)
                 if present:
                     del caps[i]
-    return bins
+    placed = np.argsort(bin_of, kind="stable")  # placements grouped by bin, each bin in insertion order
+    items = order[placed]
+    del placed, order
+    offsets = np.zeros(bins + 1, dtype=np.int64)
+    np.cumsum(np.bincount(bin_of, minlength=bins), out=offsets[1:])
+    return items, offsets
+
+
+def pack_flat(lengths: LengthsLike, max_length: int, strategy: str = "bfd") -> tuple[np.ndarray, np.ndarray]:
+    """`pack` as (items, offsets) numpy arrays: row i holds ``items[offsets[i]:offsets[i + 1]]``.
+
+    The same rows as `pack`, in the same order, without a Python object per item (what big files and
+    mixes of many sequences pack with).
+    """
+    if strategy == "bfd":
+        return _bfd_flat(lengths, max_length)
+    rows = pack(lengths, max_length, strategy)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    items = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(offsets[-1]))
+    return items, offsets
 
 
 def pack_greedy(lengths: LengthsLike, max_length: int) -> list[list[int]]:

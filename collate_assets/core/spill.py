@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -172,36 +171,26 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
             "tokenize again with this max_length"
         )
     clock = time.perf_counter()
-    bins = packing.pack(lengths, max_length, settings.packing)
+    items, offsets = packing.pack_flat(lengths, max_length, settings.packing)
     stats.stage_seconds["pack"] = time.perf_counter() - clock
+    counts = np.diff(offsets)
 
-    def gather(rows: list[list[int]]) -> pa.RecordBatch:
-        seqs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
+    def gather(first: int, end: int) -> pa.RecordBatch:
+        """Rows first..end-1 as a record batch."""
+        seqs = items[offsets[first]:offsets[end]]
         ids, labels = _gather_tokens(spill_path, layout, seqs)
-        batch, row_tokens = rows_batch(ids, labels, lengths[seqs], [len(r) for r in rows])
-        stats.rows += len(rows)
+        batch, row_tokens = rows_batch(ids, labels, lengths[seqs], counts[first:end])
+        stats.rows += end - first
         stats.tokens += len(ids)
         stats.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
         stats.max_row_tokens = max(stats.max_row_tokens, int(row_tokens.max()))
         return batch
 
-    def groups() -> Iterator[list[list[int]]]:
-        group: list[list[int]] = []
-        group_tokens = 0
-        for row in bins:
-            group.append(row)
-            group_tokens += int(lengths[row].sum())
-            if group_tokens >= WRITE_BATCH_TOKENS:
-                yield group
-                group, group_tokens = [], 0
-        if group:
-            yield group
-
     writing = 0.0
     started = time.perf_counter()
     with packed_writer(output_path, fmt) as writer:
-        for group in groups():
-            batch = gather(group)
+        for first, end in write_groups(lengths, items, offsets):
+            batch = gather(first, end)
             clock = time.perf_counter()
             writer.write_batch(batch)
             writing += time.perf_counter() - clock
@@ -218,6 +207,25 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
     stats.fill = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
     stats.sequences_per_row = stats.sequences / stats.rows if stats.rows else 0.0
     return stats
+
+
+def write_groups(lengths: np.ndarray, items: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None) -> Iterator[tuple[int, int]]:
+    """(first, end) positions in `rows` (default: every row in order) of the write groups: rows are
+    taken until they hold WRITE_BATCH_TOKENS tokens, so a group's memory is bounded."""
+    n = len(offsets) - 1 if rows is None else len(rows)
+    if n == 0:
+        return
+    row_tokens = np.add.reduceat(lengths[items], offsets[:-1]) if len(items) else np.zeros(len(offsets) - 1, np.int64)
+    if rows is not None:
+        row_tokens = row_tokens[rows]
+    first, group_tokens = 0, 0
+    for index, tokens in enumerate(row_tokens.tolist()):
+        group_tokens += tokens
+        if group_tokens >= WRITE_BATCH_TOKENS:
+            yield first, index + 1
+            first, group_tokens = index + 1, 0
+    if first < n:
+        yield first, n
 
 
 def rows_batch(ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarray, seqs_per_row) -> tuple[pa.RecordBatch, np.ndarray]:
