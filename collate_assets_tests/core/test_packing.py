@@ -116,6 +116,16 @@ def test_bfd_matches_reference(case):
     assert pack_best_fit_decreasing(lengths, max_length) == reference_bfd(lengths, max_length)
 
 
+@settings(max_examples=200, deadline=None)
+@given(packing_inputs(), st.sampled_from(["bfd", "greedy"]))
+def test_pack_flat_gives_the_rows_of_pack(case, strategy):
+    lengths, max_length = case
+    items, offsets = packing.pack_flat(lengths, max_length, strategy)
+    assert offsets[0] == 0 and offsets[-1] == len(items) == len(lengths)
+    rows = [items[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    assert rows == pack(lengths, max_length, strategy)
+
+
 @settings(max_examples=100, deadline=None)
 @given(packing_inputs(), st.sampled_from(["bfd", "greedy"]))
 def test_result_depends_only_on_values(case, strategy):
