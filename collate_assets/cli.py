@@ -485,8 +485,8 @@ def _run_engine(settings, show_progress: bool):
                 continue
             done = [one(path, shard) for shard in shards]  # a failed shard does not stop the others
             if all(done):
-                summary = summarize(path, done, len(shards))
-                summary.update(input_sha256=file_sha256(path), settings_fingerprint=settings.fingerprint())
+                summary = summarize(path, done, len(shards), input_sha256=file_sha256(path),
+                                    settings_fingerprint=settings.fingerprint())
                 write_shard_summary(shard_summary_path(path, Path(settings.output_dir)), summary)
                 if summary["problems"]:
                     failures.append((path, "its shards do not add up to the file: " + "; ".join(summary["problems"])))

@@ -131,8 +131,12 @@ def count_lines(path: str | Path) -> int:
     return newlines
 
 
-def summarize(path: str | Path, shards: list[dict[str, Any]], count: int) -> dict[str, Any]:
+def summarize(path: str | Path, shards: list[dict[str, Any]], count: int, *, input_sha256: str,
+              settings_fingerprint: str) -> dict[str, Any]:
     """The file-level account of its shards' tokenize statistics, checked against the file.
+
+    `input_sha256` and `settings_fingerprint` say what the shards were made from (kept in the account,
+    so a rerun can tell whether an account on disk is still the file's).
 
     `shards` are TokenizeStats dicts (with their `shard`). Returns the totals and `problems` (empty
     when the shards are exactly the file: contiguous, each starting on the line after the one before,
@@ -179,4 +183,6 @@ def summarize(path: str | Path, shards: list[dict[str, Any]], count: int) -> dic
         "shards": [{**s["shard"], **{k: s[k] for k in ("lines_read", "rejected", "blank_lines", "sequences", "tokens")}}
                    for s in ordered],
         "problems": problems,
+        "input_sha256": input_sha256,
+        "settings_fingerprint": settings_fingerprint,
     }

@@ -331,8 +331,8 @@ def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = 
             done.append(other.stats)
     if len(done) < count or not write:
         return {"shards_done": len(done), "shard_count": count}
-    account = summarize(manifest.input_path, done, count)
-    account.update(input_sha256=manifest.input_sha256, settings_fingerprint=manifest.collate_settings().fingerprint())
+    account = summarize(manifest.input_path, done, count, input_sha256=manifest.input_sha256,
+                        settings_fingerprint=manifest.collate_settings().fingerprint())
     if is_local(path):
         write_shard_summary(local_path(path), account)
     else:  # an object store publishes the object whole

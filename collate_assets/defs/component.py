@@ -74,6 +74,13 @@ def _attribute(field: dataclasses.Field) -> tuple[Any, Any]:
     return _ATTRIBUTE_TYPES.get(str(field.type), str), Field(default=field.default, description=help_text)
 
 
+def _valid_name(value: str | None) -> str | None:
+    """A dataset's or mix's name: letters, digits and _ (it prefixes asset keys and names the group)."""
+    if value is not None and not NAME_PATTERN.match(value):
+        raise ValueError(f"name must be letters, digits and _ only (it prefixes asset keys and names the group), got {value!r}")
+    return value
+
+
 def _default_name(folder: Path) -> str:
     """The folder's name as a dataset name: every character Dagster refuses in a group name becomes `_`."""
     return re.sub(r"[^A-Za-z0-9_]", "_", folder.name) or "dataset"
@@ -105,12 +112,7 @@ class _CollateDatasetBase(dg.Component, dg.Model, dg.Resolvable):
         "Default: the name of the folder of the defs.yaml.",
     )
 
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not NAME_PATTERN.match(value):
-            raise ValueError(f"name must be letters, digits and _ only (it prefixes asset keys and names the group), got {value!r}")
-        return value
+    _check_name = pydantic.field_validator("name")(classmethod(lambda cls, value: _valid_name(value)))
 
     @pydantic.model_validator(mode="after")
     def _check_settings(self):
@@ -237,12 +239,7 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
     max_length: int | None = Field(default=None, description="Tokens per row. Default: the sources' max_length "
                                    "(the largest; none may exceed the mix's).")
 
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not NAME_PATTERN.match(value):
-            raise ValueError(f"name must be letters, digits and _ only, got {value!r}")
-        return value
+    _check_name = pydantic.field_validator("name")(classmethod(lambda cls, value: _valid_name(value)))
 
     @pydantic.model_validator(mode="after")
     def _check_sources(self):

@@ -149,10 +149,10 @@ def test_summarize_names_a_gap_between_shards(tmp_path):
         {"shard": {"index": 1, "count": 2, "start": 18, "end": 30, "first_line": 7}, "lines_read": 4, "blank_lines": 0,
          "conversations": 4, "rejected": 0, "sequences": 4, "tokens": 4, "trained_tokens": 4},
     ]
-    problems = summarize(path, stats, 2)["problems"]
+    problems = summarize(path, stats, 2, input_sha256="x", settings_fingerprint="y")["problems"]
     assert any("00001-of-00002 starts at byte 18" in p for p in problems)
     assert any("read 9 lines; the file has 10" in p for p in problems)
-    assert summarize(path, stats[:1], 2)["problems"] == ["shards missing: 00001-of-00002"]
+    assert summarize(path, stats[:1], 2, input_sha256="x", settings_fingerprint="y")["problems"] == ["shards missing: 00001-of-00002"]
 
 
 def test_shard_mb_is_a_setting():

@@ -82,3 +82,23 @@ def arrow_defs(input_dir, output_dir, max_length=256, **settings) -> dg.Definiti
 def run_arrow(instance, defs: dg.Definitions, key: str) -> dg.ExecuteInProcessResult:
     """tokenized_conversations + packed_arrow (with its checks) for one partition; failures returned, not raised."""
     return materialize(defs, instance, key, assets=["tokenized_conversations", "packed_arrow"], raise_on_error=False)
+
+
+def sensor_tick(instance, dataset):
+    """Evaluate a dataset's input files sensor once and apply its result as the sensor daemon would."""
+    from collate_assets.defs.resources import CollateConfig
+    from collate_assets.defs.sensors import build_input_files_sensor
+
+    sensor = build_input_files_sensor(dataset)
+    context = dg.build_sensor_context(instance=instance,
+                                      resources={dataset.resource_key: CollateConfig.from_settings(dataset.settings)})
+    result = sensor.evaluate_tick(context)  # as the daemon calls it (resources by key)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result

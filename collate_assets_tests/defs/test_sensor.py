@@ -7,28 +7,14 @@ import dagster as dg
 
 from collate_assets.core import file_sha256
 from collate_assets.defs.assets import Dataset
-from collate_assets.defs.resources import CollateConfig
-from collate_assets.defs.sensors import build_input_files_sensor
 from collate_assets.sample import DEMO_INPUT_DIR
 
-from .helpers import demo_settings
+from .helpers import demo_settings, sensor_tick
 
 
 def tick(instance, input_dir):
-    """Evaluate the sensor once and apply its result as the sensor daemon would."""
-    settings = demo_settings(input_dir, "out")
-    sensor = build_input_files_sensor(Dataset(settings))
-    context = dg.build_sensor_context(instance=instance, resources={"collate": CollateConfig.from_settings(settings)})
-    result = sensor.evaluate_tick(context)  # as the daemon calls it (resources by key)
-    for event in result.asset_events:
-        instance.report_runless_asset_event(event)
-    for request in result.dynamic_partitions_requests:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-    return result
+    """Evaluate the sensor of the demo settings over `input_dir` once and apply its result."""
+    return sensor_tick(instance, Dataset(demo_settings(input_dir, "out")))
 
 
 def observed(instance) -> list[tuple[str, str]]:

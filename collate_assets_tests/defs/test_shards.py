@@ -14,29 +14,12 @@ from collate_assets.core.shards import locate_shard
 from collate_assets.defs.assets import Dataset
 from collate_assets.defs.dataset import build_dataset_defs
 from collate_assets.defs.files import DatasetFiles
-from collate_assets.defs.resources import CollateConfig
 from collate_assets.defs.run import stale_status_resolver
-from collate_assets.defs.sensors import build_input_files_sensor
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
-from .helpers import demo_settings, materialize
+from .helpers import demo_settings, materialize, sensor_tick
 
 MIB = 1 << 20
-
-
-def _tick(instance, settings):
-    """One evaluation of the input files sensor, applied as the daemon applies it."""
-    sensor = build_input_files_sensor(Dataset(settings))
-    context = dg.build_sensor_context(instance=instance, resources={"collate": CollateConfig.from_settings(settings)})
-    result = sensor.evaluate_tick(context)
-    for event in result.asset_events:
-        instance.report_runless_asset_event(event)
-    for request in result.dynamic_partitions_requests:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
 def _checks(result) -> dict:
@@ -55,7 +38,7 @@ def test_a_big_file_becomes_shard_partitions_that_add_up_to_it(tmp_path):
     defs = build_dataset_defs(settings)
     shard_keys = [f"big.jsonl@{i:05d}-of-00004" for i in range(4)]
     with dg.instance_for_test() as instance:
-        _tick(instance, settings)
+        sensor_tick(instance, Dataset(settings))
         assert instance.get_dynamic_partitions("input_files") == [*shard_keys, "demo_small.jsonl"]
         versions = {r.partition_key: r.asset_observation.tags["dagster/data_version"]
                     for r in instance.fetch_observations(dg.AssetKey("raw_conversations"), limit=10).records}
@@ -92,7 +75,7 @@ def test_a_big_file_becomes_shard_partitions_that_add_up_to_it(tmp_path):
         materialize(defs, instance, "demo_small.jsonl", assets=["tokenized_conversations", "packed_arrow"])
         lines[10] = lines[11]
         big.write_bytes(b"".join(lines))
-        _tick(instance, settings)
+        sensor_tick(instance, Dataset(settings))
         resolver = stale_status_resolver(instance, defs)
         stale = {key: resolver.get_status(dg.AssetKey("tokenized_conversations"), key) != StaleStatus.FRESH
                  for key in instance.get_dynamic_partitions("input_files")}
@@ -100,7 +83,7 @@ def test_a_big_file_becomes_shard_partitions_that_add_up_to_it(tmp_path):
 
         # grown to twice its size: the four partitions go, eight come; the old keys are refused
         big.write_bytes(b"".join(lines) * 2)
-        _tick(instance, settings)
+        sensor_tick(instance, Dataset(settings))
         keys = instance.get_dynamic_partitions("input_files")
         assert [k for k in keys if k.startswith("big")] == [f"big.jsonl@{i:05d}-of-00008" for i in range(8)]
         with pytest.raises(CollateError, match="now split into 8 shards"):

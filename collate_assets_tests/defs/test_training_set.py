@@ -13,23 +13,11 @@ from collate_assets.defs.assets import Dataset
 from collate_assets.defs.component import load_datasets
 from collate_assets.defs.dataset import build_dataset_defs
 from collate_assets.defs.mix import MIX_CHECKS, MixDefinition, build_mix_defs
-from collate_assets.defs.resources import CollateConfig
-from collate_assets.defs.sensors import build_input_files_sensor
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
-from .helpers import QUIET, demo_settings
+from .helpers import QUIET, demo_settings, sensor_tick
 
 MIX = dg.AssetKey(["mix", "training_set"])
-
-
-def _tick(instance, dataset: Dataset) -> None:
-    sensor = build_input_files_sensor(dataset)
-    context = dg.build_sensor_context(instance=instance, resources={dataset.resource_key: CollateConfig.from_settings(dataset.settings)})
-    result = sensor.evaluate_tick(context)
-    for event in result.asset_events:
-        instance.report_runless_asset_event(event)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
 
 
 def _run(defs, instance, asset: dg.AssetKey, partition: str | None = None):
@@ -52,7 +40,7 @@ def test_two_datasets_mix_into_one_training_set_and_a_new_file_reruns_only_itsel
     with dg.instance_for_test() as instance:
         start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         for dataset in datasets.values():
-            _tick(instance, dataset)
+            sensor_tick(instance, dataset)
         for name, dataset in datasets.items():
             for key in instance.get_dynamic_partitions(dataset.partitions.name):
                 assert _run(defs, instance, tokenized[name], key).success
@@ -72,7 +60,7 @@ def test_two_datasets_mix_into_one_training_set_and_a_new_file_reruns_only_itsel
         # a new file in b: automation tokenizes it alone, then (its parents all there) the mix
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
         shutil.copyfile(DEMO_INPUT_DIR / "demo.jsonl", tmp_path / "b" / "more.jsonl")
-        _tick(instance, datasets["b"])
+        sensor_tick(instance, datasets["b"])
         second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert set(second.get_requested_partitions(tokenized["b"])) == {"more.jsonl"}
         assert not second.get_requested_partitions(tokenized["a"])

@@ -38,7 +38,7 @@ import pytest
 from collate_assets.defs.checks import CHECK_DESCRIPTIONS
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 from collate_assets_tests.deploy.conftest import database, free_port, storage_yaml
-from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, check_evaluations, make_env, run
+from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, _tail, check_evaluations, make_env, run
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BIN = Path(sys.executable).parent
@@ -71,13 +71,6 @@ def _stop_group(process: subprocess.Popen, grace: float) -> None:
             process.wait(wait)
         except subprocess.TimeoutExpired:
             pass
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
 
 
 @dataclasses.dataclass
