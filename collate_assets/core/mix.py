@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from . import packing
+from .arrays import to_numpy
 from .errors import CollateError
 from .settings import IGNORE_INDEX
 from .shards import shard_suffix
@@ -173,10 +174,10 @@ def _hash_conversations(spill: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     digest = None
     seq = 0
     for _, batch in _batches(spill, range(count)):
-        offsets = batch.column(0).offsets.to_numpy().tolist()
-        ids = batch.column(0).values.to_numpy()
-        labels = batch.column(1).values.to_numpy()
-        lines = batch.column(2).to_numpy().tolist()
+        offsets = to_numpy(batch.column(0).offsets).tolist()
+        ids = to_numpy(batch.column(0).values)
+        labels = to_numpy(batch.column(1).values)
+        lines = to_numpy(batch.column(2)).tolist()
         for i, line in enumerate(lines):
             if line != previous_line:
                 if digest is not None:

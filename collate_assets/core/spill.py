@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import packing
+from .arrays import to_arrow, to_numpy
 from .errors import CollateError
 from .settings import IGNORE_INDEX, CollateSettings, check_format
 from .stats import PackStats
@@ -103,8 +104,8 @@ def _read_layout(path: str | Path) -> _Layout:
         count = reader.num_record_batches
     lengths, firsts = [], []
     for _, batch in _batches(path, range(count)):
-        offsets = batch.column(0).offsets.to_numpy().astype(np.int64)
-        if not np.array_equal(offsets, batch.column(1).offsets.to_numpy()):
+        offsets = to_numpy(batch.column(0).offsets).astype(np.int64)
+        if not np.array_equal(offsets, to_numpy(batch.column(1).offsets)):
             raise CollateError(f"{path}: input_ids and labels of a sequence differ in length; tokenize again")
         lengths.append(np.diff(offsets))
         firsts.append(offsets[:-1])
@@ -146,8 +147,8 @@ def _gather_tokens(path: str | Path, layout: _Layout, seqs: np.ndarray) -> tuple
     dests = dest[order].tolist()
     done = 0
     for (index, batch), stop in zip(_batches(path, wanted.tolist()), per_batch.tolist()):
-        id_values = batch.column(0).values.to_numpy()
-        label_values = batch.column(1).values.to_numpy()
+        id_values = to_numpy(batch.column(0).values)
+        label_values = to_numpy(batch.column(1).values)
         for start, end, to in zip(starts[done:stop], ends[done:stop], dests[done:stop]):
             ids[to : to + end - start] = id_values[start:end]
             labels[to : to + end - start] = label_values[start:end]
@@ -238,21 +239,33 @@ def rows_batch(ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarray, seq
     seq_lengths = np.asarray(seq_lengths).astype(np.int32)
     seq_starts = np.zeros(len(seq_lengths), dtype=np.int64)
     np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
-    positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(seq_starts, seq_lengths)).astype(np.int32)
+    positions = _positions(seq_starts, seq_lengths, len(ids))
     labels[seq_starts[seq_lengths > 0]] = IGNORE_INDEX  # never train across a sequence boundary
     seq_offsets = _offsets(seqs_per_row)
     row_tokens = np.add.reduceat(seq_lengths.astype(np.int64), seq_offsets[:-1]) if len(seq_lengths) else np.zeros(0, np.int64)
-    row_offsets = pa.array(_offsets(row_tokens))
+    row_offsets = to_arrow(_offsets(row_tokens), pa.int32())
     batch = pa.record_batch(
         [
-            pa.ListArray.from_arrays(row_offsets, pa.array(ids)),
-            pa.ListArray.from_arrays(row_offsets, pa.array(labels)),
-            pa.ListArray.from_arrays(row_offsets, pa.array(positions)),
-            pa.ListArray.from_arrays(pa.array(seq_offsets), pa.array(seq_lengths)),
+            pa.ListArray.from_arrays(row_offsets, to_arrow(ids, pa.int32())),
+            pa.ListArray.from_arrays(row_offsets, to_arrow(labels, pa.int32())),
+            pa.ListArray.from_arrays(row_offsets, to_arrow(positions, pa.int32())),
+            pa.ListArray.from_arrays(to_arrow(seq_offsets, pa.int32()), to_arrow(seq_lengths, pa.int32())),
         ],
         schema=PACKED_SCHEMA,
     )
     return batch, row_tokens
+
+
+def _positions(seq_starts: np.ndarray, seq_lengths: np.ndarray, n: int) -> np.ndarray:
+    """int32 position ids 0, 1, ... restarting at every sequence start: a running sum of ones that
+    steps back by the previous sequence's length at each start (empty sequences step back by 0)."""
+    steps = np.ones(n, dtype=np.int32)
+    if n:
+        nonempty = seq_lengths > 0
+        starts, lengths = seq_starts[nonempty], seq_lengths[nonempty]
+        steps[starts[1:]] = 1 - lengths[:-1]
+        steps[0] = 0
+    return np.cumsum(steps, dtype=np.int32)
 
 
 def _offsets(counts) -> np.ndarray:

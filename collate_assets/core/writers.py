@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .arrays import to_numpy
 from .errors import CollateError
 from .settings import check_format
 
@@ -426,7 +427,7 @@ def _row_arrays(batch: pa.RecordBatch) -> Iterator[dict[str, np.ndarray]]:
     for name in PACKED_COLUMNS:
         col = batch.column(name)
         # For a sliced batch, .offsets are sliced but still index the parent's full .values.
-        columns[name] = (col.offsets.to_numpy(), col.values.to_numpy())
+        columns[name] = (to_numpy(col.offsets), to_numpy(col.values))
     for r in range(batch.num_rows):
         yield {name: values[offsets[r] : offsets[r + 1]] for name, (offsets, values) in columns.items()}
 

@@ -183,3 +183,56 @@ def test_packing_does_not_keep_the_spill_resident(tmp_path):
     growth_mb = (measured["after_kb"] - measured["before_kb"]) / 1024
     assert size_mb > 90 and measured["tokens"] > 11 << 20
     assert growth_mb < 40, f"peak RSS grew by {growth_mb:.0f} MB packing a {size_mb:.0f} MB spill"
+
+
+def test_arrays_views_are_those_of_pyarrow():
+    """to_numpy gives what pyarrow's to_numpy gives (sliced, empty, list offsets and values, int64);
+    to_arrow gives what pa.array gives; a null is refused rather than read as a number."""
+    from collate_assets.core.arrays import to_arrow, to_numpy
+
+    lists = pa.array([[1, 2], [], [3, 4, 5], [6]], pa.list_(pa.int32()))
+    cases = [pa.array(np.arange(10, dtype=np.int64)), pa.array(np.arange(10, dtype=np.int32)).slice(3, 4),
+             pa.array([], pa.int32()), lists.offsets, lists.values, lists.slice(1, 2).offsets]
+    for array in cases:
+        got = to_numpy(array)
+        assert got.dtype == array.type.to_pandas_dtype() and got.tolist() == array.to_pylist()
+    values = np.array([5, -100, 7], dtype=np.int32)
+    assert to_arrow(values, pa.int32()).equals(pa.array(values))
+    assert to_arrow(np.array([1, 2]), pa.int32()).type == pa.int32()
+    with pytest.raises(ValueError, match="nulls"):
+        to_numpy(pa.array([1, None], pa.int32()))
+
+
+def test_position_ids_restart_at_every_sequence_even_after_an_empty_one():
+    from collate_assets.core.spill import _positions
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        lengths = rng.integers(0, 6, size=int(rng.integers(0, 9))).astype(np.int32)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        want = [p for n in lengths.tolist() for p in range(n)]
+        got = _positions(starts, lengths, int(lengths.sum()))
+        assert got.dtype == np.int32 and got.tolist() == want
+
+
+_NO_PANDAS = """
+import sys
+from collate_assets.core import CollateSettings, OUTPUT_FORMATS, read_packed
+from collate_assets.core.spill import pack_spill, spill_lengths
+spill, out = sys.argv[1], sys.argv[2]
+spill_lengths(spill)
+for fmt in OUTPUT_FORMATS:
+    pack_spill(spill, f"{out}.{fmt}", fmt, CollateSettings(max_length=512))
+    sum(len(row["input_ids"]) for row in read_packed(f"{out}.{fmt}", fmt, numpy=True))
+print("pandas" in sys.modules)
+"""
+
+
+def test_packing_and_reading_back_do_not_import_pandas(spill, tmp_path):
+    """pyarrow imports pandas (0.25-0.4 s) on the first pa.array(ndarray) or to_numpy(): the engine's
+    serial path avoids both."""
+    child = subprocess.run([sys.executable, "-c", _NO_PANDAS, str(spill), str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "False"
