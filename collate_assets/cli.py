@@ -496,5 +496,37 @@ def _run_engine(settings, show_progress: bool):
     return results, failures
 
 
+def run() -> None:
+    """The console script (and `python -m collate_assets.cli`): `main()`, then a quick exit."""
+    _exit_quickly(main())
+
+
+def _exit_quickly(code: int) -> None:
+    """Exit with `code` without tearing the interpreter down.
+
+    The exit handlers still run (multiprocessing's, logging's, the executors'), and the output
+    streams are flushed; only the final freeing of every object and module is skipped. After a run
+    through Dagster (some 250,000 objects) that teardown alone took 0.6-0.8 s of a 16 s command.
+    A thread that is not a daemon would be cut short, so with one still alive this is a plain exit.
+    """
+    import atexit
+
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
+        sys.exit(code)
+    _flush()
+    atexit._run_exitfuncs()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`collate --json | head`), a closed stream
+            pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

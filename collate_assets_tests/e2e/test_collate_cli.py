@@ -267,3 +267,31 @@ def test_rerun_keeps_unchanged_outputs_and_reruns_an_edited_file(tmp_path, dagst
         assert [r.tags.get("dagster/partition") for r in new_runs] == ["demo_small.jsonl"], [r.tags for r in new_runs]
         record = latest_materialization(instance, "tokenized_conversations", "demo_small.jsonl")
         assert metadata_values(record)["lines_read"] == len(lines) // 2
+
+
+_QUICK_EXIT = """
+import atexit, sys, threading, time
+from collate_assets import cli
+print("printed before the exit", end="")  # no newline: left in the buffer
+atexit.register(lambda: sys.stderr.write("exit handler ran\\n"))
+if sys.argv[1] == "thread":
+    def late():
+        time.sleep(0.3)
+        sys.stderr.write("thread finished\\n")
+    threading.Thread(target=late).start()
+cli._exit_quickly(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("case, code", [("plain", 0), ("plain", 1), ("thread", 3)])
+def test_the_quick_exit_keeps_the_code_the_output_the_exit_handlers_and_threads(case, code):
+    """The command skips the interpreter's teardown at exit, but not what an exit must do: flush
+    what was printed, run the exit handlers, return the code, and let a running thread finish."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _QUICK_EXIT, case, str(code)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code
+    assert proc.stdout == "printed before the exit"
+    assert "exit handler ran" in proc.stderr
+    assert ("thread finished" in proc.stderr) == (case == "thread")
