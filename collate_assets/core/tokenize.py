@@ -41,6 +41,7 @@ from .settings import IGNORE_INDEX, CollateSettings
 from .shards import Shard
 from .spill import SPILL_SCHEMA
 from .stats import TokenizeStats, length_histogram
+from .tokenizer import rare_collections
 from .writers import atomic_path, shown
 
 Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
@@ -242,6 +243,7 @@ def _init_worker(tokenizer: ChunkTokenizer) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    rare_collections()
     from . import writers
 
     # the main process's temporary files are its own to remove (on Ctrl-C), not a worker's

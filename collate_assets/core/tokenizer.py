@@ -11,6 +11,7 @@ and refuses one that names such an attribute; a SecurityError raised while rende
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -39,9 +40,27 @@ _OWN_PROCESS = False
 
 
 def own_process() -> None:
-    """Declare this process collate's own (see _OWN_PROCESS)."""
+    """Declare this process collate's own (see _OWN_PROCESS); it collects garbage rarely."""
     global _OWN_PROCESS
     _OWN_PROCESS = True
+    rare_collections()
+
+
+# Garbage collections in collate's own processes: one each this many allocations (Python: 700).
+GC_ALLOCATIONS = 20_000
+
+
+def rare_collections() -> None:
+    """Fewer garbage collections, in a process that is collate's own (a worker, the `collate` command).
+
+    Parsing and rendering allocate millions of short-lived containers, which reference counting
+    frees; the collector's passes over them, every 700 allocations by default, found almost nothing
+    and took 3 % of the CPU (0.2 s of a 7 s run on 15 MB, 0.04 s with this). What is already there
+    (modules, the tokenizer) is moved out of the collector's sight (`gc.freeze`, which also keeps
+    a forked worker from copying those pages only to mark them).
+    """
+    gc.freeze()
+    gc.set_threshold(GC_ALLOCATIONS, *gc.get_threshold()[1:])
 
 
 @contextlib.contextmanager
