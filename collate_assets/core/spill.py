@@ -17,6 +17,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -187,19 +188,24 @@ def pack_spill(spill_path: str | Path, output_path: str | Path, fmt: str, settin
         stats.max_row_tokens = max(stats.max_row_tokens, int(row_tokens.max()))
         return batch
 
-    writing = 0.0
+    writing = 0.0  # seconds spent waiting for writes (a write overlaps the gathering of the next group)
     started = time.perf_counter()
-    with packed_writer(output_path, fmt) as writer:
+    with packed_writer(output_path, fmt) as writer, ThreadPoolExecutor(1, thread_name_prefix="collate-write") as pool:
+        pending = None
         for first, end in write_groups(lengths, items, offsets):
             batch = gather(first, end)
-            clock = time.perf_counter()
-            writer.write_batch(batch)
-            writing += time.perf_counter() - clock
+            if pending is not None:
+                clock = time.perf_counter()
+                pending.result()
+                writing += time.perf_counter() - clock
+            pending = pool.submit(writer.write_batch, batch)
             del batch
         clock = time.perf_counter()
+        if pending is not None:
+            pending.result()
         writer.close()
     ended = time.perf_counter()
-    writing += ended - clock  # closing, syncing and renaming the file
+    writing += ended - clock  # the last write, closing, syncing and renaming the file
     stats.stage_seconds["gather"] = ended - started - writing
     stats.stage_seconds["write"] = writing
 
