@@ -16,6 +16,7 @@ removes the temporary files it is writing, marks its open Dagster run canceled, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -55,10 +56,27 @@ def _on_signal(signo, _frame) -> None:
         _cleanup_temps()
     name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
     try:
-        sys.stderr.write(f"\ncollate: interrupted{name}\n")
-        sys.stderr.flush()
+        _say(f"\ncollate: interrupted{name}\n")
     finally:
         os._exit(EXIT_INTERRUPTED.get(signo, 128 + signo))
+
+
+# The command's own stderr, kept when it starts: during a run Dagster points the process's stderr
+# at the run's compute log and copies it back with `tail -F`, which a Ctrl-C in a terminal (sent
+# to the whole process group) stops too; what is written to fd 2 then never reaches the terminal.
+_STDERR: dict = {}
+
+
+def _say(text: str) -> None:
+    """Write `text` to the stderr the command started with."""
+    fd = _STDERR.get("fd")
+    if fd is None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()  # what is still buffered comes first
+        os.write(fd, text.encode(errors="replace"))
 
 
 def _loaded(module: str, name: str):
@@ -95,6 +113,9 @@ def install_signal_handlers() -> dict:
     """Take SIGINT and SIGTERM (main thread only); returns the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    if "fd" not in _STDERR:
+        with contextlib.suppress(OSError):  # no stderr at all: nothing to keep
+            _STDERR["fd"] = os.dup(2)
     return {sig: signal.signal(sig, _on_signal) for sig in EXIT_INTERRUPTED}
 
 

@@ -452,6 +452,25 @@ def test_an_interrupt_at_any_moment_ends_the_run_cleanly(tmp_path, long_input, s
     assert (out / "big.jsonl").is_file()
 
 
+def test_ctrl_c_in_a_terminal_says_interrupted_while_dagster_captures_stderr(tmp_path, long_input):
+    """A terminal sends Ctrl-C to the whole process group, which stops the `tail -F` that copies the
+    run's captured stderr back: the message must still reach the command's own stderr."""
+    out = tmp_path / "out"
+    args = collate_command("-i", str(long_input), "-o", str(out), "-f", "jsonl", "-q")
+    process = subprocess.Popen(args, env=subprocess_env(DAGSTER_HOME=str(tmp_path / "home")), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        MOMENTS["while-writing"](out)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "collate: interrupted" in err
+    assert leftovers(out, process.pid) == []
+    assert not (out / "big.jsonl").exists()
+
+
 # -- 7. max_length ceiling; packing memory does not follow max_length ---------------------------------
 
 
