@@ -36,6 +36,9 @@ from .core.settings import (  # noqa: E402
     OVERLONG_POLICIES,
     PACKING_STRATEGIES,
     REASONING_TURNS,
+    TRUNCATED_TURNS,
+    UNSHOWN_REASONING,
+    TOKENIZER_PIPELINES,
     CollateSettings,
     env_name,
     parse_formats,
@@ -177,6 +180,16 @@ def _shard_mb(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1: {text}")
+    return value
+
+
 def _formats(text: str) -> tuple[str, ...]:
     try:
         return parse_formats(text)
@@ -189,9 +202,13 @@ FLAG_FIELDS = {
     "input": "input_dir", "output": "output_dir", "tokenizer": "tokenizer", "format": "formats",
     "max_length": "max_length", "labels": "labels", "packing": "packing", "overlong": "overlong",
     "reasoning_turns": "reasoning_turns", "train_empty_think": "train_empty_think",
+    "unshown_reasoning": "unshown_reasoning",
     "chat_template": "chat_template", "revision": "tokenizer_revision", "trust_remote_code": "trust_remote_code",
+    "tokenizer_pipeline": "tokenizer_pipeline",
     "max_line_bytes": "max_line_bytes", "render_timeout": "render_timeout", "render_max_chars": "render_max_chars",
     "strict": "strict", "workers": "workers", "shard_mb": "shard_mb",
+    "truncated_turns": "truncated_turns", "min_trained_share": "min_trained_share",
+    "max_untrained_turn_ends": "max_untrained_turn_ends",
 }
 
 
@@ -222,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--packing", choices=PACKING_STRATEGIES, help=f"best-fit decreasing or the legacy greedy ({_default('packing')})")
     parser.add_argument("--overlong", choices=OVERLONG_POLICIES, help=f"what to do with conversations longer than max length ({_default('overlong')})")
     parser.add_argument("--reasoning-turns", choices=REASONING_TURNS, help=f"reasoning the template drops from earlier turns: train each such turn alone with its history (per-turn) or train what the template renders (as-rendered) ({_default('reasoning_turns')})")
+    parser.add_argument("--unshown-reasoning", choices=UNSHOWN_REASONING, help=f"reasoning the chat template cannot show, even as the last turn: reject the record or drop the reasoning and train the turn without it, counted ({_default('unshown_reasoning')})")
     parser.add_argument("--train-empty-think", action="store_true", default=None, help=f"labels=assistant: also train the empty thinking block a template inserts (Qwen3) ({_default('train_empty_think')})")
     parser.add_argument("--chat-template", metavar="FILE", help=f"a Jinja chat template file that replaces the tokenizer's ({_default('chat_template')})")
     parser.add_argument("--check-template", action="store_true", help="print what the chat template does (system, tools, reasoning, end of turn, a probe conversation's trained tokens) and exit")
     parser.add_argument("--revision", help=f"hub revision (branch, tag or commit) of the tokenizer ({_default('tokenizer_revision')})")
+    parser.add_argument("--tokenizer-pipeline", choices=TOKENIZER_PIPELINES, help=f"encode with the model's own tokenizer.json (file) or with the pipeline transformers builds from the tokenizer's class (transformers) ({_default('tokenizer_pipeline')})")
     parser.add_argument("--trust-remote-code", action="store_true", default=None, help=f"allow the tokenizer's repository code to run (off by default; {_default('trust_remote_code')})")
     parser.add_argument("--max-line-bytes", type=_positive_int, metavar="N", help=f"reject input records longer than N bytes unparsed ({_default('max_line_bytes')})")
     parser.add_argument("--render-timeout", type=_seconds, metavar="SECONDS", help=f"longest the chat template may render one conversation; longer ones are rejected ({_default('render_timeout')})")
@@ -233,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", default=None, help=f"fail on the first bad record instead of writing it to the rejects file ({_default('strict')})")
     parser.add_argument("-w", "--workers", type=_workers, metavar="N", help=f"worker processes that parse, render and tokenize; 0 = one per core this process may use, 1 = none; the output is the same for any N ({_default('workers')})")
     parser.add_argument("--shard-mb", type=_shard_mb, metavar="MB", help=f"split plain .jsonl files over MB MiB into line-aligned shards of about that size, written as <name>-00000-of-000NN.<ext> with <name>.shards.json; 0 = never ({_default('shard_mb')})")
+    parser.add_argument("--truncated-turns", choices=TRUNCATED_TURNS, help=f"overlong=truncate: keep, or drop (reject), conversations whose truncation cuts off the end of their last trained assistant turn ({_default('truncated_turns')})")
+    parser.add_argument("--min-trained-share", type=_share, metavar="SHARE", help=f"fail a file whose trained tokens are less than SHARE of the tokens written; 0 = off ({_default('min_trained_share')})")
+    parser.add_argument("--max-untrained-turn-ends", type=_share, metavar="SHARE", help=f"fail a file where more than SHARE of the trained assistant turns have their end of turn not trained; 1 = off ({_default('max_untrained_turn_ends')})")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -262,6 +284,16 @@ def format_stats(stats) -> str:
         f"  tokens {t.tokens} ({t.trained_tokens} trained, {t.truncated_tokens} cut); rows {p.rows} "
         f"(lower bound {p.lower_bound}), fill {p.fill:.2%}, {p.sequences_per_row:.1f} sequences/row, {stats.seconds:.1f} s",
     ]
+    supervision = getattr(t, "supervision", None)
+    if supervision:
+        from .core.audit import SupervisionAudit
+
+        lines.append(f"  {SupervisionAudit.from_dict(supervision).summary()}")
+    from .core.tokenizer import drift_line
+
+    drift = drift_line(getattr(t, "tokenizer_drift", None))
+    if drift:
+        lines.append(f"  {drift}")
     return "\n".join(lines)
 
 
@@ -390,6 +422,7 @@ def _work(args, settings):
         tokenizer = load_tokenizer(
             settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
             trust_remote_code=settings.trust_remote_code, render_limits=settings.render_limits(),
+            tokenizer_pipeline=settings.tokenizer_pipeline,
         )
         return "report", template_report(tokenizer, settings)
     if args.register_only:
@@ -462,6 +495,7 @@ def _run_engine(settings, show_progress: bool):
     tokenizer = load_tokenizer(
         settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
         trust_remote_code=settings.trust_remote_code, render_limits=settings.render_limits(),
+        tokenizer_pipeline=settings.tokenizer_pipeline,
     )
     progress = make_progress(sum(progress_total(f) for f in files), show_progress)
     results, failures, outputs = [], [], {}

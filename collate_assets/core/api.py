@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .audit import supervision_problems
 from .errors import CollateError
 from .reader import input_stem, list_input_files
 from .settings import EXTENSIONS, CollateSettings, check_format
@@ -85,7 +86,9 @@ def collate_file_formats(
 ) -> list[FileStats]:
     """Tokenize one file (or one shard of it) once and pack it into each format of `outputs` (format -> output path).
 
-    The rejects file is the first output's (`rejects_path_for`) unless given.
+    The rejects file is the first output's (`rejects_path_for`) unless given. A file whose supervision
+    audit is over a threshold of the settings (`min_trained_share`, `max_untrained_turn_ends`) is not
+    packed: CollateError with the figure and the threshold, as the Dagster layer's blocking checks do.
     """
     for fmt in outputs:
         check_format(fmt)
@@ -102,6 +105,9 @@ def collate_file_formats(
             rejects_path=rejects_path, progress=progress, max_line_bytes=max_line_bytes, shard=shard,
         )
         tokenized = time.perf_counter() - start
+        failed = [message for _, passed, message in supervision_problems(tok_stats.supervision, settings) if not passed]
+        if failed:
+            raise CollateError(f"{input_path}: {'; '.join(failed)}")
         for fmt, output_path in outputs.items():
             begun = time.perf_counter()
             pack_stats = pack_spill(spill, Path(output_path), fmt, settings)

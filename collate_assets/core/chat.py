@@ -27,6 +27,7 @@ import json
 import re
 
 import numpy as np
+from jinja2.exceptions import SecurityError
 
 from .errors import CollateError
 from .formats import Conversation, TextParts
@@ -60,43 +61,115 @@ class Rendered:
     texts: list[str]
     masks: list[Mask | None]
     dropped_reasoning: int = 0
+    unshown_reasoning: int = 0  # reasoning the template cannot show, dropped (unshown_reasoning=drop)
+    # Per text: for each assistant turn in it, the characters of its end-of-turn text (what the model
+    # writes to stop: `<|im_end|>`, `<|return|>`, GLM's next role token), or None when the template
+    # writes none there (the last turn of GLM). Turns meant to be trained only; [] when not worked out.
+    turn_ends: list[list[Span | None]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class TemplateInfo:
-    """What a chat template does, learned from probe conversations."""
+    """What a chat template does, learned from probe conversations.
 
-    system: bool = False
-    tools: bool = False
-    tool_calls: bool = False
-    tool_results: bool = False
+    A feature is True (shown), False (the probe rendered without it: records using it are rejected
+    up front) or None (the template raised on the probe, e.g. Mistral's checks on tool-call ids: each
+    record is rendered and the template's own error, or a rendering that leaves the feature out, is
+    the reason it is rejected).
+    """
+
+    system: bool | None = False
+    tools: bool | None = False
+    tool_calls: bool | None = False
+    tool_results: bool | None = False
+    needs_tools: bool = False  # the template renders only with a tools list (Hermes-3 tool use)
+    arguments: str = "object"  # tool-call arguments as the template reads them: "object" or "string" (JSON text)
     reasoning_key: str | None = None  # the message field the template reads reasoning from
+    # Where it can show reasoning: "every turn", "tool-call turns" (Gemma-4) or "turns after the first
+    # answer" (Kimi-K2-Thinking); a turn whose reasoning it cannot show follows unshown_reasoning.
+    reasoning_shown: str = "n/a"
     reasoning_history: str = "n/a"  # "kept" or "dropped": earlier turns' reasoning
     content_parts: bool = False  # the template iterates typed content parts
     generation_prompt: str = ""
     inserted_before_content: str = ""  # e.g. Qwen3's empty "<think>\n\n</think>\n\n" in the last turn
-    end_of_turn: str = ""
+    end_of_turn: str = ""  # after an assistant turn another turn follows
+    end_of_last_turn: str = ""  # after the last turn, when it differs (harmony's <|return|>)
+    end_of_call: str = ""  # after a turn of tool calls, when it differs (harmony's <|call|>, Gemma-4's <tool_call|>)
+    ends_at_next_role: bool = False  # no end text: the next turn's role token stops the model (GLM)
     prefix_preserving: bool = False
     always_adds_generation_prompt: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def end_markers(self) -> list[str]:
+        """Every text that ends an assistant turn, by position (mid, last, after tool calls)."""
+        return [m for m in dict.fromkeys((self.end_of_turn, self.end_of_last_turn, self.end_of_call)) if m]
+
 
 def _probe_text(tag: str) -> str:
     return f"\ue000{tag}\ue001"
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = _common_prefix(a[::-1], b[::-1])
+    return a[len(a) - n:] if n else ""
+
+
+def _drop_next_header(text: str, headers: list[str]) -> str:
+    """`text` less a tail that starts one of `headers` (the next turn's opening, written right after)."""
+    for end in range(len(text)):
+        tail = text[end:]
+        if tail.strip() and any(h.startswith(tail) for h in headers):
+            return text[:end]
+    return text
+
+
+def _opener_at(gap: str, openers: list[str]) -> int:
+    """Where the next turn opens in `gap`: the position whose text begins most like a turn opening
+    (the generation prompt, another role's header), the first such position on a tie."""
+    best, at = 0, 0
+    for k in range(len(gap)):
+        score = max((_common_prefix(gap[k:], o) for o in openers if o), default=0)
+        if score > best:
+            best, at = score, k
+    return at
+
+
+# What a tool call's arguments end with before the template's own closing text (`{"a": 1}}\n]`).
+_ARGUMENT_CLOSERS = "}]) \n\t\"'"
+PROBE_CALL_ID = "probe0001"  # nine alphanumerics: Mistral's templates raise on any other form
+# A role token written as a bracketed marker (`<|user|>`, `<|observation|>`, `[INST]`).
+_MARKER_RE = re.compile(r"<\|?[\w.:-]{1,40}\|?>|\[[A-Z_]{1,40}\]")
+
+
+class _Unshown(ValueError):
+    """A turn's reasoning that the template does not show even as the last turn."""
 
 
 class ChatEncoder:
     """Turns normalised conversations into texts, tokens and labels."""
 
     def __init__(self, tokenizer, labels: str = "all", *, train_empty_think: bool = False,
-                 reasoning_turns: str = "per-turn"):
+                 reasoning_turns: str = "per-turn", unshown_reasoning: str = "reject"):
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.labels = labels
         self.train_empty_think = train_empty_think
         self.reasoning_turns = reasoning_turns
+        self.unshown_reasoning = unshown_reasoning
+        self._probe_kwargs: dict = {}
+        self._next_header = self._history_header = self._call_header = ""
         try:
             self.info = self._probe()
         except Exception as exc:
@@ -107,8 +180,8 @@ class ChatEncoder:
                 ) from exc
             # labels=all needs no fact about the template: each conversation's own rendering reports
             # the template's error (or the sandbox's) as it does for any template.
-            self.info = TemplateInfo()
-        if labels == "assistant" and not self.info.end_of_turn:
+            self.info = TemplateInfo(system=None, tools=None, tool_calls=None, tool_results=None)
+        if labels == "assistant" and not self.info.end_markers and not self.info.ends_at_next_role:
             raise CollateError(
                 "labels=assistant: this chat template writes no end-of-turn text after an assistant "
                 "turn, so the model could not learn to stop; use labels=all or another template"
@@ -116,106 +189,180 @@ class ChatEncoder:
         if labels == "assistant":
             self._check_probe_mask()
 
+    @classmethod
+    def from_settings(cls, tokenizer, settings, labels: str | None = None) -> "ChatEncoder":
+        """The encoder a run with `settings` uses (`labels` to override theirs)."""
+        return cls(tokenizer, labels or settings.labels, train_empty_think=settings.train_empty_think,
+                   reasoning_turns=settings.reasoning_turns, unshown_reasoning=settings.unshown_reasoning)
+
     # -- probing ------------------------------------------------------------------------------------
     def _apply(self, messages, **kwargs) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
-    def _renders(self, messages, text: str, **kwargs) -> bool:
+    def _try(self, messages, **kwargs) -> str | None:
+        """The probe's rendering, or None when the template raises on it."""
         try:
-            return text in self._apply(messages, **kwargs)
+            return self._apply(messages, **{**self._probe_kwargs, **kwargs})
         except Exception:
-            return False
+            return None
+
+    def _renders(self, messages, text: str, **kwargs) -> bool | None:
+        """Whether the rendering shows `text`; None when the template raises on the probe."""
+        rendered = self._try(messages, **kwargs)
+        return None if rendered is None else text in rendered
 
     def _probe(self) -> TemplateInfo:
         info = TemplateInfo()
         u1, a1, u2, a2 = (_probe_text(t) for t in ("U1", "A1", "U2", "A2"))
-        info.content_parts = not self._renders([{"role": "user", "content": u1}], u1) and self._renders(
-            [{"role": "user", "content": [{"type": "text", "text": u1}]}], u1)
+        name = _probe_text("TOOL")
+        tools = [{"type": "function", "function": {"name": name, "description": "probe",
+                                                   "parameters": {"type": "object", "properties": {}}}}]
+        if self._try([{"role": "user", "content": u1}]) is None and self._try(
+                [{"role": "user", "content": [{"type": "text", "text": u1}]}]) is None:
+            # Some tool-use templates raise without a tools list: probe them with one.
+            if self._try([{"role": "user", "content": u1}], tools=tools) is not None:
+                info.needs_tools = True
+                self._probe_kwargs = {"tools": tools}
+        info.content_parts = not self._renders([{"role": "user", "content": u1}], u1) and bool(self._renders(
+            [{"role": "user", "content": [{"type": "text", "text": u1}]}], u1))
 
         def msg(role: str, text: str, **extra) -> dict:
             return {"role": role, "content": [{"type": "text", "text": text}] if info.content_parts else text, **extra}
 
         first = [msg("user", u1), msg("assistant", a1)]
         more = first + [msg("user", u2), msg("assistant", a2)]
-        last = self._apply(first)
-        full = self._apply(more)
-        with_prompt = self._apply(first[:1], add_generation_prompt=True)
-        without = self._apply(first[:1])
+        kw = self._probe_kwargs
+        last = self._apply(first, **kw)
+        full = self._apply(more, **kw)
+        with_prompt = self._apply(first[:1], add_generation_prompt=True, **kw)
+        without = self._apply(first[:1], **kw)
         eos = getattr(self.tokenizer, "eos_token", None) or ""
         closed = last[: -len(eos)] if eos and last.endswith(eos) else last  # Phi-3 ends a rendering with eos
         info.prefix_preserving = full.startswith(closed)
         prompt = with_prompt[len(without):] if with_prompt.startswith(without) else ""
-        info.end_of_turn = self._probe_end_of_turn(last, full, a1, u2, [without[: without.index(u1)], prompt])
+        bos = getattr(self.tokenizer, "bos_token", None) or ""
+        user_header = without[: without.index(u1)]
+        user_header = user_header[len(bos):] if bos and user_header.startswith(bos) else user_header
+        self._probe_end_of_turn(info, last, full, a1, u2, [h for h in (user_header, prompt) if h], prompt)
+        eot = info.end_of_turn
         if prompt:
             info.generation_prompt = prompt
         else:  # the template writes the assistant header after every turn: take it from a rendering
             between = last[last.index(u1) + len(u1): last.index(a1)]
-            eot = info.end_of_turn
-            header = between[between.index(eot) + len(eot):] if eot and eot in between else between
+            if eot and eot in between:
+                header = between[between.index(eot) + len(eot):]
+            else:  # from where it opens like the next user turn does (Command-R: after the user's end)
+                header = between[_opener_at(between, [self._next_header]):] if self._next_header.strip() else between
             # Without a generation prompt the whitespace around the header is the answer's own (" Hello"
             # after "[/INST]" is one token the model writes).
             info.generation_prompt = header.strip()
             # Some Llama-3 builds write it after every turn; others (Mistral) have no generation prompt.
             info.always_adds_generation_prompt = bool(header.strip()) and closed.rstrip().endswith(header.strip())
+        between = last[last.index(u1) + len(u1): last.index(a1)]
+        self._history_header = between[_opener_at(between, [self._next_header, prompt]):]
         header_at = last.rfind(info.generation_prompt, 0, last.index(a1)) if info.generation_prompt else -1
         if header_at >= 0:
             inserted = last[header_at + len(info.generation_prompt): last.index(a1)]
             info.inserted_before_content = inserted if inserted.strip() else ""  # a space is the answer's own
         info.system = self._renders([msg("system", _probe_text("S"))] + first, _probe_text("S"))
-        name = _probe_text("TOOL")
-        tools = [{"type": "function", "function": {"name": name, "description": "probe",
-                                                   "parameters": {"type": "object", "properties": {}}}}]
         info.tools = self._renders(first, name, tools=tools)
         call = _probe_text("CALL")
-        calling = [first[0], msg("assistant", "", tool_calls=[
-            {"type": "function", "function": {"name": call, "arguments": {}}}])]
-        info.tool_calls = self._renders(calling, call, tools=tools)
+
+        def calling(arguments: dict, call_name: str = call, **extra) -> list[dict]:
+            return [first[0], msg("assistant", "", tool_calls=[
+                {"id": PROBE_CALL_ID, "type": "function", "function": {"name": call_name, "arguments": arguments}}],
+                **extra)]
+
+        info.tool_calls = self._renders(calling({}), call, tools=tools)
+        if info.tool_calls:
+            shown = self._try(calling({}), tools=tools) or ""
+            before_call = shown[shown.index(u1) + len(u1): shown.index(call)]
+            before_call = before_call[_opener_at(before_call, [self._next_header, prompt]):]
+            common = before_call[: _common_prefix(before_call, self._history_header)]
+            # to the end of the last marker both share (Command-R: "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")
+            cut = max(common.rfind(c) for c in ">]\n") + 1
+            self._call_header = common[:cut]
         result = _probe_text("RESULT")
-        info.tool_results = self._renders(calling + [msg("tool", result), msg("assistant", a2)], result, tools=tools)
+        answered = [msg("tool", result, tool_call_id=PROBE_CALL_ID), msg("assistant", a2)]
+        info.tool_results = self._renders(calling({}) + answered, result, tools=tools)
+        if info.tool_calls:
+            shown = self._try(calling({"key": "value"}, "probe_call"), tools=tools) or ""
+            if "{'key': 'value'}" in shown and '"key"' not in shown:
+                info.arguments = "string"  # the template prints arguments as they are: it wants JSON text
+            if info.tool_results:
+                self._probe_end_of_call(info, calling, answered, call, tools)
         source = self.tokenizer.chat_template or ""
         thought = _probe_text("THINK")
         for key in ("reasoning_content", "thinking", "reasoning"):
-            if key in source and self._renders([first[0], msg("assistant", a1, **{key: thought})], thought):
-                info.reasoning_key = key
+            if key not in source:
+                continue
+            if self._renders([first[0], msg("assistant", a1, **{key: thought})], thought):
+                info.reasoning_key, info.reasoning_shown = key, "every turn"
+            elif info.tool_calls and self._renders(calling({}, **{key: thought}), thought, tools=tools):
+                info.reasoning_key, info.reasoning_shown = key, "tool-call turns"  # Gemma-4
+            elif self._renders(first + [msg("user", u2), msg("assistant", a2, **{key: thought})], thought):
+                info.reasoning_key, info.reasoning_shown = key, "turns after the first answer"  # Kimi-K2-Thinking
+            if info.reasoning_key:
                 break
         if info.reasoning_key:
-            history = [first[0], msg("assistant", a1, **{info.reasoning_key: thought}), msg("user", u2),
-                       msg("assistant", a2)]
+            key = info.reasoning_key
+            history = [first[0], msg("assistant", a1, **{key: thought}), msg("user", u2), msg("assistant", a2)]
             info.reasoning_history = "kept" if self._renders(history, thought) else "dropped"
+            if info.inserted_before_content and info.reasoning_shown == "every turn":
+                # Text written before the content whether or not there is reasoning (harmony's
+                # "<|channel|>final<|message|>") is the turn's own, not an empty thinking block.
+                shown = self._try([first[0], msg("assistant", a1, **{key: thought})]) or ""
+                if info.inserted_before_content + a1 in shown:
+                    info.inserted_before_content = ""
         return info
 
-    def _probe_end_of_turn(self, last: str, more: str, a1: str, u2: str, next_headers: list[str]) -> str:
-        """The text the template writes after every assistant turn (e.g. '<|im_end|>').
+    def _probe_end_of_turn(self, info: TemplateInfo, last: str, more: str, a1: str, u2: str,
+                           headers: list[str], prompt: str) -> None:
+        """What the template writes to end an assistant turn, mid-conversation and as the last turn.
 
-        It is the common start of what follows an assistant message when it is the last one and when
-        another turn follows, compared token by token (a character-wise common prefix could end inside
-        the next header: "<|end|>\n<|" for Phi-3). A tail that starts the next turn's header (Llama-3
-        builds that write `<|start_header_id|>` after every turn) is not part of it.
+        Mostly the common start of what follows an assistant message when it is the last one and when
+        another turn follows ('<|im_end|>'), less a tail that starts the next turn's header (Phi-3's
+        "<|end|>\n<|", Llama-3 builds that write `<|start_header_id|>` after every turn). When the two
+        have nothing in common the turn ends by position (harmony: `<|end|>` mid-conversation,
+        `<|return|>` last): the end mid-conversation is what comes before the next turn's opening.
+        When nothing comes before it (GLM), the next role token is the stop the model must learn.
         """
         after_last = last[last.index(a1) + len(a1):]
         after_more = more[more.index(a1) + len(a1): more.index(u2)]
-        last_enc = self.backend.encode(after_last, add_special_tokens=False)
-        more_enc = self.backend.encode(after_more, add_special_tokens=False)
-        ends = []
-        for x, y, (_, stop) in zip(last_enc.ids, more_enc.ids, last_enc.offsets):
-            if x != y:
-                break
-            ends.append(stop)
-        bos = getattr(self.tokenizer, "bos_token", None) or ""
-        headers = [h[len(bos):] if bos and h.startswith(bos) else h for h in next_headers]
-        headers = [h for h in headers if h]  # the user header (text before the first user content), the prompt
-        common = after_last[: ends[-1]] if ends else ""
-        for end in [0] + ends:
-            tail = common[end:]
-            if tail.strip() and any(h.startswith(tail) for h in headers):
-                common = common[:end]
-                break
-        return common.rstrip()
+        common = after_last[: _common_prefix(after_last, after_more)]
+        mid = _drop_next_header(common, headers).rstrip()
+        if not mid.strip():
+            mid = after_more[: _opener_at(after_more, [prompt, *headers])].rstrip()
+            info.ends_at_next_role = not mid.strip() and self._role_marker(after_more.lstrip()) > 0
+        info.end_of_turn = mid
+        self._next_header = after_more[len(mid):] if after_more.startswith(mid) else after_more
+        if not after_last.startswith(mid) or not mid:
+            info.end_of_last_turn = _drop_next_header(after_last, headers).strip()
+
+    def _probe_end_of_call(self, info: TemplateInfo, calling, answered, call: str, tools) -> None:
+        """What ends a turn of tool calls when it is not the usual end of turn (harmony's `<|call|>`,
+        Command-R's `<|END_ACTION|><|END_OF_TURN_TOKEN|>`, GLM's `</tool_call>`): the text common to
+        two calls with different arguments, up to where the tool's turn opens."""
+        gaps = []
+        for arguments in ({}, {"key": "value", "n": 1}):
+            text = self._try(calling(arguments) + answered, tools=tools)
+            if text is None or call not in text:
+                return
+            after = text[text.index(call) + len(call):]
+            gaps.append(after[: after.index("\ue000")] if "\ue000" in after else after)
+        tail = _common_suffix(*gaps)
+        if any(m in tail for m in info.end_markers):
+            return
+        openers = [info.generation_prompt, self._next_header]
+        end = tail[: _opener_at(tail, openers)].lstrip(_ARGUMENT_CLOSERS).rstrip()
+        if end:
+            info.end_of_call = end
 
     def _check_probe_mask(self) -> None:
         """Refuse a template whose assistant mask would train everything or nothing."""
+        tools = self._probe_kwargs.get("tools")
         probe = Conversation([{"role": "user", "content": "What is two plus two?"},
-                              {"role": "assistant", "content": "Two plus two is four."}])
+                              {"role": "assistant", "content": "Two plus two is four."}], tools=tools)
         [rendered] = self.render([probe])
         if isinstance(rendered, Exception):
             raise CollateError(f"labels=assistant: the probe conversation cannot be masked ({rendered})")
@@ -234,16 +381,18 @@ class ChatEncoder:
         info = self.info
         if conversation.plain and not info.content_parts:
             return conversation.messages
-        if conversation.tools and not info.tools:
+        # A feature the probe showed missing (False) rejects the record; one the template raised on
+        # (None) is left to the record's own rendering (see TemplateInfo).
+        if conversation.tools and info.tools is False:
             raise ValueError("the record has tools but the chat template does not show tools")
         out = []
         for i, message in enumerate(conversation.messages):
             role = message["role"]
-            if "tool_calls" in message and not info.tool_calls:
+            if "tool_calls" in message and info.tool_calls is False:
                 raise ValueError(f"message {i} has tool calls but the chat template does not show tool calls")
-            if role == "tool" and not info.tool_results:
+            if role == "tool" and info.tool_results is False:
                 raise ValueError(f"message {i} is a tool result but the chat template does not show tool results")
-            if role == "system" and not info.system:
+            if role == "system" and info.system is False:
                 raise ValueError("the record has a system message but the chat template leaves it out")
             content = message["content"]
             if info.content_parts:  # the template iterates typed parts and cannot print a plain string
@@ -252,9 +401,18 @@ class ChatEncoder:
             elif isinstance(content, TextParts):
                 content = "".join(content)
             adapted = {**message, "content": content}
+            if "tool_calls" in message and info.arguments == "string":
+                adapted["tool_calls"] = [
+                    {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+                    for c in message["tool_calls"]]
             if "reasoning_content" in message:
                 if info.reasoning_key is None:
-                    raise ValueError(f"message {i} has reasoning but the chat template does not show reasoning")
+                    if self.unshown_reasoning == "drop":
+                        del adapted["reasoning_content"]  # counted by render()
+                        out.append(adapted)
+                        continue
+                    raise ValueError(f"message {i} has reasoning but the chat template does not show reasoning "
+                                     "(--unshown-reasoning drop trains the turn without it)")
                 if info.reasoning_key != "reasoning_content":
                     adapted[info.reasoning_key] = adapted.pop("reasoning_content")
             elif info.reasoning_key and role == "assistant" and isinstance(content, str) and "</think>" in content:
@@ -299,16 +457,22 @@ class ChatEncoder:
         out: list[Rendered | Exception] = list(adapted)
         need_mask = []
         for k, text in zip(good, texts):
-            if isinstance(text, Exception):
-                out[k] = text
-                continue
             conversation = conversations[k]
+            if isinstance(text, Exception):
+                out[k] = self._template_error(conversation, text)
+                continue
+            unshown = self._unshown_features(conversation, adapted[k], text)
+            if unshown is not None:
+                out[k] = unshown
+                continue
             if self._needs_mask(conversation):
                 need_mask.append((k, text))
             else:
                 out[k] = Rendered([text], [None])
                 if conversation.has_reasoning:
                     self._count_dropped_reasoning(adapted[k], text, out[k])
+            if conversation.has_reasoning and self.info.reasoning_key is None and isinstance(out[k], Rendered):
+                out[k].unshown_reasoning = sum("reasoning_content" in m for m in conversation.messages)
         if need_mask:
             skeletons = [self._skeleton(adapted[k]) for k, _ in need_mask]
             rendered_skeletons = self._render_many(
@@ -318,10 +482,72 @@ class ChatEncoder:
                 try:
                     if isinstance(skeleton, Exception):
                         raise ValueError(f"chat template error: {skeleton}")
-                    out[k] = self._masked(conversations[k], adapted[k], text, skeleton, values)
+                    try:
+                        out[k] = self._masked(conversations[k], adapted[k], text, skeleton, values)
+                    except ValueError:
+                        if not any(m["content"] == "" for m in adapted[k]):
+                            raise
+                        # An empty answer the template leaves out: align again with it left empty.
+                        kept, kept_values = self._skeleton(adapted[k], keep_empty=True)
+                        [kept_text] = self._render_many([(kept, conversations[k].tools)])
+                        if isinstance(kept_text, Exception):
+                            raise
+                        out[k] = self._masked(conversations[k], adapted[k], text, kept_text, kept_values)
                 except ValueError as exc:
                     out[k] = exc
+                if (conversations[k].has_reasoning and self.info.reasoning_key is None
+                        and isinstance(out[k], Rendered)):
+                    out[k].unshown_reasoning = sum("reasoning_content" in m for m in conversations[k].messages)
         return out
+
+    def plain_turn_ends(self, messages: list[dict], text: str) -> list[Span | None]:
+        """For a text rendered without a mask (labels=all), which has no `turn_ends`: each assistant
+        turn's end-of-turn text, found after its content (the messages' strings looked up in order); []
+        when a string is not found as it is (a template that rewrites it). The supervision audit asks
+        for it only for a text that is cut (the others are trained whole)."""
+        found: list[tuple[int, int, dict]] = []
+        pos = 0
+        for message in messages:
+            content = message["content"]
+            if not isinstance(content, str) or not content.strip():
+                if message["role"] == "assistant":
+                    return []
+                continue
+            piece = content.strip()
+            at = text.find(piece, pos)
+            if at < 0:
+                return []
+            pos = at + len(piece)
+            found.append((at, pos, message))
+        ends = []
+        for n, (_, last, message) in enumerate(found):
+            if message["role"] == "assistant":
+                ceiling = found[n + 1][0] if n + 1 < len(found) else len(text)
+                ends.append(self._turn_end(text, last, ceiling, True))
+        return ends
+
+    def _template_error(self, conversation: Conversation, exc: Exception) -> Exception:
+        """The template's own error for a record, with what it needed when the probe knows it."""
+        if self.info.needs_tools and not conversation.tools and not isinstance(exc, SecurityError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return ValueError(f"chat template error: {type(exc).__name__}: {first} (this template renders only "
+                              "with a tools list, and the record has none)")
+        return exc
+
+    def _unshown_features(self, conversation: Conversation, messages: list[dict], text: str) -> ValueError | None:
+        """Tools or tool calls that a template which raised on the probe left out of this rendering."""
+        info = self.info
+        if conversation.tools and info.tools is None:
+            for tool in conversation.tools:
+                name = tool.get("function", tool).get("name")
+                if isinstance(name, str) and name not in text:
+                    return ValueError("the record has tools but the chat template does not show them")
+        if info.tool_calls is None:
+            for i, message in enumerate(messages):
+                for call in message.get("tool_calls") or ():
+                    if call["function"]["name"] not in text:
+                        return ValueError(f"message {i} has tool calls but the chat template does not show them")
+        return None
 
     def _needs_mask(self, conversation: Conversation) -> bool:
         if self.labels == "assistant":
@@ -338,8 +564,12 @@ class ChatEncoder:
                 rendered.dropped_reasoning += 1
 
     @staticmethod
-    def _skeleton(messages: list[dict]) -> tuple[list[dict], dict]:
-        """The messages with each printed string replaced by a placeholder, and the real values."""
+    def _skeleton(messages: list[dict], keep_empty: bool = False) -> tuple[list[dict], dict]:
+        """The messages with each printed string replaced by a placeholder, and the real values.
+
+        An empty content gets a placeholder too (so an empty answer's end of turn is found), unless
+        `keep_empty` (a template that leaves an empty answer out, Nemotron's).
+        """
         values: dict[tuple[int, str, str], str] = {}
         out = []
         for i, message in enumerate(messages):
@@ -347,7 +577,7 @@ class ChatEncoder:
             content = message["content"]
             if isinstance(content, str):
                 # An empty content beside tool calls stays empty: templates branch on it (Qwen3).
-                if content or "tool_calls" not in message:
+                if content or ("tool_calls" not in message and not keep_empty):
                     s["content"] = _PH.format(i, "c", "")
                     values[(i, "c", "")] = content
             else:
@@ -391,7 +621,7 @@ class ChatEncoder:
                 raise ValueError(
                     f"cannot locate message {key[0]} in the rendering: the chat template rewrites its text"
                 )
-            where[key] = (pos, pos + len(candidate))
+            where.setdefault(key, (pos, pos + len(candidate)))  # a name printed again (harmony's tool header)
             pos += len(candidate)
         if pos != len(text):
             raise ValueError("cannot locate the messages in the rendering: the chat template rewrites them")
@@ -416,9 +646,18 @@ class ChatEncoder:
         anchors, bounds, neighbours = self._layout(where)
         dropped = [i for i, m in enumerate(adapted) if m["role"] == "assistant"
                    and (i, "r", "") in values and (i, "r", "") not in where]
-        split_turns = dropped if self.reasoning_turns == "per-turn" else []
+        alone: dict[int, tuple[str, Mask, list]] = {}
+        unshown = 0
+        if self.reasoning_turns == "per-turn":
+            for i in dropped:
+                try:
+                    alone[i] = self._turn_alone(conversation, adapted, i)
+                except _Unshown as exc:
+                    if self.unshown_reasoning != "drop":
+                        raise ValueError(f"{exc} (--unshown-reasoning drop trains the turn without it)") from None
+                    unshown += 1  # trained as rendered, without its reasoning
         assistant_only = self.labels == "assistant"
-        spans = []
+        spans, ends = [], []
         for i, message in enumerate(adapted):
             flag = conversation.train[i] if conversation.train is not None else None
             role = message["role"]
@@ -428,24 +667,31 @@ class ChatEncoder:
                 wanted = flag
             else:
                 wanted = not assistant_only or role == "assistant"
-            if assistant_only and i in split_turns:
+            if assistant_only and i in alone:
                 wanted = False  # trained in a sequence of its own, with its reasoning
-            if wanted != assistant_only:
-                continue  # assistant: mark the turns to train; all: mark the turns not to train
             if i not in anchors:
-                if wanted and role == "assistant":
-                    raise ValueError(f"cannot locate message {i} ({role}) in the rendering")
+                if wanted and role == "assistant" and assistant_only:
+                    empty = not any(values.get((i, f, "")) for f in ("c", "r")) and "tool_calls" not in message
+                    raise ValueError(f"cannot locate message {i} (assistant) in the rendering: the chat template "
+                                     + ("leaves out an empty answer" if empty else "leaves it out"))
                 continue
-            spans.append(self._turn_span(text, i, role, anchors[i], bounds, neighbours, wanted))
+            if wanted == assistant_only or (wanted and role == "assistant"):
+                span, end = self._turn_span(text, i, role, anchors[i], bounds, neighbours, wanted)
+                if wanted == assistant_only:
+                    spans.append(span)  # assistant: the turns to train; all: the turns not to train
+                if wanted and role == "assistant":
+                    ends.append(end)
         texts = [text]
         masks: list[Mask | None] = [Mask(spans, assistant_only) if spans or assistant_only else None]
-        for i in split_turns:
-            sub_text, mask = self._turn_alone(conversation, adapted, i)
+        turn_ends = [ends]
+        for sub_text, mask, sub_ends in alone.values():
             texts.append(sub_text)
             masks.append(mask)
-        return Rendered(texts, masks, dropped_reasoning=0 if split_turns else len(dropped))
+            turn_ends.append(sub_ends)
+        return Rendered(texts, masks, dropped_reasoning=0 if self.reasoning_turns == "per-turn" else len(dropped),
+                        unshown_reasoning=unshown, turn_ends=turn_ends)
 
-    def _turn_alone(self, conversation: Conversation, adapted, i: int) -> tuple[str, Mask]:
+    def _turn_alone(self, conversation: Conversation, adapted, i: int) -> tuple[str, Mask, list]:
         """Assistant turn i as the last turn of its history, where the template keeps its reasoning."""
         sub = adapted[: i + 1]
         skeleton, values = self._skeleton(sub)
@@ -454,12 +700,16 @@ class ChatEncoder:
             raise ValueError(f"chat template error on the history of message {i}")
         where = self._align(text, rendered, values)
         if (i, "r", "") not in where:
-            raise ValueError(f"the chat template leaves out the reasoning of message {i} even as the last turn")
+            shown = self.info.reasoning_shown
+            raise _Unshown(f"message {i} has reasoning that the chat template does not show, even as the last turn"
+                           + (" (it shows reasoning only for turns with tool calls)" if shown == "tool-call turns" else ""))
         anchors, bounds, neighbours = self._layout(where)
-        return text, Mask([self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)])
+        span, end = self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)
+        return text, Mask([span]), [end]
 
-    def _turn_span(self, text, i, role, anchors, bounds, neighbours, trained: bool) -> Span:
-        """Characters of message i's turn: from the end of its header through its end-of-turn text.
+    def _turn_span(self, text, i, role, anchors, bounds, neighbours, trained: bool) -> tuple[Span, Span | None]:
+        """Characters of message i's turn, from the end of its header through its end-of-turn text, and
+        the end-of-turn text's own characters (None: there is none).
 
         A trained assistant turn without reasoning leaves out the text the template inserts before its
         content (an empty thinking block), unless train_empty_think is set.
@@ -480,23 +730,63 @@ class ChatEncoder:
             if (trained and inserted and not has_reasoning and not self.train_empty_think
                     and text.startswith(inserted, start)):
                 start += len(inserted)
-        eot = self.info.end_of_turn
-        end_at = text.find(eot, last, ceiling) if eot else -1
-        if end_at < 0:
-            if role == "assistant" and self.labels == "assistant":
-                raise ValueError(f"no end-of-turn text {eot!r} after assistant message {i}")
-            return (start, last)
-        return (start, end_at + len(eot))
+        end = self._turn_end(text, last, ceiling, role == "assistant")
+        if end is None:
+            nothing_after = not text[last:ceiling].strip()
+            if (role == "assistant" and self.labels == "assistant"
+                    and not (self.info.ends_at_next_role and nothing_after)):
+                markers = " or ".join(repr(m) for m in self.info.end_markers) or "(none)"
+                raise ValueError(f"no end-of-turn text {markers} after assistant message {i}")
+            return (start, last), None
+        return (start, end[1]), end
+
+    def _turn_end(self, text: str, last: int, ceiling: int, assistant: bool) -> Span | None:
+        """The end-of-turn text after a turn's last piece and before the next message's first: the first
+        of the template's end markers to end there (harmony: <|end|>, <|return|> or <|call|> by position),
+        then, for a template whose next role token ends an assistant turn (GLM), that token."""
+        best = None
+        for marker in self.info.end_markers:
+            at = text.find(marker, last, ceiling)
+            if at >= 0 and (best is None or at + len(marker) < best[1]):
+                best = (at, at + len(marker))
+        if assistant and self.info.ends_at_next_role:
+            pos = best[1] if best else last
+            rest = text[pos:ceiling]
+            lead = len(rest) - len(rest.lstrip())
+            size = self._role_marker(rest[lead:])
+            if size:
+                return (best[0] if best else pos + lead, pos + lead + size)
+        return best
+
+    def _role_marker(self, text: str) -> int:
+        """The length of the role token `text` starts with (GLM's `<|user|>`): one of the tokenizer's
+        added tokens, else a bracketed marker such as `<|observation|>` or `[INST]`; 0 for plain text
+        ("user: "), which no model is trained to emit as its stop."""
+        added = self._added_tokens
+        for size in sorted({len(t) for t in added}, reverse=True):
+            if text[:size] in added:
+                return size
+        match = _MARKER_RE.match(text)
+        return match.end() if match else 0
+
+    @functools.cached_property
+    def _added_tokens(self) -> frozenset[str]:
+        decoder = getattr(self.tokenizer, "added_tokens_decoder", None) or {}
+        return frozenset(t.content for t in decoder.values() if getattr(t, "content", "").strip())
 
     @functools.cached_property
     def _headers(self) -> list[str]:
-        """The generation prompt, then shorter forms of it (a history turn may not repeat all of it)."""
+        """The generation prompt, the assistant header as history turns and tool-call turns show it,
+        then shorter forms of the prompt (a history turn may not repeat all of it), never shorter than
+        those headers (`<|` alone would match inside any text)."""
         prompt = self.info.generation_prompt
-        out = [prompt, prompt.rstrip()]
+        seen = [h.strip() for h in (self._history_header, self._call_header) if h.strip()]
+        shortest = min((len(h) for h in seen), default=0)
+        out = [prompt, prompt.rstrip(), self._history_header, self._call_header]
         if prompt:
             encoding = self.backend.encode(prompt, add_special_tokens=False)
-            out += [prompt[:stop] for _, stop in encoding.offsets[-2::-1]]
-        return [h for h in dict.fromkeys(out) if h]
+            out += [prompt[:stop] for _, stop in encoding.offsets[-2::-1] if stop >= shortest]
+        return [h for h in dict.fromkeys(out) if h.strip()]
 
     # -- tokenizing -----------------------------------------------------------------------------------
     def encode_texts(self, texts: list[str], offsets: bool = True):

@@ -69,6 +69,7 @@ class Conversation:
     tools: list[dict] | None = None
     train: list[bool | None] | None = None
     plain: bool = False  # only user/assistant messages with string content: nothing for a template to lack
+    double_encoded: int = 0  # tool-call arguments that were JSON text of JSON text (decoded twice)
 
     @property
     def has_tool_calls(self) -> bool:
@@ -121,6 +122,12 @@ def normalize_tools(value) -> list[dict] | None:
     return out or None
 
 
+class _Call(dict):
+    """A normalised tool call; `double_encoded` tells that its arguments were decoded twice."""
+
+    __slots__ = ("double_encoded",)
+
+
 def _tool_call(call, where: str) -> dict:
     if not isinstance(call, dict):
         raise ValueError(f"{where} is {type(call).__name__}, not an object")
@@ -134,11 +141,21 @@ def _tool_call(call, where: str) -> dict:
     if arguments is None or arguments == "":
         arguments = {}
     arguments = _json_value(arguments, f"{where} arguments")
+    double = False
+    if isinstance(arguments, str) and arguments.lstrip().startswith("{"):
+        # JSON text of JSON text ("\"{\\\"a\\\": 1}\""), as data sets made with json.dumps twice store it
+        try:
+            inner = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            inner = None
+        if isinstance(inner, dict):
+            arguments, double = inner, True
     if not isinstance(arguments, dict):
         raise ValueError(f"{where} arguments are {type(arguments).__name__}, not a JSON object")
-    out = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    out = _Call({"type": "function", "function": {"name": name, "arguments": arguments}})
     if call.get("id") is not None:
-        out = {"id": call["id"], **out}
+        out = _Call({"id": call["id"], **out})
+    out.double_encoded = double
     return out
 
 
@@ -233,6 +250,7 @@ def normalize_record(obj: object) -> Conversation:
         out.append({"role": "system", "content": system})
         flags.append(None)
     plain = not tools and not out
+    double_encoded = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise ValueError(f"message {i} is {type(message).__name__}, not an object")
@@ -286,6 +304,7 @@ def normalize_record(obj: object) -> Conversation:
                 text = ""
             if calls:
                 normal["tool_calls"] = calls
+                double_encoded += sum(getattr(c, "double_encoded", False) for c in calls)
         elif calls:
             raise ValueError(f"message {i} ({role}) carries tool calls; only assistant messages can")
         else:
@@ -302,4 +321,5 @@ def normalize_record(obj: object) -> Conversation:
             continue
         out.append(normal)
         flags.append(_flag(message, i))
-    return Conversation(out, tools or None, flags if any(f is not None for f in flags) else None, plain)
+    return Conversation(out, tools or None, flags if any(f is not None for f in flags) else None, plain,
+                        double_encoded)

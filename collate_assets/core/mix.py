@@ -68,6 +68,9 @@ class MixSource:
     spills: Sequence[str | Path]
     fingerprints: Sequence[dict] = ()
     ratio: float | None = None  # a share of the training tokens instead of a weight (all sources or none)
+    # The supervision audit of the source's files as tokenized (audit.SupervisionAudit.to_dict(), merged over
+    # its spills), written to the manifest per source and merged over sources: before deduplication and weighting.
+    supervision: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ class MixStats:
     settings: dict[str, Any]
     files: list[str]
     seconds: float = 0.0
+    supervision: dict = dataclasses.field(default_factory=dict)  # the sources' audits merged ({}: none given)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,7 +262,8 @@ def _write_split(catalog: _Catalog, seqs: np.ndarray, name: str, folder: Path, s
         files.append(file_name)
     bound = packing.lower_bound(tokens, settings.max_length)
     return {
-        "rows": rows, "sequences": len(seqs), "tokens": tokens, "trained_tokens": trained, "lower_bound_rows": bound,
+        "rows": rows, "sequences": len(seqs), "tokens": tokens, "trained_tokens": trained,
+        "trained_share": trained / tokens if tokens else 0.0, "lower_bound_rows": bound,
         "fill": tokens / (rows * settings.max_length) if rows else 0.0, "max_row_tokens": longest, "files": files,
     }, files
 
@@ -313,6 +318,7 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             "train_conversations": int(train_copies[mine].sum()),
             "train_tokens": int((conv_tokens * train_copies)[mine].sum()),
             "fingerprints": list(source.fingerprints),
+            **({"supervision": source.supervision} if source.supervision is not None else {}),
         }
 
     if not train_copies.any():
@@ -339,6 +345,11 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             splits["validation"], written = _write_split(catalog, val_seqs, "validation", staging, settings, rng)
             files += written
         stats = MixStats(sources=per_source, splits=splits, settings=dataclasses.asdict(settings), files=files)
+        given = [s.supervision for s in sources if s.supervision is not None]
+        if given:
+            from .audit import SupervisionAudit
+
+            stats.supervision = SupervisionAudit.merged(given).to_dict()
         _publish(folder, staging, files)
         stats.seconds = round(time.perf_counter() - started, 3)
         manifest = stats.to_dict()

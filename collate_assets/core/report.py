@@ -10,10 +10,11 @@ import dataclasses
 
 import numpy as np
 
-from .chat import ChatEncoder
+from .chat import PROBE_CALL_ID, ChatEncoder
 from .errors import CollateError
 from .formats import normalize_record
 from .settings import IGNORE_INDEX, CollateSettings
+from .tokenizer import compare_pipelines, drift_summary
 
 TRAINED_OPEN, TRAINED_CLOSE = "«", "»"
 _PROBE_TOOLS = [{"type": "function", "function": {
@@ -30,13 +31,18 @@ def probe_record(encoder: ChatEncoder) -> dict:
         messages.insert(0, {"role": "system", "content": "You are a helpful assistant."})
     record: dict = {"messages": messages}
     messages.append({"role": "user", "content": "What is the weather in Paris?"})
-    if info.tools and info.tool_calls and info.tool_results:
+    if info.tools is not False and info.tool_calls is not False and info.tool_results is not False:
         record["tools"] = _PROBE_TOOLS
-        call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
-                     {"role": "tool", "content": "{\"temperature_c\": 21}"}]
+        call = {"id": PROBE_CALL_ID, "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        calling = {"role": "assistant", "content": None, "tool_calls": [call]}
+        if info.reasoning_key and info.reasoning_shown == "tool-call turns":
+            calling["reasoning_content"] = "The user asks for the weather; call the tool."
+        messages += [calling, {"role": "tool", "tool_call_id": PROBE_CALL_ID, "content": "{\"temperature_c\": 21}"}]
+    elif info.needs_tools:
+        record["tools"] = _PROBE_TOOLS
     answer = {"role": "assistant", "content": "It is 21 °C in Paris."}
-    if info.reasoning_key:
+    if info.reasoning_key and info.reasoning_shown == "every turn":
         answer["reasoning_content"] = "The user asks for the weather; answer briefly."
     messages.append(answer)
     return record
@@ -48,26 +54,35 @@ class TemplateReport:
     probe: list[str]  # each sequence of the probe, decoded, trained text between « »
     trained_tokens: int
     tokens: int
-    refusal: str | None
+    refusal: str | None  # labels=assistant refuses the template: a run with it fails
+    # The tokenizer pipeline in use (tokenizer.json or transformers') against the other one, on the probe
+    # texts of load_tokenizer and the probe conversation's texts (tokenizer.drift_summary).
+    tokenizer_drift: dict = dataclasses.field(default_factory=dict)
+    probe_rejected: str | None = None  # the probe record is rejected (as such records of a run would be)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def text(self) -> str:
         f = self.facts
-        yes = {True: "yes", False: "no"}
+        yes = {True: "yes", False: "no", None: "unknown (the template raised on the probe; each record tells)"}
         lines = [
             f"system message:        {yes[f['system']]}",
             f"tools:                 {yes[f['tools']]} (tool calls {yes[f['tool_calls']]}, tool results "
             f"{yes[f['tool_results']]})",
             f"reasoning:             {f['reasoning_key'] or 'no'}"
-            + (f" (earlier turns' reasoning {f['reasoning_history']})" if f["reasoning_key"] else ""),
+            + (f" (shown for {f['reasoning_shown']}; earlier turns' reasoning {f['reasoning_history']})"
+               if f["reasoning_key"] else ""),
             f"typed content parts:   {'passed as parts' if f['content_parts'] else 'joined into one string'}",
             f"prefix-preserving:     {yes[f['prefix_preserving']]}",
             f"generation prompt:     {f['generation_prompt']!r}"
             + (" (written after every turn)" if f["always_adds_generation_prompt"] else ""),
-            f"end of turn:           {f['end_of_turn']!r}",
+            f"end of turn:           {f['end_of_turn']!r}"
+            + (f", last turn {f['end_of_last_turn']!r}" if f["end_of_last_turn"] else "")
+            + (f", after tool calls {f['end_of_call']!r}" if f["end_of_call"] else "")
+            + (" (then the next role token, which stops the model)" if f["ends_at_next_role"] else ""),
             f"inserted before a turn without reasoning: {f['inserted_before_content']!r}",
+            f"tokenizer pipeline:    {self._pipeline_text()}",
             "",
             f"probe conversation under --labels assistant ({self.trained_tokens} of {self.tokens} tokens trained, "
             f"trained text between {TRAINED_OPEN} {TRAINED_CLOSE}):",
@@ -76,9 +91,27 @@ class TemplateReport:
             if len(self.probe) > 1:
                 lines.append(f"--- sequence {k + 1} of {len(self.probe)}")
             lines.append(sequence)
+        if self.probe_rejected:
+            lines += ["", f"the probe conversation would be rejected: {self.probe_rejected}"]
         if self.refusal:
             lines += ["", f"REFUSED: {self.refusal}"]
         return "\n".join(lines)
+
+    def _pipeline_text(self) -> str:
+        d = self.tokenizer_drift
+        if not d:
+            return "unknown"
+        used = "tokenizer.json" if d["pipeline"] == "file" else "transformers' backend"
+        if d.get("compared_with") is None:
+            return f"{used} (no tokenizer.json to compare with)"
+        other = "transformers' backend" if d["pipeline"] == "file" else "tokenizer.json"
+        text = (f"{used}; {other} differs on {d['probe_differing']} of {d['probe_texts']} probe texts and "
+                f"{d['differing']} of {d['texts']} texts of the probe conversation")
+        example = d.get("example")
+        if example:
+            text += (f", e.g. {example['text']!r}: {example['file']} (tokenizer.json) vs "
+                     f"{example['transformers']} (transformers)")
+        return text
 
 
 def template_report(tokenizer, settings: CollateSettings | None = None) -> TemplateReport:
@@ -88,12 +121,14 @@ def template_report(tokenizer, settings: CollateSettings | None = None) -> Templ
     refusal = None
     try:
         encoder = ChatEncoder(tokenizer, "assistant", train_empty_think=settings.train_empty_think,
-                              reasoning_turns=settings.reasoning_turns)
+                              reasoning_turns=settings.reasoning_turns,
+                              unshown_reasoning=getattr(settings, "unshown_reasoning", "reject"))
     except CollateError as exc:
         encoder, refusal = facts_encoder, str(exc)
     [rendered] = encoder.render([normalize_record(probe_record(encoder))])
     if isinstance(rendered, Exception):
-        return TemplateReport(facts_encoder.info.to_dict(), [], 0, 0, refusal or f"probe conversation: {rendered}")
+        return TemplateReport(encoder.info.to_dict(), [], 0, 0, refusal, drift_summary(tokenizer),
+                              probe_rejected=str(rendered))
     probe, trained, total = [], 0, 0
     for text, mask, encoding in zip(rendered.texts, rendered.masks, encoder.encode_texts(rendered.texts)):
         _, labels = encoder.labels_for(encoding, mask)
@@ -107,4 +142,5 @@ def template_report(tokenizer, settings: CollateSettings | None = None) -> Templ
                 pos, state = start, flag
         pieces.append(text[pos:] + (TRAINED_CLOSE if state else ""))
         probe.append("".join(pieces))
-    return TemplateReport(encoder.info.to_dict(), probe, trained, total, refusal)
+    drift = drift_summary(tokenizer, compare_pipelines(tokenizer, rendered.texts))
+    return TemplateReport(encoder.info.to_dict(), probe, trained, total, refusal, drift)

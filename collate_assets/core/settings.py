@@ -26,12 +26,18 @@ PackingStrategy = Literal["bfd", "greedy"]
 OverlongPolicy = Literal["truncate", "drop", "split", "error"]
 OutputFormat = Literal["arrow", "parquet", "msgpack", "jsonl"]
 ReasoningTurns = Literal["per-turn", "as-rendered"]
+UnshownReasoning = Literal["reject", "drop"]
+TokenizerPipeline = Literal["file", "transformers"]
+TruncatedTurns = Literal["keep", "drop"]
 
 LABELS_MODES: tuple[str, ...] = ("all", "assistant")
 PACKING_STRATEGIES: tuple[str, ...] = ("bfd", "greedy")
 OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "drop", "split", "error")
 OUTPUT_FORMATS: tuple[str, ...] = ("arrow", "parquet", "msgpack", "jsonl")
 REASONING_TURNS: tuple[str, ...] = ("per-turn", "as-rendered")
+UNSHOWN_REASONING: tuple[str, ...] = ("reject", "drop")
+TOKENIZER_PIPELINES: tuple[str, ...] = ("file", "transformers")
+TRUNCATED_TURNS: tuple[str, ...] = ("keep", "drop")
 EXTENSIONS: dict[str, str] = {
     "arrow": ".arrow",
     "parquet": ".parquet",
@@ -91,6 +97,11 @@ class CollateSettings:
     tokenizer_revision: str | None = _field(None, "Hub revision (branch, tag or commit) of the tokenizer.", output=False)
     chat_template: str | None = _field(None, "A Jinja chat template file that replaces the tokenizer's.", output=False)
     trust_remote_code: bool = _field(False, "Let the tokenizer repository's own code run (only if you trust it).", output=False)
+    # transformers 5 rebuilds the normalizer and pre-tokenizer from the tokenizer's class, and for some
+    # (SmolLM2, Phi-3) they segment text unlike the model's tokenizer.json: the file is the default.
+    tokenizer_pipeline: TokenizerPipeline = _field(
+        "file", "file: encode with the model's own tokenizer.json (what it was pretrained with); "
+        "transformers: with the pipeline transformers builds from the tokenizer's class.", choices=TOKENIZER_PIPELINES)
     render_timeout: float = _field(
         DEFAULT_RENDER_SECONDS, "Longest the chat template may take to render one conversation, in seconds; "
         "a conversation over it is rejected.")
@@ -118,6 +129,21 @@ class CollateSettings:
         "sequence of its own; as-rendered trains what the template renders.", choices=REASONING_TURNS)
     train_empty_think: bool = _field(
         False, "labels=assistant: also train the empty thinking block a template inserts (Qwen3).")
+    # Reasoning a template cannot show at all, or not for that turn even as the last one (Gemma-4 shows
+    # it only for turns with tool calls): reject the record, or train the turn without it (counted).
+    unshown_reasoning: UnshownReasoning = _field(
+        "reject", "Reasoning the chat template cannot show (even as the last turn): reject the record, or drop "
+        "the reasoning and train the turn without it (counted as reasoning_unshown).", choices=UNSHOWN_REASONING)
+    # The supervision audit (core/audit.py). truncated_turns changes what is written; the thresholds
+    # only decide whether a file passes (the command fails it, the Dagster checks block it).
+    truncated_turns: TruncatedTurns = _field(
+        "keep", "overlong=truncate: keep or drop (reject) conversations whose truncation cuts off the end of "
+        "their last trained assistant turn.", choices=TRUNCATED_TURNS)
+    min_trained_share: float = _field(
+        0.0, "Fail a file whose trained tokens are less than this share of the tokens written (0 = off).", output=False)
+    max_untrained_turn_ends: float = _field(
+        1.0, "Fail a file where more than this share of trained assistant turns have their end of turn not "
+        "trained (cut by truncation, masked, or not written); 1 = off.", output=False)
     # How the work is spread. The outputs are the same bytes whatever the number of workers.
     workers: int = _field(
         0, "Worker processes that parse, render, tokenize and label a file: 0 = the cores this process may "
@@ -158,6 +184,12 @@ class CollateSettings:
             object.__setattr__(self, "shard_mb", float(self.shard_mb))
         if not isinstance(self.shard_mb, float) or not 0 <= self.shard_mb < 1e9 or math.isnan(self.shard_mb):
             raise ValueError(f"shard_mb must be a number of MiB, 0 (never split) or more, got {self.shard_mb!r}")
+        for name in ("min_trained_share", "max_untrained_turn_ends"):
+            value = getattr(self, name)
+            if _is_int(value):
+                object.__setattr__(self, name, value := float(value))
+            if not isinstance(value, float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a share from 0 to 1, got {value!r}")
         if not _is_int(self.workers) or not 0 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be an integer from 0 (one per core) to {MAX_WORKERS}, got {self.workers!r}")
 

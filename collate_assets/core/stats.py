@@ -41,12 +41,19 @@ class TokenizeStats:
     truncated_tokens: int = 0  # tokens removed by truncate or drop
     turn_sequences: int = 0  # extra sequences: assistant turns trained alone with their reasoning (per-turn)
     reasoning_dropped: int = 0  # assistant turns whose reasoning the template left out (as-rendered)
+    reasoning_unshown: int = 0  # reasoning the template cannot show, dropped (unshown_reasoning=drop)
+    double_encoded_arguments: int = 0  # tool-call arguments given as JSON text of JSON text, decoded twice
     histogram: list = dataclasses.field(default_factory=list)
     template: dict = dataclasses.field(default_factory=dict)  # what the chat template shows (TemplateInfo)
     # Seconds spent in each stage, summed over worker processes: read, parse, render, encode, labels, spill.
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     workers: int = 1  # processes that parsed, rendered, encoded and labelled (1: this one)
     shard: dict | None = None  # the part of the file read (shards.Shard.to_dict()); None: all of it
+    # What the written sequences train (audit.SupervisionAudit.to_dict()): trained share, turn ends, special tokens.
+    supervision: dict = dataclasses.field(default_factory=dict)
+    # How the tokenizer pipeline in use and the other one (tokenizer.json vs transformers' rebuild) segment
+    # the probe texts and the rendered texts of the file's first chunk (tokenizer.drift_summary).
+    tokenizer_drift: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -34,6 +34,7 @@ import pyarrow as pa
 from jinja2.exceptions import SecurityError
 
 from .arrays import to_arrow
+from .audit import OUTSIDE_SAMPLE, SupervisionAudit, audit_turn_ends, count_special, special_token_ids, written_labels
 from .chat import ChatEncoder, Rendered
 from .errors import CollateError
 from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
@@ -41,7 +42,7 @@ from .settings import IGNORE_INDEX, CollateSettings
 from .shards import Shard
 from .spill import SPILL_SCHEMA
 from .stats import TokenizeStats, length_histogram
-from .tokenizer import rare_collections
+from .tokenizer import compare_pipelines, drift_summary, rare_collections
 from .writers import atomic_path, shown
 
 Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
@@ -84,7 +85,8 @@ class _RejectLog:
 
 # The counts a chunk adds to its file's TokenizeStats (the reject counts are kept by _RejectLog).
 _COUNTED = ("conversations", "sequences", "truncated", "dropped", "split", "tokens_read", "tokens",
-            "trained_tokens", "truncated_tokens", "turn_sequences", "reasoning_dropped")
+            "trained_tokens", "truncated_tokens", "turn_sequences", "reasoning_dropped", "reasoning_unshown",
+            "double_encoded_arguments")
 STAGES = ("read", "parse", "render", "encode", "labels", "spill")
 
 
@@ -101,6 +103,8 @@ class ChunkResult:
     counts: TokenizeStats
     seconds: dict[str, float]
     error: CollateError | None = None
+    drift: object = None  # tokenizer.TokenizerDrift on the chunk's texts, for the first chunk of a file
+    audit: SupervisionAudit = dataclasses.field(default_factory=SupervisionAudit)  # merged by tokenize_file
 
     def batch(self) -> pa.RecordBatch | None:
         if len(self.lines) == 0:
@@ -116,6 +120,9 @@ class ChunkResult:
         )
 
 
+DRIFT_TEXTS = 128  # texts of a file's first chunk encoded with the other tokenizer pipeline too
+
+
 class ChunkTokenizer:
     """Parses, renders, encodes and labels chunks of one file's records (in this process or a worker)."""
 
@@ -123,8 +130,20 @@ class ChunkTokenizer:
         self.encoder = encoder
         self.settings = settings
         self.name = name  # the input file's (for rejects and errors)
+        self.compare_at = None  # position of the file's first record, set by _results before any worker starts
+        self.specials = special_token_ids(encoder.tokenizer)  # the supervision audit counts these when trained
+        # labels=all: a labels=assistant encoder tells, on a sample, what is trained outside assistant turns
+        # (made here, before workers fork, so each worker has it). None when the template cannot be masked.
+        self.assistant_encoder = None
+        if settings.labels == "all":
+            try:
+                self.assistant_encoder = ChatEncoder.from_settings(encoder.tokenizer, settings, "assistant")
+            except CollateError:
+                pass
 
     def process(self, raw: RawChunk) -> ChunkResult:
+        """The file's first chunk (its first record at `compare_at`) is also encoded with the tokenizer
+        pipeline not in use, to count the texts that differ (one more encode of it; nothing written changes)."""
         clock = time.perf_counter
         encoder = self.encoder
         seconds = dict.fromkeys(("parse", "render", "encode", "labels"), 0.0)
@@ -136,17 +155,36 @@ class ChunkTokenizer:
         texts = [t for r in done for t in r.texts]
         masked = any(m is not None for r in done for m in r.masks)
         t2 = clock()
-        encodings = encoder.encode_texts(texts, masked) if texts else []
+        sample = self.assistant_encoder is not None
+        if texts and sample and not masked:
+            # the texts the audit samples are encoded with offsets, the others as fast as ever (unmasked,
+            # a conversation is one text): the sample is not encoded twice
+            k = min(OUTSIDE_SAMPLE, len(texts))
+            encodings = encoder.encode_texts(texts[:k]) + (encoder.encode_texts(texts[k:], False) if texts[k:] else [])
+        else:
+            encodings = encoder.encode_texts(texts, masked) if texts else []
+        first = bool(raw.records) and raw.records[0][0] == self.compare_at
+        # (its first DRIFT_TEXTS texts: enough to see a difference, a small share of the file's encoding)
+        drift = (compare_pipelines(encoder.tokenizer, texts[:DRIFT_TEXTS], encodings[:DRIFT_TEXTS])
+                 if first and texts else None)
         t3 = clock()
-        result = self._label(chunk, rendered, encodings)
+        result = self._label(chunk, rendered, encodings, has_offsets=masked)
+        if sample:
+            self._sample_outside_assistant(chunk.conversations, rendered, encodings, result.audit)
         seconds.update(parse=t1 - t0, render=t2 - t1, encode=t3 - t2, labels=clock() - t3)
         result.seconds = seconds
+        result.drift = drift
         return result
 
-    def _label(self, chunk, rendered, encodings) -> ChunkResult:
-        """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's."""
+    def _label(self, chunk, rendered, encodings, has_offsets: bool = True) -> ChunkResult:
+        """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's.
+
+        `has_offsets`: the encodings carry character offsets (a chunk encoded without, for speed, has
+        none; the supervision audit then works out the few it needs).
+        """
         encoder, settings = self.encoder, self.settings
         counts = TokenizeStats(file=self.name, max_length=settings.max_length)
+        audit = SupervisionAudit()
         rejects: list[Reject] = []
         reader_rejects = iter(chunk.rejects)
         next_reader_reject = next(reader_rejects, None)
@@ -180,7 +218,8 @@ class ChunkTokenizer:
             if isinstance(result, Exception):
                 rejects.append(Reject(name, line, f"chat template error: {_one_line(result)}", excerpt, unit))
                 continue
-            sequences = [encoder.labels_for(next(enc_iter), mask) for mask in result.masks]
+            encs = [next(enc_iter) for _ in result.masks]
+            sequences = [encoder.labels_for(enc, mask) for enc, mask in zip(encs, result.masks)]
             try:
                 pieces, reason = _fit(sequences, settings, counts, line, name)
             except CollateError as exc:  # overlong=error
@@ -201,10 +240,26 @@ class ChunkTokenizer:
                     reason += " (no assistant message)"
                 rejects.append(Reject(name, line, reason, excerpt, unit))
                 counts.tokens_read -= n
+                audit.no_trained_token += 1
                 continue
+            turns = self._audit_turns(result, conversation, sequences, encs, has_offsets, audit)
+            if turns is not None and turns.truncated_before_end_of_turn and settings.truncated_turns == "drop":
+                longest = max(len(ids) for ids, _ in sequences)
+                rejects.append(Reject(name, line, f"truncation to max_length {max_length} cuts off the end of the last "
+                                      f"trained assistant turn ({longest} tokens; truncated_turns=drop)", excerpt, unit))
+                counts.truncated -= 1  # not written: neither truncated nor read (as a rejected line)
+                counts.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+                counts.tokens_read -= sum(len(ids) for ids, _ in sequences)
+                audit.truncated_before_end_of_turn += turns.truncated_before_end_of_turn
+                audit.truncated_turns_dropped += 1
+                continue
+            if turns is not None:
+                audit.add(turns)
             counts.conversations += 1
             counts.trained_tokens += trained
             counts.reasoning_dropped += result.dropped_reasoning
+            counts.reasoning_unshown += result.unshown_reasoning
+            counts.double_encoded_arguments += conversation.double_encoded
             counts.turn_sequences += len(result.texts) - 1
             for piece_ids, piece_labels in pieces:
                 ids_out.append(piece_ids)
@@ -218,16 +273,92 @@ class ChunkTokenizer:
         counts.sequences += len(ids_out)
         counts.tokens += int(offsets[-1])
         empty = np.zeros(0, dtype=np.int32)
+        all_labels = np.concatenate(labels_out) if labels_out else empty
+        audit.tokens, audit.trained_tokens = counts.tokens, counts.trained_tokens
+        count_special(audit, all_labels, self.specials)
         return ChunkResult(
             ids=np.concatenate(ids_out) if ids_out else empty,
-            labels=np.concatenate(labels_out) if labels_out else empty,
+            labels=all_labels,
             offsets=offsets,
             lines=np.asarray(lines_out, dtype=np.int64),
             rejects=rejects,
             counts=counts,
             seconds={},
             error=error,
+            audit=audit,
         )
+
+    def _audit_turns(self, result: Rendered, conversation, sequences, encs, has_offsets: bool,
+                     chunk_audit: SupervisionAudit) -> SupervisionAudit | None:
+        """One conversation's turn ends, trained or not as written, and its sequences cut before their end
+        of turn (None: counted straight into `chunk_audit`, the fast path of a text without a mask that
+        fits).
+
+        A text without a mask that fits is trained from its second token on, so each assistant turn's end
+        is trained (GLM's last turn has none); only a cut one is looked at (its turn ends found in the
+        text, offsets computed when it has none).
+        """
+        settings = self.settings
+        max_length, overlong = settings.max_length, settings.overlong
+        fits = all(len(ids) <= max_length for ids, _ in sequences)
+        turn_ends = result.turn_ends
+        plain = not turn_ends and result.masks == [None]
+        if not turn_ends and (fits or overlong != "truncate"):
+            if plain:
+                messages = conversation.messages
+                turns = sum(m["role"] == "assistant" for m in messages)
+                missing = int(self.encoder.info.ends_at_next_role and turns > 0 and messages[-1]["role"] == "assistant")
+                chunk_audit.turn_ends_trained += turns - missing
+                chunk_audit.turn_ends_missing += missing
+            return None
+        if plain:
+            turn_ends = [self.encoder.plain_turn_ends(conversation.messages, result.texts[0])]
+        audit = SupervisionAudit()
+        for j, (ids, labels) in enumerate(sequences):
+            cut_here = overlong == "truncate" and len(ids) > max_length
+            if j >= len(turn_ends) or not turn_ends[j]:
+                # no turn ends from the engine: a sequence counts as cut before its end of turn when the
+                # truncation removed trained tokens
+                cut = cut_here and bool((labels[max_length:] != IGNORE_INDEX).any())
+            else:
+                # a text that fits is written whole: a turn's end lies in its trained span (the mask
+                # runs through it), so no offsets are needed to see it trained
+                offsets = None
+                if len(ids) > max_length:
+                    enc = encs[j]
+                    if not has_offsets:
+                        enc = self.encoder.backend.encode(result.texts[j], add_special_tokens=False)
+                    offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+                written = written_labels(labels, max_length, overlong)
+                cut = audit_turn_ends(audit, turn_ends[j], offsets, written) and cut_here
+            audit.truncated_before_end_of_turn += int(cut)
+        return audit
+
+    def _sample_outside_assistant(self, conversations, rendered, encodings, audit: SupervisionAudit) -> None:
+        """labels=all: on the chunk's first OUTSIDE_SAMPLE rendered conversations, the tokens trained that a
+        labels=assistant rendering of the same text does not train (headers, system prompt, user turns).
+
+        `encodings` are the chunk's, in the order of the rendered texts; those of the sample have offsets.
+        """
+        picked, first_text, at = [], [], 0
+        for k, r in enumerate(rendered):
+            if isinstance(r, Rendered):
+                if len(picked) < OUTSIDE_SAMPLE:
+                    picked.append(k)
+                    first_text.append(at)
+                at += len(r.texts)
+        if not picked:
+            return
+        other = self.assistant_encoder.render([conversations[k] for k in picked])
+        pairs = [(rendered[k], o, encodings[i]) for k, o, i in zip(picked, other, first_text)
+                 if isinstance(o, Rendered) and o.texts and o.texts[0] == rendered[k].texts[0]]
+        for mine, theirs, enc in pairs:
+            _, trained_all = self.encoder.labels_for(enc, mine.masks[0])
+            _, trained_assistant = self.assistant_encoder.labels_for(enc, theirs.masks[0])
+            trained = trained_all != IGNORE_INDEX
+            audit.outside_sampled_conversations += 1
+            audit.outside_sampled_trained += int(np.count_nonzero(trained))
+            audit.outside_sampled_outside += int(np.count_nonzero(trained & (trained_assistant == IGNORE_INDEX)))
 
 
 # -- worker processes ----------------------------------------------------------------------------------
@@ -324,9 +455,12 @@ def _results(
     chunks: Iterator[RawChunk], tokenizer: ChunkTokenizer, workers: int, name: str
 ) -> Iterator[tuple[RawChunk, ChunkResult, int]]:
     """Each chunk with its result and the number of processes at work, in input order: this process, or
-    `workers` worker processes when there is more than one chunk (a small file is not worth them)."""
+    `workers` worker processes when there is more than one chunk (a small file is not worth them).
+    The first chunk's texts are also compared across tokenizer pipelines (ChunkTokenizer.process)."""
     first = next(chunks, None)
     second = next(chunks, None) if first is not None else None
+    if first is not None and first.records:
+        tokenizer.compare_at = first.records[0][0]
     chunks = itertools.chain([c for c in (first, second) if c is not None], chunks)
     if workers <= 1 or second is None:
         for raw in chunks:
@@ -387,15 +521,14 @@ def tokenize_file(
         max_line_bytes = settings.max_line_bytes
     stats = TokenizeStats(file=str(input_path), max_length=settings.max_length,
                           shard=shard.to_dict() if shard is not None else None)
-    encoder = ChatEncoder(
-        tokenizer, settings.labels, train_empty_think=settings.train_empty_think,
-        reasoning_turns=settings.reasoning_turns,
-    )
+    encoder = ChatEncoder.from_settings(tokenizer, settings)
     stats.template = encoder.info.to_dict()
+    stats.tokenizer_drift = drift_summary(tokenizer)
     chunk_tokenizer = ChunkTokenizer(encoder, settings, str(input_path))
     workers = settings.worker_count()
     seconds = dict.fromkeys(STAGES, 0.0)
     lengths_written: list[np.ndarray] = []
+    audit = SupervisionAudit()
     clock = time.perf_counter
 
     def timed_chunks() -> Iterator[RawChunk]:
@@ -425,8 +558,11 @@ def tokenize_file(
                         raise result.error
                     for field in _COUNTED:
                         setattr(stats, field, getattr(stats, field) + getattr(result.counts, field))
+                    audit.add(result.audit)
                     for stage, value in result.seconds.items():
                         seconds[stage] += value
+                    if result.drift is not None:
+                        stats.tokenizer_drift = drift_summary(tokenizer, result.drift)
                     start = clock()
                     batch = result.batch()
                     if batch is not None:
@@ -452,6 +588,7 @@ def tokenize_file(
     all_lengths = np.concatenate(lengths_written) if lengths_written else np.zeros(0, dtype=np.int64)
     stats.histogram = length_histogram(all_lengths, settings.max_length)
     stats.stage_seconds = {stage: round(value, 4) for stage, value in seconds.items()}
+    stats.supervision = audit.to_dict()
     return stats
 
 

@@ -6,11 +6,20 @@ undefined value that renders as nothing, or a SecurityError. So that such a temp
 instead of silently rendering something else, `load_tokenizer` also reads the template's syntax tree
 and refuses one that names such an attribute; a SecurityError raised while rendering fails the file
 (see `collate_assets.core.tokenize`).
+
+Which pipeline encodes text: transformers 5 rebuilds a tokenizer's normalizer and pre-tokenizer from
+its Python class instead of reading them from the model's `tokenizer.json`, and for several classes the
+two segment text differently (transformers #45701, #45812; open-instruct #1896): SmolLM2 loses the file's
+`Digits` pre-tokenizer ("\\n\\n1." becomes `Ċ Ċ 1`, not `ĊĊ 1`), Phi-3 swaps the file's normalizer for
+Metaspace ("Hello" after a special token, not "▁Hello"). The file is what the model was pretrained on,
+so by default (`tokenizer_pipeline="file"`) it becomes the tokenizer's backend; the other pipeline is
+kept to measure how often the two differ (`TokenizerDrift`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -19,6 +28,7 @@ import sys
 from pathlib import Path
 
 from .errors import CollateError
+from .settings import TOKENIZER_PIPELINES
 from .template_limits import (
     PROBE_CONVERSATIONS,
     RenderLimits,
@@ -130,8 +140,13 @@ def load_tokenizer(
     chat_template: str | Path | None = None,
     trust_remote_code: bool = False,
     render_limits: RenderLimits | None = None,
+    tokenizer_pipeline: str = "file",
 ):
     """Load `name_or_path` (hub id `org/name` or a local folder) as a fast tokenizer.
+
+    `tokenizer_pipeline`: "file" encodes with the model's own `tokenizer.json` (the one it was
+    pretrained with) when there is one, "transformers" with the backend transformers builds from the
+    tokenizer's class (see `use_pipeline`; the two are compared on probe texts at load).
 
     `chat_template` is a path to a Jinja file that replaces the tokenizer's own template.
     A tokenizer without a chat template (and no file given) is an error: we would not know
@@ -168,6 +183,7 @@ def load_tokenizer(
         raise CollateError(f"cannot load tokenizer {name!r}: {first_line}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise CollateError(f"tokenizer {name!r} has no fast (Rust) implementation; collate needs one")
+    use_pipeline(tokenizer, name, revision, tokenizer_pipeline)
     check_encodes_text(tokenizer, name)
     if chat_template is not None:
         template_path = Path(chat_template)
@@ -253,6 +269,206 @@ def probe_chat_template(tokenizer, where: str) -> None:
 def _looks_like_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+# -- which pipeline encodes: the model's tokenizer.json or transformers' rebuild ----------------------
+
+# Texts on which the two pipelines are compared at load (each added token is also tried in context):
+# the places where they have been seen to differ (digit runs, newline runs, text after a special token,
+# Unicode that a normalizer changes) and ordinary text.
+PIPELINE_PROBES = (
+    "\n\n1. First\n2. Second", "Hello world", " Hello", "  two spaces", "a  b   c\t\td", "\n\n\n\nend",
+    "line\r\nnext", "trailing   \n", "12345 67890 3.14159 1,000,000 2024-12-31", "x1y22z333",
+    "café cafe\u0301 Å \u212b ﬁ Ｆｕｌｌ ① ½", "naïve 你好，世界 안녕하세요 👩‍💻", PROBE_TEXT,
+)
+MAX_PROBED_TOKENS = 1000  # added tokens tried in context (Llama-3 has 256, gpt-oss a few dozen)
+
+
+@dataclasses.dataclass
+class TokenizerDrift:
+    """How the pipeline in use (`pipeline`) and the other one segment the same texts.
+
+    `example`: the first text that differs, cut to the tokens around the first difference,
+    `{"text", "file": [token strings], "transformers": [token strings]}`; None when none differs.
+    Without a `tokenizer.json` there is nothing to compare (`compared` 0, pipeline "transformers").
+    """
+
+    pipeline: str
+    compared: int = 0
+    differing: int = 0
+    example: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def use_pipeline(tokenizer, name: str, revision: str | None, pipeline: str = "file") -> TokenizerDrift:
+    """Make `pipeline` the tokenizer's backend and compare it with the other one on probe texts.
+
+    "file": the model's `tokenizer.json` (a local folder's, or the Hugging Face cache's for a hub id,
+    never downloaded), loaded with `tokenizers.Tokenizer.from_file`, replaces the backend transformers
+    built (its `_tokenizer`), so `backend_tokenizer`, `apply_chat_template(tokenize=True)` and the engine
+    all encode with it. Without such a file (or for a tokenizer class that keeps no `_tokenizer`),
+    transformers' backend stays. "transformers": transformers' backend stays.
+
+    The pipeline not used is kept as `tokenizer.collate_other_backend` (to compare real texts with,
+    see `compare_pipelines`) and the comparison on probe texts as `tokenizer.collate_drift`.
+    """
+    if pipeline not in TOKENIZER_PIPELINES:
+        raise CollateError(f"tokenizer_pipeline must be one of {', '.join(TOKENIZER_PIPELINES)}, got {pipeline!r}")
+    built = tokenizer.backend_tokenizer
+    from_file = _file_backend(tokenizer, name, revision)
+    other = None
+    if from_file is None:
+        if pipeline == "file":
+            log.info("tokenizer %s: no tokenizer.json to encode with; using the pipeline transformers builds", name)
+        pipeline = "transformers"
+    elif pipeline == "file":
+        tokenizer._tokenizer = from_file
+        other = built
+    else:
+        other = from_file
+    tokenizer.collate_pipeline = pipeline
+    tokenizer.collate_other_backend = other
+    drift = compare_pipelines(tokenizer, pipeline_probes(tokenizer)) or TokenizerDrift(pipeline)
+    tokenizer.collate_drift = drift
+    if drift.differing:
+        log.info("tokenizer %s: the two pipelines differ on %d of %d probe texts (using %s), e.g. %s",
+                 name, drift.differing, drift.compared, pipeline, drift.example)
+    return drift
+
+
+def tokenizer_json_path(name: str, revision: str | None = None) -> Path | None:
+    """The tokenizer's `tokenizer.json`: in its local folder, or in the Hugging Face cache for a hub id
+    (never downloaded: `from_pretrained` has put it there if the repository has one)."""
+    path = Path(name).expanduser()
+    if _looks_like_path(name) or path.is_dir():
+        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "tokenizer.json", revision=revision)
+    except Exception:  # an id the hub library cannot parse
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _file_backend(tokenizer, name: str, revision: str | None):
+    """The `tokenizer.json` pipeline, ready to stand in for transformers' backend; None when there is
+    no file, the tokenizer keeps its backend elsewhere, or the file cannot give the same token ids."""
+    from tokenizers import AddedToken, Tokenizer
+
+    path = tokenizer_json_path(name, revision)
+    built = getattr(tokenizer, "_tokenizer", None)
+    if path is None or not isinstance(built, Tokenizer) or built is not tokenizer.backend_tokenizer:
+        return None
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as exc:  # a file transformers could read but tokenizers cannot: keep transformers'
+        log.warning("tokenizer %s: cannot load %s (%s); using the pipeline transformers builds", name, path, exc)
+        return None
+    # A tokenizer.json may carry truncation or padding (for a model's own batches): never on our texts.
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = built.encode_special_tokens
+    # Tokens transformers adds from tokenizer_config.json that the file lacks must keep their ids.
+    known = backend.get_added_tokens_decoder()
+    missing = [t for i, t in sorted(built.get_added_tokens_decoder().items()) if getattr(known.get(i), "content", None) != t.content]
+    if missing:
+        backend.add_special_tokens([AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
+                                               normalized=t.normalized, special=True) for t in missing if t.special])
+        backend.add_tokens([t for t in missing if not t.special])
+        wrong = [t.content for i, t in built.get_added_tokens_decoder().items() if backend.token_to_id(t.content) != i]
+        if wrong:
+            log.warning("tokenizer %s: %s gives other ids than transformers for %s; using the pipeline transformers builds",
+                        name, path, wrong[:3])
+            return None
+    return backend
+
+
+def pipeline_probes(tokenizer) -> list[str]:
+    """PIPELINE_PROBES, and each added token (special or not) in context: before a newline and a word,
+    between words, after a word."""
+    backend = tokenizer.backend_tokenizer
+    texts = list(PIPELINE_PROBES)
+    added = sorted(backend.get_added_tokens_decoder().items())[:MAX_PROBED_TOKENS]
+    for _, token in added:
+        t = token.content
+        texts += [f"{t}\nHello 12 world", f"Hi {t} there\n\n1.", f"end.{t}"]
+    return texts
+
+
+def compare_pipelines(tokenizer, texts: list[str], encodings=None) -> TokenizerDrift | None:
+    """Encode `texts` with the pipeline not in use and count those whose ids differ from the one in use
+    (`encodings`: the texts already encoded with it). None when there is no other pipeline. Costs one
+    encode of the texts (two without `encodings`)."""
+    other = getattr(tokenizer, "collate_other_backend", None)
+    if other is None:
+        return None
+    used = tokenizer.backend_tokenizer
+    pipeline = tokenizer.collate_pipeline
+    if encodings is None:
+        encodings = used.encode_batch_fast(texts, add_special_tokens=False)
+    theirs = other.encode_batch_fast(texts, add_special_tokens=False)
+    differing = [k for k, (a, b) in enumerate(zip(encodings, theirs)) if a.ids != b.ids]
+    example = _drift_example(texts[differing[0]], used, other, pipeline) if differing else None
+    return TokenizerDrift(pipeline, len(texts), len(differing), example)
+
+
+def _drift_example(text: str, used, other, pipeline: str) -> dict:
+    """The tokens of both pipelines around their first difference in `text` (one token of context before)."""
+    a = used.encode(text, add_special_tokens=False)
+    b = other.encode(text, add_special_tokens=False)
+    first = next((k for k, (x, y) in enumerate(zip(a.ids, b.ids)) if x != y), min(len(a.ids), len(b.ids)))
+
+    def span(encoding, k: int) -> tuple[int, int]:
+        offsets = encoding.offsets
+        return offsets[min(max(k, 0), len(offsets) - 1)] if offsets else (0, len(text))
+
+    start = min(span(a, first - 1)[0], span(b, first - 1)[0])
+    end = max(span(a, first + 1)[1], span(b, first + 1)[1])
+
+    def window(encoding) -> list[str]:
+        return [t for t, (s, e) in zip(encoding.tokens, encoding.offsets) if s < end and e > start or s == e == start]
+
+    tokens = {pipeline: window(a), _other_pipeline(pipeline): window(b)}
+    return {"text": text[start:end], "file": tokens["file"], "transformers": tokens["transformers"]}
+
+
+def _other_pipeline(pipeline: str) -> str:
+    return "transformers" if pipeline == "file" else "file"
+
+
+def drift_summary(tokenizer, texts: TokenizerDrift | None = None) -> dict:
+    """The drift of a tokenizer as a JSON-ready dict for statistics and reports: the pipeline in use, the
+    probe texts compared at load and how many differ, the real `texts` compared (a file's first chunk,
+    the probe conversation) and how many differ, and the first example (from the real texts, if any)."""
+    probe = getattr(tokenizer, "collate_drift", None) or TokenizerDrift("transformers")
+    texts = texts or TokenizerDrift(probe.pipeline)
+    return {
+        "pipeline": probe.pipeline,
+        "compared_with": _other_pipeline(probe.pipeline) if getattr(tokenizer, "collate_other_backend", None) is not None else None,
+        "probe_texts": probe.compared,
+        "probe_differing": probe.differing,
+        "texts": texts.compared,
+        "differing": texts.differing,
+        "example": texts.example or probe.example,
+    }
+
+
+def drift_line(drift: dict | None) -> str | None:
+    """One line for a person when the pipelines differ on the real texts (None when they do not), e.g.
+    "tokenizer: tokenizer.json pipeline (transformers' backend differs on 3 of 1024 texts: '\\n\\n1.' ...)"."""
+    if not drift or not drift.get("differing"):
+        return None
+    used = "tokenizer.json pipeline" if drift["pipeline"] == "file" else "transformers' pipeline"
+    other = "transformers' backend" if drift["pipeline"] == "file" else "the tokenizer.json pipeline"
+    example = drift.get("example") or {}
+    shown_example = ""
+    if example:
+        shown_example = (f": {example['text']!r} is {example['file']} in tokenizer.json, "
+                         f"{example['transformers']} in transformers")
+    return f"tokenizer: {used} ({other} differs on {drift['differing']} of {drift['texts']} texts{shown_example})"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

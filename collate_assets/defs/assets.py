@@ -27,6 +27,7 @@ import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, PackStats, file_sha256, read_packed, spill_lengths, tokenize_file
 from collate_assets.core.api import write_shard_summary
+from collate_assets.core.audit import supervision_problems, thresholds_set
 from collate_assets.core.reader import input_file_problem, progress_total
 from collate_assets.core.shards import summarize
 from collate_assets.core.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
@@ -173,8 +174,13 @@ def build_raw_conversations(dataset: Dataset) -> dg.AssetsDefinition:
 
 
 def build_tokenized_conversations(dataset: Dataset, automation: dg.AutomationCondition | None) -> dg.AssetsDefinition:
+    key = dataset.key("tokenized_conversations")
+    # the supervision audit's blocking checks, when the dataset's settings set a threshold
+    supervision_specs = checks.supervision_check_specs(key, dataset.partitions) if thresholds_set(dataset.settings) else []
+
     @dg.asset(
-        key=dataset.key("tokenized_conversations"),
+        key=key,
+        check_specs=supervision_specs or None,
         partitions_def=dataset.partitions,
         deps=[dataset.key("raw_conversations")],
         group_name=dataset.group,
@@ -205,7 +211,11 @@ def build_tokenized_conversations(dataset: Dataset, automation: dg.AutomationCon
             "chat_template": settings.chat_template,
             "fingerprint": tokenizer_fingerprint(tokenizer),
         }
-        _each_partition(context, lambda key: (_tokenize_partition(context, files, key, tokenizer, settings, identity), None))
+        audits = _each_partition(
+            context, lambda key: (meta := _tokenize_partition(context, files, key, tokenizer, settings, identity),
+                                  meta["supervision"].value))
+        if supervision_specs:
+            return dg.MaterializeResult(check_results=checks.supervision_check_results(audits, settings))
         return dg.MaterializeResult()
 
     return tokenized_conversations
@@ -260,7 +270,11 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "truncated_tokens": stats.truncated_tokens,
         "turn_sequences": stats.turn_sequences,
         "reasoning_dropped": stats.reasoning_dropped,
+        "reasoning_unshown": stats.reasoning_unshown,
+        "double_encoded_arguments": stats.double_encoded_arguments,
         "chat_template": dg.MetadataValue.json(stats.template),
+        **checks.supervision_metadata(stats.supervision),  # what is trained: shares, turn ends, special tokens
+        "tokenizer_drift": dg.MetadataValue.json(stats.tokenizer_drift),  # tokenizer.json vs transformers' pipeline
         "length_histogram": dg.MetadataValue.md(stats.histogram_markdown()),
         "stats": dg.MetadataValue.json(stats.to_dict()),  # with the seconds of each stage
         "workers": stats.workers,
@@ -414,6 +428,11 @@ def _pack_partition(files: DatasetFiles, key: str, fmt: str, settings: CollateSe
             f"({manifest.collate_settings().output_dict()} vs {settings.output_dict()}): materialize "
             "tokenized_conversations with these settings too"
         )
+    # The blocking supervision checks stop packing in the run that tokenizes; a later run that only packs
+    # (tokenized_conversations is fresh) must not pack a file over a threshold either.
+    failed = [m for _, passed, m in supervision_problems(manifest.stats.get("supervision") or {}, settings) if not passed]
+    if failed and thresholds_set(settings):
+        raise CollateError(f"partition {key!r} is not packed: {'; '.join(failed)}")
     dest = files.output_path(key, fmt)
     stats = write_packed(manifest.spill_path, dest, fmt, settings)
     with local_copy(dest) as path:

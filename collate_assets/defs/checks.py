@@ -141,13 +141,18 @@ def check_results(
 
 def check_specs(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
     """The blocking check specs of one packed asset."""
+    return _blocking_specs(asset_key, partitions_def, CHECK_DESCRIPTIONS.items())
+
+
+def _blocking_specs(asset_key, partitions_def, checks) -> list[dg.AssetCheckSpec]:
+    """Blocking, partitioned check specs for (name, description) pairs."""
     # A partitions_def on a check spec is a preview feature in 1.13; without it the results of all
     # partitions would overwrite each other in the UI. Keep the warning out of every load.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return [
             dg.AssetCheckSpec(name, asset=asset_key, blocking=True, partitions_def=partitions_def, description=text)
-            for name, text in CHECK_DESCRIPTIONS.items()
+            for name, text in checks
         ]
 
 
@@ -172,3 +177,84 @@ def combined_results(per_partition: dict[str, list[tuple[str, bool, dict]]]) -> 
             description=f"failed for {', '.join(failed)}" if failed else None,
         ))
     return combined
+
+
+# -- the supervision audit's checks, on tokenized_conversations ---------------------------------------
+# Declared only when the dataset's settings set a threshold (min_trained_share > 0 or
+# max_untrained_turn_ends < 1): a check that cannot fail would only add noise to every run.
+
+SUPERVISION_CHECKS = {
+    "min_trained_share": ("supervision_trained_share", "Trained tokens are at least min_trained_share of the tokens written."),
+    "max_untrained_turn_ends": ("supervision_turn_ends",
+                                "At most max_untrained_turn_ends of the trained assistant turns have their end of turn "
+                                "not trained (cut by truncation, masked, or not written)."),
+}
+
+
+def supervision_check_specs(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The blocking supervision checks of a tokenized asset (see supervision_check_results)."""
+    return _blocking_specs(asset_key, partitions_def, SUPERVISION_CHECKS.values())
+
+
+def supervision_check_results(per_partition: dict[str, dict], settings) -> list[dg.AssetCheckResult]:
+    """One result per supervision check from each partition's audit (`TokenizeStats.supervision`).
+
+    The description says the figure and the threshold (the `collate` command prints it when one fails);
+    a step of several partitions reports whether every partition passed, and which did not, with why.
+    """
+    from collate_assets.core.audit import SupervisionAudit, supervision_problems
+
+    outcomes: dict[str, dict[str, tuple[bool, str, dict]]] = {name: {} for name, _ in SUPERVISION_CHECKS.values()}
+    for key, supervision in per_partition.items():
+        audit = SupervisionAudit.from_dict(supervision)
+        for setting, passed, message in supervision_problems(audit, settings):
+            name = SUPERVISION_CHECKS[setting][0]
+            figure = audit.trained_share if setting == "min_trained_share" else audit.untrained_turn_end_share
+            meta = {"threshold": float(getattr(settings, setting))}
+            if figure is not None:
+                meta["figure"] = float(figure)
+            if setting == "max_untrained_turn_ends":
+                meta.update(turn_ends=audit.turn_ends, turn_ends_trained=audit.turn_ends_trained)
+            outcomes[name][key] = (passed, message, meta)
+    results = []
+    for name, by_key in outcomes.items():
+        if len(by_key) == 1:
+            [(passed, message, meta)] = by_key.values()
+            results.append(dg.AssetCheckResult(check_name=name, passed=passed, metadata=meta, description=message))
+            continue
+        failed = {key: message for key, (passed, message, _) in sorted(by_key.items()) if not passed}
+        results.append(dg.AssetCheckResult(
+            check_name=name, passed=not failed,
+            metadata={"partitions": len(by_key), "failed_partitions": dg.MetadataValue.json(sorted(failed))},
+            description="; ".join(f"{key}: {message}" for key, message in failed.items()) or None,
+        ))
+    return results
+
+
+def supervision_metadata(supervision: dict) -> dict:
+    """The audit's figures as tokenized_conversations metadata: numbers as int/float (plotted per partition),
+    the trained special tokens as a table, the whole audit as JSON."""
+    from collate_assets.core.audit import SupervisionAudit
+
+    audit = SupervisionAudit.from_dict(supervision)
+    meta: dict = {
+        "trained_share": float(audit.trained_share),
+        "turn_ends_trained": audit.turn_ends_trained,
+        "turn_ends_untrained": audit.turn_ends_untrained,
+        "turn_ends_missing": audit.turn_ends_missing,
+        "truncated_before_end_of_turn": audit.truncated_before_end_of_turn,
+        "truncated_turns_dropped": audit.truncated_turns_dropped,
+        "no_trained_token": audit.no_trained_token,
+    }
+    if audit.untrained_turn_end_share is not None:
+        meta["untrained_turn_end_share"] = float(audit.untrained_turn_end_share)
+    if audit.outside_assistant_share is not None:
+        meta["outside_assistant_share"] = float(audit.outside_assistant_share)
+        meta["outside_assistant_sampled_conversations"] = audit.outside_sampled_conversations
+    meta["special_tokens_trained"] = dg.MetadataValue.table(
+        records=[dg.TableRecord({"token": token, "trained": count})
+                 for token, count in sorted(audit.special_tokens.items(), key=lambda kv: (-kv[1], kv[0]))],
+        schema=dg.TableSchema(columns=[dg.TableColumn("token", "string"), dg.TableColumn("trained", "int")]),
+    )
+    meta["supervision"] = dg.MetadataValue.json(audit.to_dict())
+    return meta

@@ -21,6 +21,7 @@ import warnings
 import dagster as dg
 
 from collate_assets.core import CollateError, read_packed
+from collate_assets.core.audit import SupervisionAudit
 from collate_assets.core.mix import MANIFEST_NAME, MixSettings, MixSource, build_mix
 from collate_assets.core.writers import shown
 
@@ -124,7 +125,7 @@ def _sources(context, mix: MixDefinition, datasets: list[Dataset]) -> tuple[list
             if folder.rstrip("/") == str(mix.output_dir).rstrip("/"):
                 raise CollateError(f"the mix's output_dir {mix.output_dir} is where dataset {name!r} writes: give the mix its own")
         keys = context.instance.get_dynamic_partitions(dataset.partitions.name)
-        spills, fingerprints, missing = [], [], []
+        spills, fingerprints, missing, audits = [], [], [], []
         for key in keys:
             manifest = manifest_for(files, key)
             if manifest is None or manifest.collate_settings().fingerprint() != settings.fingerprint():
@@ -132,6 +133,7 @@ def _sources(context, mix: MixDefinition, datasets: list[Dataset]) -> tuple[list
                 continue
             tokenizers.setdefault(manifest.tokenizer["fingerprint"], name)
             spills.append(manifest.spill_path)
+            audits.append(manifest.stats.get("supervision"))
             fingerprints.append({"partition": key, "input_sha256": manifest.input_sha256,
                                  "settings": settings.fingerprint(), "tokenizer": manifest.tokenizer["fingerprint"]})
         if missing:
@@ -140,7 +142,8 @@ def _sources(context, mix: MixDefinition, datasets: list[Dataset]) -> tuple[list
                 f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}): materialize its tokenized_conversations first"
             )
         lengths[name] = settings.max_length
-        out.append(MixSource(name=name, weight=weight, spills=spills, fingerprints=fingerprints, ratio=ratio))
+        out.append(MixSource(name=name, weight=weight, spills=spills, fingerprints=fingerprints, ratio=ratio,
+                             supervision=SupervisionAudit.merged(audits).to_dict()))
     if len(tokenizers) > 1:
         raise CollateError(f"the sources were tokenized with different tokenizers ({', '.join(tokenizers.values())}): "
                            "a mix packs token ids of one vocabulary")
@@ -188,14 +191,27 @@ def _metadata(mix: MixDefinition, stats) -> dict:
         meta[f"{split}_fill"] = float(figures["fill"])
         meta[f"{split}_rows_over_lower_bound"] = figures["rows"] - figures["lower_bound_rows"]
         meta[f"{split}_shards"] = len(figures["files"])
+        meta[f"{split}_trained_share"] = float(figures["trained_share"])  # after deduplication and weighting
     for name, figures in stats.sources.items():
         meta[f"tokens_before_weighting__{name}"] = figures["train_tokens_before_weighting"]
         meta[f"tokens_after_weighting__{name}"] = figures["train_tokens"]
         meta[f"duplicates_dropped__{name}"] = figures["duplicates_dropped"]
         meta[f"validation_conversations__{name}"] = figures["validation_conversations"]
+        if "supervision" in figures:  # the source's files as tokenized (before deduplication and weighting)
+            audit = SupervisionAudit.from_dict(figures["supervision"])
+            meta[f"trained_share__{name}"] = float(audit.trained_share)
+            meta[f"turn_ends_trained__{name}"] = audit.turn_ends_trained
+            meta[f"turn_ends_untrained__{name}"] = audit.turn_ends_untrained + audit.turn_ends_missing
+    if stats.supervision:
+        audit = SupervisionAudit.from_dict(stats.supervision)
+        meta["sources_trained_share"] = float(audit.trained_share)
+        meta["turn_ends_trained"] = audit.turn_ends_trained
+        meta["turn_ends_untrained"] = audit.turn_ends_untrained + audit.turn_ends_missing
+        meta["supervision"] = dg.MetadataValue.json(stats.supervision)
     meta["dagster/row_count"] = stats.splits["train"]["rows"]
     meta["summary"] = dg.MetadataValue.md(_markdown(stats))
-    meta["sources"] = dg.MetadataValue.json({k: {f: v for f, v in s.items() if f != "fingerprints"} for k, s in stats.sources.items()})
+    meta["sources"] = dg.MetadataValue.json({k: {f: v for f, v in s.items() if f not in ("fingerprints", "supervision")}
+                                             for k, s in stats.sources.items()})
     location = str(mix.output_dir)
     meta["path"] = dg.MetadataValue.path(location) if "://" not in location else dg.MetadataValue.url(location)
     meta["manifest"] = dg.MetadataValue.path(f"{location}/{MANIFEST_NAME}")

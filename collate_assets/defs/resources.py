@@ -88,7 +88,7 @@ _TOKENIZERS_LOCK = threading.Lock()
 def cached_tokenizer(settings: CollateSettings):
     key = (
         settings.tokenizer_name(), settings.tokenizer_revision, settings.chat_template,
-        settings.trust_remote_code, settings.render_timeout, settings.render_max_chars,
+        settings.trust_remote_code, settings.render_timeout, settings.render_max_chars, settings.tokenizer_pipeline,
     )
     with _TOKENIZERS_LOCK:
         if key not in _TOKENIZERS:
@@ -98,5 +98,6 @@ def cached_tokenizer(settings: CollateSettings):
                 chat_template=settings.chat_template,
                 trust_remote_code=settings.trust_remote_code,
                 render_limits=settings.render_limits(),
+                tokenizer_pipeline=settings.tokenizer_pipeline,
             )
         return _TOKENIZERS[key]

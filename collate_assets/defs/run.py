@@ -326,6 +326,11 @@ def _error_text(error) -> str:
 
 
 def _failure_message(result: dg.ExecuteInProcessResult, path=None) -> str:
+    # a blocking check that says why (the supervision checks: the figure and the threshold) before the
+    # step failure it causes, whose message only counts the failed checks
+    described = [e for e in result.get_asset_check_evaluations() if not e.passed and e.description]
+    if described:
+        return f"check {described[0].check_name} failed: {described[0].description}"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
