@@ -7,8 +7,8 @@ with the machine's load (wall times here swing by ±20 % between rounds of the s
 
 The input is the first --lines conversations of the benchmark corpus (bench.build_input: ../shared/data,
 shuffled with a fixed seed). A child process, under `valgrind --tool=callgrind --instr-atstart=no
---toggle-collect=qsort`, loads the tokenizer, tokenizes the file once to warm up, then tokenizes it again
-(one worker process: this process; the Rust encoder on one thread) from inside libc's qsort (a ctypes
+--toggle-collect=qsort_r`, loads the tokenizer, tokenizes the file once to warm up, then tokenizes it again
+(one worker process: this process; the Rust encoder on one thread) from inside libc's qsort (which calls qsort_r; a ctypes
 comparator called once), so callgrind collects that call only. `--checkout` runs the child with another
 source tree first on PYTHONPATH (a `git worktree` of an earlier commit) to compare two versions. About a
 minute per count for 2,000 conversations.
@@ -65,7 +65,7 @@ def count(args, checkout: str | None, path: Path, tmp: Path) -> tuple[int, str]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     if checkout:
         env["PYTHONPATH"] = str(Path(checkout).resolve())
-    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--toggle-collect=qsort",
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--toggle-collect=qsort_r",
                f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve()), "--child",
                "--input", str(path), "--ready", str(ready), "--go", str(go), "--labels", args.labels,
                "--tokenizer", args.tokenizer, "--max-length", str(args.max_length)]

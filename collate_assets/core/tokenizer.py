@@ -311,8 +311,10 @@ def use_pipeline(tokenizer, name: str, revision: str | None, pipeline: str = "fi
     all encode with it. Without such a file (or for a tokenizer class that keeps no `_tokenizer`),
     transformers' backend stays. "transformers": transformers' backend stays.
 
-    The pipeline not used is kept as `tokenizer.collate_other_backend` (to compare real texts with,
-    see `compare_pipelines`) and the comparison on probe texts as `tokenizer.collate_drift`.
+    The pipeline not used is kept as its JSON (`tokenizer.collate_other_json`; `other_backend` builds it
+    when real texts are compared, see `compare_pipelines`), not as a live tokenizer: a second one held
+    in every worker process made the one in use encode about 10 % slower (60 MB, 2 workers, measured),
+    and the comparison on probe texts as `tokenizer.collate_drift`.
     """
     if pipeline not in TOKENIZER_PIPELINES:
         raise CollateError(f"tokenizer_pipeline must be one of {', '.join(TOKENIZER_PIPELINES)}, got {pipeline!r}")
@@ -329,8 +331,8 @@ def use_pipeline(tokenizer, name: str, revision: str | None, pipeline: str = "fi
     else:
         other = from_file
     tokenizer.collate_pipeline = pipeline
-    tokenizer.collate_other_backend = other
-    drift = compare_pipelines(tokenizer, pipeline_probes(tokenizer)) or TokenizerDrift(pipeline)
+    tokenizer.collate_other_json = other.to_str() if other is not None else None
+    drift = compare_pipelines(tokenizer, pipeline_probes(tokenizer), other=other) or TokenizerDrift(pipeline)
     tokenizer.collate_drift = drift
     if drift.differing:
         log.info("tokenizer %s: the two pipelines differ on %d of %d probe texts (using %s), e.g. %s",
@@ -398,11 +400,21 @@ def pipeline_probes(tokenizer) -> list[str]:
     return texts
 
 
-def compare_pipelines(tokenizer, texts: list[str], encodings=None) -> TokenizerDrift | None:
+def other_backend(tokenizer):
+    """The pipeline not in use, built from its JSON (None when there is no other pipeline)."""
+    source = getattr(tokenizer, "collate_other_json", None)
+    if source is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(source)
+
+
+def compare_pipelines(tokenizer, texts: list[str], encodings=None, other=None) -> TokenizerDrift | None:
     """Encode `texts` with the pipeline not in use and count those whose ids differ from the one in use
     (`encodings`: the texts already encoded with it). None when there is no other pipeline. Costs one
     encode of the texts (two without `encodings`)."""
-    other = getattr(tokenizer, "collate_other_backend", None)
+    other = other if other is not None else other_backend(tokenizer)
     if other is None:
         return None
     used = tokenizer.backend_tokenizer
@@ -447,7 +459,7 @@ def drift_summary(tokenizer, texts: TokenizerDrift | None = None) -> dict:
     texts = texts or TokenizerDrift(probe.pipeline)
     return {
         "pipeline": probe.pipeline,
-        "compared_with": _other_pipeline(probe.pipeline) if getattr(tokenizer, "collate_other_backend", None) is not None else None,
+        "compared_with": _other_pipeline(probe.pipeline) if getattr(tokenizer, "collate_other_json", None) is not None else None,
         "probe_texts": probe.compared,
         "probe_differing": probe.differing,
         "texts": texts.compared,

@@ -18,7 +18,7 @@ import pytest
 
 from collate_assets import cli
 from collate_assets.core import CollateSettings, load_tokenizer, tokenize_file
-from collate_assets.core.tokenizer import tokenizer_fingerprint
+from collate_assets.core.tokenizer import other_backend, tokenizer_fingerprint
 from collate_assets_tests.helpers import collate_command, run
 
 # Tokenizers whose two pipelines differ on ordinary chat text, and one where they agree.
@@ -95,7 +95,7 @@ def test_reported_examples(tokenizer_paths):
     assert smol.example == {"text": "\n\n1", "file": ["ĊĊ", "1"], "transformers": ["Ċ", "Ċ", "1"]}
     phi = load_tokenizer(tokenizer_paths["Phi-3-mini-4k-instruct"])
     assert phi.backend_tokenizer.encode("<|user|>\nHello", add_special_tokens=False).tokens[-1] == "▁Hello"
-    assert phi.collate_other_backend.encode("<|user|>\nHello", add_special_tokens=False).tokens[-1] == "Hello"
+    assert other_backend(phi).encode("<|user|>\nHello", add_special_tokens=False).tokens[-1] == "Hello"
     assert load_tokenizer(tokenizer_paths["Qwen3"]).collate_drift.differing == 0
 
 
