@@ -163,8 +163,9 @@ class ChunkTokenizer:
             encodings = encoder.encode_texts(texts[:k]) + (encoder.encode_texts(texts[k:], False) if texts[k:] else [])
         else:
             encodings = encoder.encode_texts(texts, masked) if texts else []
-        first = bool(raw.records) and raw.records[0][0] == self.compare_at
-        # (its first DRIFT_TEXTS texts: enough to see a difference, a small share of the file's encoding)
+        # The file's first chunk, in this process (not a worker: see drift_of): its first DRIFT_TEXTS texts
+        # are compared, enough to see a difference, a small share of the file's encoding.
+        first = _WORKER is None and bool(raw.records) and raw.records[0][0] == self.compare_at
         drift = (compare_pipelines(encoder.tokenizer, texts[:DRIFT_TEXTS], encodings[:DRIFT_TEXTS])
                  if first and texts else None)
         t3 = clock()
@@ -175,6 +176,16 @@ class ChunkTokenizer:
         result.seconds = seconds
         result.drift = drift
         return result
+
+    def drift_of(self, raw: RawChunk):
+        """The two tokenizer pipelines compared on the first DRIFT_TEXTS texts of `raw` (the file's first
+        chunk), in the process that reads the file while its workers tokenize. A worker never builds the
+        other pipeline: a worker that had built one encoded 10-25 % slower for the rest of the file
+        (60 MB, two workers, measured; the cause was not found)."""
+        chunk = parse_chunk(raw)
+        rendered = self.encoder.render(chunk.conversations[:DRIFT_TEXTS])
+        texts = [t for r in rendered if isinstance(r, Rendered) for t in r.texts][:DRIFT_TEXTS]
+        return compare_pipelines(self.encoder.tokenizer, texts) if texts else None
 
     def _label(self, chunk, rendered, encodings, has_offsets: bool = True) -> ChunkResult:
         """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's.
@@ -561,6 +572,8 @@ def tokenize_file(
                     audit.add(result.audit)
                     for stage, value in result.seconds.items():
                         seconds[stage] += value
+                    if result.drift is None and at_work > 1 and raw.records and raw.records[0][0] == chunk_tokenizer.compare_at:
+                        result.drift = chunk_tokenizer.drift_of(raw)
                     if result.drift is not None:
                         stats.tokenizer_drift = drift_summary(tokenizer, result.drift)
                     start = clock()
