@@ -142,8 +142,9 @@ class ChunkTokenizer:
                 pass
 
     def process(self, raw: RawChunk) -> ChunkResult:
-        """The file's first chunk (its first record at `compare_at`) is also encoded with the tokenizer
-        pipeline not in use, to count the texts that differ (one more encode of it; nothing written changes)."""
+        """Parse, render, encode and label one chunk. In the process that reads the file (not a worker), the
+        file's first chunk (its first record at `compare_at`) is also encoded with the tokenizer pipeline not
+        in use, to count the texts that differ (nothing written changes; see drift_of for workers)."""
         clock = time.perf_counter
         encoder = self.encoder
         seconds = dict.fromkeys(("parse", "render", "encode", "labels"), 0.0)
@@ -245,8 +246,7 @@ class ChunkTokenizer:
                 n = sum(len(ids) for ids, _ in sequences)
                 if any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "truncate":
                     reason += f" left after truncation to {max_length} tokens"
-                    counts.truncated -= 1
-                    counts.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+                    _undo_truncation(counts, sequences, max_length)
                 elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
                     reason += " (no assistant message)"
                 rejects.append(Reject(name, line, reason, excerpt, unit))
@@ -258,8 +258,7 @@ class ChunkTokenizer:
                 longest = max(len(ids) for ids, _ in sequences)
                 rejects.append(Reject(name, line, f"truncation to max_length {max_length} cuts off the end of the last "
                                       f"trained assistant turn ({longest} tokens; truncated_turns=drop)", excerpt, unit))
-                counts.truncated -= 1  # not written: neither truncated nor read (as a rejected line)
-                counts.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+                _undo_truncation(counts, sequences, max_length)  # not written: neither truncated nor read
                 counts.tokens_read -= sum(len(ids) for ids, _ in sequences)
                 audit.truncated_before_end_of_turn += turns.truncated_before_end_of_turn
                 audit.truncated_turns_dropped += 1
@@ -638,6 +637,12 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
             piece_labels[0] = IGNORE_INDEX
             pieces.append((ids[start : start + max_length], piece_labels))
     return pieces, None
+
+
+def _undo_truncation(counts: TokenizeStats, sequences, max_length: int) -> None:
+    """A truncated conversation that is rejected after all: _fit's truncation counts taken back."""
+    counts.truncated -= 1
+    counts.truncated_tokens -= sum(max(0, len(ids) - max_length) for ids, _ in sequences)
 
 
 def _one_line(exc: BaseException) -> str:
