@@ -49,19 +49,105 @@ EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _on_signal(signo, _frame) -> None:
     """Ctrl-C / SIGTERM: clean up what is being written, say so, exit now (130 / 143)."""
-    # Both signals are ignored from here on: a second Ctrl-C must not interrupt the cleanup.
+    # Both signals do nothing from here on: a second Ctrl-C must not interrupt the cleanup. A handler
+    # that does nothing, not SIG_IGN: the work goes on in its thread meanwhile, and every program it
+    # starts would keep an ignored signal ignored (exec resets only handled ones). A Dagster run
+    # starting then spawned its `tail -F` log copiers deaf to SIGINT and SIGTERM: the orphan watcher
+    # Dagster starts beside each could not stop them, and they held the caller's stderr for ever.
     for sig in EXIT_INTERRUPTED:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _hold_off)
     cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
     cleanup.start()
     cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
     if cleanup.is_alive():
         _cleanup_temps()
+    _end_children()  # Dagster's `tail -F` copiers and their watchers: before the last line is said
     name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
     try:
         _say(f"\ncollate: interrupted{name}\n")
     finally:
+        _end_children()  # and any the work started meanwhile
         os._exit(EXIT_INTERRUPTED.get(signo, 128 + signo))
+
+
+def _hold_off(_signo, _frame) -> None:
+    """Ctrl-C / SIGTERM while `_on_signal` is already ending the command: nothing more to do."""
+
+
+def _children() -> list[int]:
+    """The process ids of this process's children (running or not yet reaped), read from /proc;
+    [] where there is no /proc (not Linux)."""
+    me = os.getpid()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    pids = []
+    for name in names:
+        if name.isdigit() and _parent(int(name)) == me:
+            pids.append(int(name))
+    return pids
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # "pid (comm) state ppid ...": the command name may hold spaces and parentheses
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _end_children(wait: float = 1.0) -> None:
+    """Kill (SIGKILL) and reap every child process of this one, for a process about to `os._exit`.
+
+    Leaving by `os._exit` skips the context managers that would stop them: Dagster's compute log
+    capture (a `tail -F` of the run's stdout and of its stderr, each with a watcher process) stops
+    its tails only when the run's capture ends, or, once this process is gone, when the watcher sees
+    it (up to a second later), and a tail started without its watcher yet was never stopped at all;
+    the tails hold the command's stderr open, so a caller reading it would wait for them. Only this
+    process's own children are touched (the tokenizer's workers, already killed, would be too).
+    """
+    me = os.getpid()
+    deadline = time.monotonic() + wait
+    for _ in range(5):  # the work's thread may start one more while these go
+        pids = _children()
+        if not pids:
+            return
+        for pid in pids:
+            _kill_child(pid, me)
+        left = set(pids)
+        while left and time.monotonic() < deadline:  # reaped, so no zombie outlives this process either
+            for pid in list(left):
+                try:
+                    done, _status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:  # reaped already (the thread that started it waited for it)
+                    done = pid
+                if done:
+                    left.discard(pid)
+            if left:
+                time.sleep(0.005)
+
+
+def _kill_child(pid: int, me: int) -> None:
+    """SIGKILL `pid` if it is still this process's child (a pid file descriptor where there is one,
+    so that a pid reused by another program after the child was reaped is never signalled)."""
+    pidfd = None
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(pid)
+    try:
+        if _parent(pid) != me:
+            return
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except OSError:  # gone already
+        pass
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 # The command's own stderr, kept when it starts: during a run Dagster points the process's stderr
@@ -256,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-trained-share", type=_share, metavar="SHARE", help=f"fail a file whose trained tokens are less than SHARE of the tokens written; 0 = off ({_default('min_trained_share')})")
     parser.add_argument("--max-untrained-turn-ends", type=_share, metavar="SHARE", help=f"fail a file where more than SHARE of the trained assistant turns have their end of turn not trained; 1 = off ({_default('max_untrained_turn_ends')})")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
-    parser.add_argument("--register-only", action="store_true", help="only register the input files as partitions in DAGSTER_HOME and print their keys")
+    parser.add_argument("--dataset", metavar="NAME", help="build a dataset of the Dagster code location with its own settings, in DAGSTER_HOME, as a running `dagster dev` would: 'default' (the COLLATE_* variables) or the name of a defs.yaml dataset under COLLATE_DATASETS_DIR; without it the command is a dataset of its own, named after its output folder")
+    parser.add_argument("--register-only", action="store_true", help="only register the files of a code-location dataset (--dataset, default: 'default') as its partitions in DAGSTER_HOME, observe them, and print their keys")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the per-file statistics as JSON")
     return parser
@@ -352,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .core.writers import output_folder_problem
 
+    if args.dataset is not None or args.register_only:
+        given = sorted(f"--{flag.replace('_', '-')}" for flag in FLAG_FIELDS if getattr(args, flag) is not None and flag != "input")
+        if args.dataset is not None and args.input and not args.register_only:  # (--register-only checks -i)
+            given.insert(0, "-i/--input")
+        if given:
+            what = f"--dataset {args.dataset}" if args.dataset is not None else "--register-only"
+            parser.error(f"{what} uses the dataset's own settings (its defs.yaml, or the COLLATE_* variables for "
+                         f"'default'): leave out {', '.join(given)}")
+        if args.no_dagster:
+            parser.error("--dataset and --register-only are Dagster's: leave out --no-dagster")
+        if args.check_template:
+            parser.error("--check-template takes the tokenizer's settings: leave out --dataset and --register-only")
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
@@ -425,10 +524,16 @@ def _work(args, settings):
             tokenizer_pipeline=settings.tokenizer_pipeline,
         )
         return "report", template_report(tokenizer, settings)
-    if args.register_only:
-        from .defs.run import register_only
+    dataset = None
+    if args.dataset is not None or args.register_only:
+        from .defs.dataset import DEFAULT_DATASET
+        from .defs.run import code_location_dataset, register_only
 
-        return "keys", register_only(settings)
+        dataset = args.dataset or DEFAULT_DATASET
+        chosen = code_location_dataset(dataset)
+        if args.register_only:
+            return "keys", register_only(chosen, Path(args.input) if args.input else None)
+        settings = chosen.settings
     show_progress = not (args.quiet or args.json)
     if args.no_dagster:
         results, failures = _run_engine(settings, show_progress)
@@ -439,7 +544,7 @@ def _work(args, settings):
     total = sum(progress_total(f) for f in _input_files_quietly(settings.input_path()))
     progress = make_progress(total, show_progress)
     try:
-        outcome = run_collate(settings, progress=progress)
+        outcome = run_collate(settings, dataset=dataset, progress=progress)
     except ValueError as exc:
         raise CollateError(str(exc)) from exc
     finally:
@@ -453,6 +558,8 @@ def _work(args, settings):
                     "unchanged since their last run: outputs kept")
         else:
             note = f"collate: {len(outcome.up_to_date)} of {files} files unchanged since their last run: outputs kept"
+    recorded = f"collate: recorded as dataset {outcome.dataset} in DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')}"
+    note = f"{note}\n{recorded}" if note else recorded
     return "stats", (outcome.results, outcome.failures, note)
 
 

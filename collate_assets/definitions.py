@@ -10,9 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from collate_assets.core import CollateSettings
 from collate_assets.core.tokenizer import own_process
-from collate_assets.defs.dataset import build_dataset_defs
+from collate_assets.defs.dataset import build_dataset_defs, default_settings
 from collate_assets.executors import executor
 
 # This module is the code location: its processes (code server, run workers) are collate's own, so
@@ -23,14 +22,6 @@ own_process()
 # small file costs one process start instead of one per step. COLLATE_EXECUTOR=celery hands each step
 # to Celery workers instead (collate_assets/executors.py, docs/cluster.md).
 EXECUTOR = executor()
-
-
-def default_settings() -> CollateSettings:
-    """The default dataset: COLLATE_* variables, local folders made absolute from where the code location starts."""
-    settings = CollateSettings.from_env()
-    if "://" not in settings.output_dir:
-        settings = settings.replace(output_dir=os.path.abspath(os.path.expanduser(settings.output_dir)))
-    return settings
 
 
 def build_definitions() -> dg.Definitions:

@@ -89,6 +89,10 @@ class CollateSettings:
     sensor_seconds: int = _field(
         30, "How often (seconds) the Dagster input files sensor looks at the input folder and the automation "
         "sensor evaluates what to run.", output=False)
+    automation: bool = _field(
+        True, "Dagster: the automation sensor starts running, so new and edited input files are built by "
+        "themselves; false: it starts stopped (turn it on in the UI) and partitions run when you materialize them.",
+        output=False)
     # Which tokenizer. Its content (vocabulary, chat template) is fingerprinted separately, so the
     # name is not part of `fingerprint()`.
     tokenizer: str | None = _field(

@@ -4,10 +4,13 @@ Every asset the dataset asks for (`tokenized_conversations` and `packed_<format>
 the `formats` setting) carries the same condition:
 
 - a new file (a new partition, missing) or an edited one (its `raw_conversations` observation has a
-  new data version) is tokenized and packed at the next evaluation, and nothing else. `eager()`
-  alone can lose an edit that is observed in the same evaluation as the partition's previous run
-  ends (its since-last-handled reset wins), so `input_changed` adds a condition that holds as long as
-  the file's latest observed sha256 differs from the one its latest tokenization read;
+  new data version) is tokenized and packed at the next evaluation, and nothing else. This is
+  `eager()` without its reset on the condition's first evaluation: Dagster's `since_last_handled()`
+  counts that evaluation as "handled", so the files already there when the automation first runs
+  (a fresh instance, a dataset just added with a defs.yaml) were never built until the nightly tick.
+  `eager()` can also lose an edit that is observed in the same evaluation as the partition's
+  previous run ends (its since-last-handled reset wins), so `input_changed` adds a condition that
+  holds as long as the file's latest observed sha256 differs from the one its latest tokenization read;
 - new settings or a new tokenizer (a new code version) rebuild every partition;
 - each night at 02:00 partitions that are still missing or whose latest run failed are tried again.
 
@@ -79,11 +82,32 @@ def changed_partitions(instance: dg.DagsterInstance, raw_key: dg.AssetKey, token
     return changed
 
 
+def eager_from_the_start() -> dg.AutomationCondition:
+    """`AutomationCondition.eager()` whose first evaluation requests what is missing.
+
+    eager() is `(newly_missing | any_deps_updated).since_last_handled()` (and no dependency missing
+    or in progress, the asset not in progress), where "handled" is requested, updated, or the
+    condition's first evaluation. On that first evaluation every partition already there is newly
+    missing, and the reset wins: eager() deliberately leaves existing partitions alone. Here the
+    reset is requested or updated only, so each missing partition is requested once; one that was
+    then canceled or failed is not requested again (it is no longer newly missing), which the
+    nightly retry covers.
+    """
+    condition = dg.AutomationCondition
+    handled = (condition.newly_requested() | condition.newly_updated()).with_label("requested or updated")
+    return (
+        (condition.newly_missing() | condition.any_deps_updated()).since(handled)
+        & ~condition.any_deps_missing()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    ).with_label("eager, from the first evaluation")
+
+
 def collate_condition(cron: str = NIGHTLY_CRON) -> dg.AutomationCondition:
-    """eager | input changed | new code version | missing or failed after the nightly tick."""
+    """eager (from the first evaluation) | input changed | new code version | missing or failed after the nightly tick."""
     not_busy = ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()
     return (
-        dg.AutomationCondition.eager()
+        eager_from_the_start()
         | (InputChanged() & ~dg.AutomationCondition.execution_failed() & not_busy).with_label("input changed")
         | (dg.AutomationCondition.code_version_changed() & not_busy).with_label("code version changed")
         | (
@@ -95,7 +119,8 @@ def collate_condition(cron: str = NIGHTLY_CRON) -> dg.AutomationCondition:
     ).with_label("collate")
 
 
-def automation_sensor(name: str, selection: dg.AssetSelection, seconds: int = EVALUATION_SECONDS) -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(name: str, selection: dg.AssetSelection, seconds: int = EVALUATION_SECONDS,
+                      running: bool = True) -> dg.AutomationConditionSensorDefinition:
     # use_user_code_server is beta in 1.13; we use it knowingly, so keep its warning out of every load
     # (the `collate` command printed it on every run).
     with warnings.catch_warnings():
@@ -103,8 +128,12 @@ def automation_sensor(name: str, selection: dg.AssetSelection, seconds: int = EV
         return dg.AutomationConditionSensorDefinition(
             name=name,
             target=selection,
-            default_status=dg.DefaultSensorStatus.RUNNING,
+            default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
             minimum_interval_seconds=seconds,
             use_user_code_server=True,  # input_changed is Python of ours
+            # One run per partition, launched by the tick itself: a backfill (Dagster's default when a
+            # tick requests several partitions) waits for the backfill daemon's next pass, which made
+            # the first build of a folder's files take 30-50 s longer, and ran one partition per run anyway.
+            emit_backfills=False,
             description="Evaluates the datasets' automation conditions: new and edited files, new settings, nightly retries.",
         )

@@ -7,6 +7,8 @@ resource, so several datasets (with different tokenizers, say) live in one code 
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from collate_assets.core import OUTPUT_FORMATS, CollateSettings
@@ -15,6 +17,17 @@ from .assets import Dataset, build_packed, build_raw_conversations, build_tokeni
 from .automation import automation_sensor, collate_condition
 from .resources import CollateConfig
 from .sensors import build_input_files_sensor
+
+
+DEFAULT_DATASET = "default"  # the name of the dataset of the COLLATE_* variables (no key prefix)
+
+
+def default_settings() -> CollateSettings:
+    """The default dataset: COLLATE_* variables, local folders made absolute from where the code location starts."""
+    settings = CollateSettings.from_env()
+    if "://" not in settings.output_dir:
+        settings = settings.replace(output_dir=os.path.abspath(os.path.expanduser(settings.output_dir)))
+    return settings
 
 
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
@@ -49,7 +62,7 @@ def build_dataset_defs(settings: CollateSettings, name: str | None = None) -> dg
         ],
         sensors=[
             build_input_files_sensor(dataset),
-            automation_sensor(dataset.op_name("collate_automation"), selection, settings.sensor_seconds),
+            automation_sensor(dataset.op_name("collate_automation"), selection, settings.sensor_seconds, settings.automation),
         ],
         resources={dataset.resource_key: CollateConfig.from_settings(settings)},
     )

@@ -27,7 +27,7 @@ from collate_assets.core.writers import shown
 
 from . import checks
 from .assets import Dataset, manifest_for
-from .automation import EVALUATION_SECONDS, automation_sensor
+from .automation import EVALUATION_SECONDS, automation_sensor, eager_from_the_start
 from .files import DatasetFiles
 
 DEFAULT_SOURCE = "default"  # the dataset of the COLLATE_* variables (no key prefix)
@@ -67,7 +67,7 @@ class MixDefinition:
 def mix_condition() -> dg.AutomationCondition:
     busy = dg.AutomationCondition.in_progress() | dg.AutomationCondition.any_deps_in_progress()
     return (
-        dg.AutomationCondition.eager()
+        eager_from_the_start()  # a mix added where its sources are already built is built too
         | (dg.AutomationCondition.code_version_changed() & ~busy & ~dg.AutomationCondition.any_deps_missing())
         .with_label("mix settings changed")
     )

@@ -1,8 +1,19 @@
-"""The `collate` command's runs: the default dataset's graph, in-process, for the stale partitions only.
+"""The `collate` command's runs: a dataset's graph, in-process, for the stale partitions only.
 
+Which dataset:
+- `collate -i IN -o OUT ...` is a dataset of its own in the instance, named after its output folder
+  (`cli_<folder>_<hash of its path>`): its own asset keys, partitions and group, so the code
+  location's sensors never see or drop its partitions, its automation never runs them, and what the
+  UI shows for it is what this command wrote. Two commands with the same output folder are one
+  dataset (the outputs are one set of files).
+- `collate --dataset NAME` is a dataset of the code location (`default`: the COLLATE_* variables;
+  else the defs.yaml named NAME under COLLATE_DATASETS_DIR), with its own settings: the command
+  builds what a running `dagster dev` would, in the same instance, and `--register-only` only
+  registers (and observes) its files.
+
+Then, as the input files sensor and the automation do:
 1. Every input file becomes a partition (a dynamic partition must exist before anything runs it) and
-   each new or changed file is observed (its sha256 is the data version of `raw_conversations`),
-   exactly as the input files sensor does.
+   each new or changed file is observed (its sha256 is the data version of `raw_conversations`).
 2. Dagster's own stale status (data versions and code versions, which carry the settings and the
    tokenizer's fingerprint) says which partitions need `tokenized_conversations`, which only need
    `packed_<format>` (a format not written yet), and which are up to date; an output that was
@@ -18,8 +29,10 @@ Up-to-date partitions launch nothing. The runs, their metadata and lineage show 
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,11 +40,11 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats
-from collate_assets.core.reader import INPUT_PATTERNS, list_input_files
+from collate_assets.core.reader import INPUT_PATTERNS, input_folder_and_pattern, list_input_files
 from collate_assets.core.writers import output_folder_problem, shown
 
 from .assets import PROGRESS_SINKS, Dataset
-from .dataset import build_dataset_defs
+from .dataset import DEFAULT_DATASET, build_dataset_defs, default_settings
 from .files import DatasetFiles
 from .partitions import _scan, file_name_to_key, register_keys, shard_keys, split_shard_key
 from .resources import cached_tokenizer
@@ -47,6 +60,51 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 # Tags every run this process launches, so that a run left STARTED by a killed `collate` can be found.
 PID_TAG = "collate/pid"
 HOST_TAG = "collate/host"
+# ... and what it ran, so that two runs of x.jsonl from different folders differ in the Runs list.
+DATASET_TAG = "collate/dataset"
+INPUT_TAG = "collate/input"
+OUTPUT_TAG = "collate/output"
+CLI_PREFIX = "cli_"
+
+
+def cli_dataset_name(output_dir: str | Path) -> str:
+    """The dataset a `collate -i IN -o OUT` run is in the instance: `cli_<output folder's name>_<8 hex>`.
+
+    The hex is of the output folder's absolute path (or URL), so two folders with one name differ;
+    the name keeps to letters, digits and _ (it prefixes asset keys and names the asset group).
+    """
+    where = str(output_dir)
+    if "://" not in where:
+        where = str(Path(where).expanduser().resolve())
+    base = where.rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", base).strip("_")[:40] or "output"
+    return f"{CLI_PREFIX}{slug}_{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+
+
+def code_location_dataset(name: str) -> Dataset:
+    """The code location's dataset `name` as this environment defines it: `default` (the COLLATE_*
+    variables) or a defs.yaml dataset under COLLATE_DATASETS_DIR (CollateError when there is none)."""
+    if name == DEFAULT_DATASET:
+        return Dataset(default_settings())
+    folder = os.environ.get("COLLATE_DATASETS_DIR", "").strip()
+    if not folder:
+        raise CollateError(f"no dataset {name!r}: COLLATE_DATASETS_DIR is not set, so the only dataset is {DEFAULT_DATASET!r}")
+    from .component import load_datasets
+
+    try:
+        defs = load_datasets(Path(folder))
+    except dg.DagsterInvalidDefinitionError as exc:
+        raise CollateError(f"COLLATE_DATASETS_DIR={folder}: {str(exc).splitlines()[0]}") from exc
+    datasets = {key.removeprefix("collate_"): resource for key, resource in (defs.resources or {}).items()
+                if key.startswith("collate_") and hasattr(resource, "settings")}
+    if name not in datasets:
+        raise CollateError(f"no dataset {name!r} in COLLATE_DATASETS_DIR={folder} "
+                           f"(datasets: {', '.join([DEFAULT_DATASET, *sorted(datasets)])})")
+    return Dataset(datasets[name].settings(), name)
+
+
+def dataset_label(dataset: Dataset) -> str:
+    return dataset.name or DEFAULT_DATASET
 
 
 def dagster_home() -> Path:
@@ -80,31 +138,49 @@ def plan_inputs(input_path: Path, shard_bytes: int = 0) -> tuple[dict[str, Path]
     `shard_bytes` is one key per shard."""
     if input_path.is_file():
         return shard_keys({file_name_to_key(input_path.name): input_path}, shard_bytes), [], []
-    if not input_path.is_dir():
+    folder, pattern = input_folder_and_pattern(input_path)
+    if pattern is None and not input_path.is_dir():
         list_input_files(input_path)  # a missing input: CollateError with the usual message
+    if pattern is not None and not folder.is_dir():
+        raise CollateError(f"input not found: {shown(folder)} (of {shown(input_path)}) is not a folder")
     files, clashes, skipped = _scan(input_path, shard_bytes)
     failures = []
     for clash in clashes:
         name, _, reason = clash.partition(" skipped: ")
-        failures.append((input_path / name, f"not processed: {reason}; rename one of them"))
+        failures.append((folder / name, f"not processed: {reason}; rename one of them"))
     if not files and not failures:
-        raise CollateError(f"no input files ({INPUT_PATTERNS}) in {shown(input_path)}")
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise CollateError(f"no input files ({INPUT_PATTERNS}) in {shown(input_path)}{why}")
     return files, failures, skipped
 
 
-def register_only(settings: CollateSettings) -> list[str]:
-    """Register the input files as partitions of the default dataset and observe them; returns their keys."""
-    files, failures, skipped = plan_inputs(settings.input_path(), settings.shard_bytes())
+def register_only(dataset: Dataset, input_path: Path | None = None) -> list[str]:
+    """Register the files of a code-location dataset's input folder as its partitions and observe
+    them, as its input files sensor does; returns their keys.
+
+    `input_path` (the command's -i), when given, must be that folder: files of another folder would
+    be partitions the code location cannot read (its sensor and runs look in its own folder).
+    """
+    own = dataset.settings.input_path()
+    if input_path is not None and _same_input(input_path) != _same_input(own):
+        raise CollateError(
+            f"dataset {dataset_label(dataset)!r} reads {shown(own)}, not {shown(input_path)}: --register-only registers a "
+            f"dataset's own files (set {'COLLATE_INPUT_DIR' if dataset.name is None else 'input_dir in its defs.yaml'} "
+            "to that folder for `dagster dev` and this command alike, or leave out -i)")
+    files, failures, skipped = plan_inputs(own, dataset.settings.shard_bytes())
     if failures:
         raise CollateError("; ".join(f"{shown(path.name)}: {reason}" for path, reason in failures))
     for warning in skipped:
         logging.getLogger(__name__).warning("%s", warning)
-    dataset = Dataset(settings.replace(input_dir=str(settings.input_path().resolve())))
     with get_instance() as instance:
         register_keys(instance, dataset.partitions.name, list(files))
         for event in file_observations(instance, dataset.key("raw_conversations"), files):
             instance.report_runless_asset_event(event)
     return list(files)
+
+
+def _same_input(path: Path) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 @dataclasses.dataclass
@@ -116,13 +192,16 @@ class CollateRun:
     runs: int = 0  # Dagster runs launched (0 when everything was up to date)
     up_to_date: list[str] = dataclasses.field(default_factory=list)  # partition keys with nothing to do
     keys: list[str] = dataclasses.field(default_factory=list)  # every partition key of the input (a shard each)
+    dataset: str = DEFAULT_DATASET  # the dataset the runs are recorded in
 
 
-def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> CollateRun:
+def run_collate(settings: CollateSettings, *, dataset: str | None = None, progress=None, warn=None) -> CollateRun:
     """Bring every input file's outputs (the formats of `settings.formats`) up to date.
 
-    `progress` (optional) is an object with `update(nbytes)` and `set_postfix_str(text)`, such as a
-    tqdm bar; `warn(text)` gets each warning (entries of the folder left out, a run's warnings).
+    `dataset`: the name of the dataset the runs are recorded in (None: `cli_dataset_name` of the
+    output folder; `default` is the code location's default dataset). `progress` (optional) is an
+    object with `update(nbytes)` and `set_postfix_str(text)`, such as a tqdm bar; `warn(text)` gets
+    each warning (entries of the folder left out, a run's warnings).
     """
     warn = warn or (lambda text: print(f"collate: warning: {text}", file=sys.stderr))
     input_path = settings.input_path()
@@ -139,14 +218,16 @@ def run_collate(settings: CollateSettings, *, progress=None, warn=None) -> Colla
         chat_template=str(Path(settings.chat_template).expanduser().resolve()) if settings.chat_template else None,
     )
     cached_tokenizer(settings)  # a bad tokenizer fails here, once, with the loader's message
-    dataset = Dataset(settings)
+    name = cli_dataset_name(settings.output_dir) if dataset is None else dataset
+    dataset = Dataset(settings, None if name == DEFAULT_DATASET else name)
     dataset_files = DatasetFiles(settings)
     for folder in dataset_files.old_layout():
         warn(f"{shown(folder)} is from an earlier output layout and is no longer read or written (outputs are now "
              f"{shown(settings.output_dir)}/<name>.<ext>); remove it when you no longer need it")
-    defs = build_dataset_defs(settings)
-    outcome = CollateRun(failures=list(failures))
-    tags = {"collate/launched_by": "collate-cli", PID_TAG: str(os.getpid()), HOST_TAG: host_tag()}
+    defs = build_dataset_defs(settings, dataset.name)
+    outcome = CollateRun(failures=list(failures), dataset=name)
+    tags = {"collate/launched_by": "collate-cli", PID_TAG: str(os.getpid()), HOST_TAG: host_tag(),
+            DATASET_TAG: name, INPUT_TAG: str(input_path.resolve()), OUTPUT_TAG: settings.output_dir}
     with get_instance() as instance, contextlib.ExitStack() as stack:
         ACTIVE["instance"] = instance
         stack.callback(ACTIVE.clear)
@@ -337,11 +418,17 @@ def _failure_message(result: dg.ExecuteInProcessResult, path=None) -> str:
             message = _error_text(error)
             if error.cause is not None and "dagster._core.errors" in (error.cls_name or "") + (error.message or ""):
                 message = _error_text(error.cause) or message
-            return message.splitlines()[0] if message else f"step {event.step_key} failed"
+            return _one_line(message) if message else f"step {event.step_key} failed"
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed:
         return f"check {failed[0].check_name} failed: {failed[0].description or ''}".strip()
     return f"run {result.run_id} failed"
+
+
+def _one_line(message: str, limit: int = 2000) -> str:
+    """A message on one line, whole (Dagster wraps long ones over several lines): its lines joined."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str) -> dict:

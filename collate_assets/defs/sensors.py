@@ -1,8 +1,9 @@
 """The input files sensor: the input folder's files as partitions, and their observations.
 
 Every `sensor_seconds` (30 by default) it lists the dataset's input folder (not its subfolders) and
-- adds a partition for each new file, deletes the partition of a file that disappeared (its outputs
-  and history are left in place);
+- adds a partition for each new file, deletes the partition of a file that disappeared from its
+  folder (its outputs and history are left in place). Only partitions whose file was observed in
+  this folder are ever deleted: a partition registered for another folder is left alone;
 - records a `raw_conversations` observation (the file's sha256 as data version) for each new or
   changed file. A file split into shards (`shard_mb`) is one partition per shard, each observed with
   the whole file's sha256, so editing the file reruns all its shards; when its shard count changes,
@@ -18,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import file_sha256
+from collate_assets.core.reader import input_folder_and_pattern
 
 from .assets import Dataset
 from .partitions import scan_input_folder
@@ -54,6 +56,18 @@ def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, file
     return events
 
 
+def ours(instance: dg.DagsterInstance, asset_key: dg.AssetKey, keys: list[str], folder: Path) -> list[str]:
+    """The partitions among `keys` whose latest observed file was in `folder` (the sensor's own)."""
+    folder = Path(folder).expanduser().resolve()
+    out = []
+    for key in keys:
+        observation = latest_observation(instance, asset_key, key)
+        entry = observation.metadata.get("path") if observation is not None else None
+        if entry is not None and Path(str(entry.value)).expanduser().parent.resolve() == folder:
+            out.append(key)
+    return out
+
+
 def build_input_files_sensor(dataset: Dataset) -> dg.SensorDefinition:
     partitions = dataset.partitions
     raw_key = dataset.key("raw_conversations")
@@ -78,6 +92,7 @@ def build_input_files_sensor(dataset: Dataset) -> dg.SensorDefinition:
         requests = []
         if new:
             requests.append(partitions.build_add_request(new))
+        gone = ours(context.instance, raw_key, gone, input_folder_and_pattern(settings.input_path())[0])
         if gone:
             context.log.info(f"input files gone, dropping their partitions: {', '.join(gone)}")
             requests.append(partitions.build_delete_request(gone))

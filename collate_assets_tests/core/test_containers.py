@@ -532,5 +532,5 @@ def test_collate_command_reads_json_and_parquet(tmp_path, dagster):
     # instance weakref in Dagster's defs-state context that broke a later test's dg.materialize.)
     assert (out / ".collate_tokenized").exists() == dagster
     if dagster:
-        listed = run([*COLLATE, "-i", folder, "--register-only"], env=make_env(home), cwd=tmp_path, check=True)
+        listed = run([*COLLATE, "--register-only"], env=make_env(home, input_dir=folder), cwd=tmp_path, check=True)
         assert listed.stdout.split() == ["kto.json", "kto_rows.parquet"]

@@ -138,3 +138,44 @@ def test_a_touched_file_runs_nothing(tmp_path):
         sensor_tick(instance, folder)
         after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
         assert requested(after) == {}
+
+
+def test_files_there_before_the_first_evaluation_are_built(tmp_path):
+    """A fresh instance (or a dataset just added) whose files the sensor registered before the
+    automation's first evaluation: that evaluation requests them (eager() alone counts its first
+    evaluation as "handled" and leaves them to the nightly tick). Once built, nothing more."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("demo.jsonl", "demo_small.jsonl"):
+        shutil.copyfile(DEMO_INPUT_DIR / name, folder / name)
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    with dg.instance_for_test() as instance:
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # no cursor: the first evaluation
+        both = {"demo.jsonl", "demo_small.jsonl"}
+        assert requested(first) == {"tokenized_conversations": both, "packed_arrow": both}
+        run_requested(defs, instance, requested(first))
+        cursor = first.cursor
+        for _ in range(3):
+            later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            assert requested(later) == {}
+            cursor = later.cursor
+
+
+def test_a_missing_partition_whose_run_failed_is_not_requested_again(tmp_path):
+    """Requested once: a run that fails leaves the partition missing, and it waits for the nightly retry
+    (a level "missing" condition would request it at every evaluation)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.json").write_text("[ not json")
+    defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
+    with dg.instance_for_test() as instance:
+        sensor_tick(instance, folder)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert requested(first) == {"tokenized_conversations": {"broken.json"}, "packed_arrow": {"broken.json"}}
+        assert not materialize(defs, instance, "broken.json", assets=["tokenized_conversations", "packed_arrow"], raise_on_error=False).success
+        cursor = first.cursor
+        for _ in range(2):
+            later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            assert requested(later) == {}
+            cursor = later.cursor

@@ -5,7 +5,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from collate_assets.defs.run import get_instance, run_collate
+from collate_assets.defs.run import cli_dataset_name, get_instance, run_collate
 from collate_assets.sample import DEMO_INPUT_DIR
 
 from .helpers import demo_settings
@@ -29,10 +29,12 @@ def mtimes(out):
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
 
-def materialized(partition, asset="tokenized_conversations") -> int:
+def materialized(out, partition, asset="tokenized_conversations") -> int:
+    """Materializations of `asset` for `partition` in the dataset of the command writing to `out`."""
     with get_instance() as instance:
+        key = dg.AssetKey([cli_dataset_name(out), asset])
         return len(instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=100).records)
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=100).records)
 
 
 def test_first_run_is_one_run_and_an_unchanged_rerun_launches_nothing(folder, tmp_path):
@@ -60,7 +62,7 @@ def test_an_edited_file_reruns_alone(folder, tmp_path):
     changed = {name for name, mtime in mtimes(out).items() if before.get(name) != mtime}
     assert changed == {"part1.arrow", "part1.rejects.jsonl", ".collate_tokenized/part1.arrow",
                        ".collate_tokenized/part1.manifest.json"}
-    assert materialized("part1.jsonl") == 2 and materialized("part0.jsonl") == 1
+    assert materialized(out, "part1.jsonl") == 2 and materialized(out, "part0.jsonl") == 1
 
 
 def test_a_deleted_output_or_a_new_format_packs_again_without_tokenizing(folder, tmp_path):
@@ -69,11 +71,11 @@ def test_a_deleted_output_or_a_new_format_packs_again_without_tokenizing(folder,
     (out / "part2.arrow").unlink()
     result = run_collate(demo_settings(folder, out, formats=("arrow",)))
     assert result.runs == 1 and (out / "part2.arrow").is_file()
-    assert materialized("part2.jsonl") == 1 and materialized("part2.jsonl", "packed_arrow") == 2
+    assert materialized(out, "part2.jsonl") == 1 and materialized(out, "part2.jsonl", "packed_arrow") == 2
     result = run_collate(demo_settings(folder, out, formats=("arrow", "parquet")))
     assert result.runs == 1 and all((out / f"{p.stem}.parquet").is_file() for p in folder.iterdir())
-    assert all(materialized(p.name) == 1 for p in folder.iterdir())  # nothing tokenized again
-    assert materialized("demo.jsonl", "packed_arrow") == 1
+    assert all(materialized(out, p.name) == 1 for p in folder.iterdir())  # nothing tokenized again
+    assert materialized(out, "demo.jsonl", "packed_arrow") == 1
 
 
 def test_new_settings_rerun_everything(folder, tmp_path):
@@ -95,3 +97,42 @@ def test_a_bad_file_in_a_range_fails_alone(folder, tmp_path):
     # The next run retries only the failed file.
     again = run_collate(demo_settings(folder, out, formats=("arrow",)))
     assert again.runs == 1 and [path.name for path, _ in again.failures] == ["part1.jsonl"]
+
+
+def test_each_output_folder_is_a_dataset_of_its_own(folder, tmp_path):
+    """Two commands on one DAGSTER_HOME with other output folders: each its own partitions and asset
+    keys, none in the code location's default dataset (`input_files`, unprefixed keys)."""
+    first, second = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    one = run_collate(demo_settings(folder, first, formats=("arrow",)))
+    two = run_collate(demo_settings(folder / "part0.jsonl", second, formats=("arrow",)))
+    assert one.dataset == cli_dataset_name(first) != two.dataset == cli_dataset_name(second)
+    assert one.dataset.startswith("cli_out_") and two.dataset.startswith("cli_out_")
+    with get_instance() as instance:
+        assert instance.get_dynamic_partitions("input_files") == []
+        assert sorted(instance.get_dynamic_partitions(f"{one.dataset}_input_files")) == sorted(p.name for p in folder.iterdir())
+        assert instance.get_dynamic_partitions(f"{two.dataset}_input_files") == ["part0.jsonl"]
+        assert instance.get_latest_materialization_event(dg.AssetKey("packed_arrow")) is None
+        run = instance.get_run_by_id(instance.get_latest_materialization_event(dg.AssetKey([two.dataset, "packed_arrow"])).run_id)
+        assert run.tags["collate/dataset"] == two.dataset and run.tags["collate/input"] == str(folder / "part0.jsonl")
+    assert materialized(second, "part0.jsonl") == 1 and materialized(first, "part0.jsonl") == 1
+
+
+def test_the_default_dataset_is_built_and_registered_only_from_its_own_folder(folder, tmp_path, monkeypatch):
+    from collate_assets.core import CollateError
+    from collate_assets.defs.run import code_location_dataset, register_only
+
+    monkeypatch.setenv("COLLATE_INPUT_DIR", str(folder))
+    monkeypatch.setenv("COLLATE_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.delenv("COLLATE_DATASETS_DIR", raising=False)
+    dataset = code_location_dataset("default")
+    assert dataset.name is None and dataset.settings.input_path() == folder
+    assert sorted(register_only(dataset)) == sorted(p.name for p in folder.iterdir())
+    assert register_only(dataset, folder) == register_only(dataset)
+    with pytest.raises(CollateError, match="reads .* not .*registers a dataset's own files"):
+        register_only(dataset, tmp_path)
+    with pytest.raises(CollateError, match="COLLATE_DATASETS_DIR is not set"):
+        code_location_dataset("chats")
+    result = run_collate(dataset.settings, dataset="default")
+    assert result.dataset == "default" and result.runs == 1 and not result.failures
+    with get_instance() as instance:
+        assert sorted(instance.get_materialized_partitions(dg.AssetKey("packed_arrow"))) == sorted(p.name for p in folder.iterdir())

@@ -219,3 +219,29 @@ def test_dg_scaffold_writes_a_dataset_that_loads(tmp_path):
     settings = defs.resources["collate_smol_chats"].settings()
     assert settings.tokenizer == str(tokenizer) and settings.input_dir == str(tmp_path / "inputs")
     assert defs.resolve_asset_graph().get(dg.AssetKey(["smol_chats", "packed_arrow"])).group_name == "smol_chats"
+
+
+def test_the_command_registers_and_builds_a_defs_yaml_dataset(example, tmp_path):
+    """`collate --dataset NAME --register-only` registers a defs.yaml dataset's own files (into its own
+    partitions, never the default dataset's), and `collate --dataset NAME` builds them with its
+    settings, in one command, under its asset keys; a name that is not a dataset is an error."""
+    from .. import helpers
+
+    home = helpers.seed_dagster_home(tmp_path / "home")
+    env = helpers.subprocess_env(**{k: v for k, v in os.environ.items() if k.startswith("COLLATE_")}, DAGSTER_HOME=str(home))
+    registered = helpers.run(helpers.collate_command("--dataset", "smollm2_chat", "--register-only"), env=env, cwd=tmp_path)
+    assert registered.returncode == 0 and registered.stdout.split() == [INPUT], registered.stderr
+    refused = helpers.run(helpers.collate_command("--dataset", "smollm2_chat", "-m", "512"), env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "leave out --max-length" in refused.stderr, refused.stderr
+    unknown = helpers.run(helpers.collate_command("--dataset", "nope", "-q"), env=env, cwd=tmp_path)
+    assert unknown.returncode == 1 and "no dataset 'nope'" in unknown.stderr and "smollm2_chat" in unknown.stderr, unknown.stderr
+    built = helpers.run(helpers.collate_command("--dataset", "qwen3_chat", "--json"), env=env, cwd=tmp_path, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [stats] = json.loads(built.stdout)
+    assert stats["pack"]["output"] == str(tmp_path / "collate_output" / "qwen3_chat" / "chats.arrow")
+    assert stats["pack"]["max_length"] == 2048 and stats["tokenize"]["conversations"] > 0
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_dynamic_partitions("smollm2_chat_input_files") == [INPUT]
+        assert instance.get_dynamic_partitions("qwen3_chat_input_files") == [INPUT]
+        assert instance.get_dynamic_partitions("input_files") == []
+        assert instance.get_materialized_partitions(dg.AssetKey(["qwen3_chat", "packed_arrow"])) == {INPUT}

@@ -118,7 +118,7 @@ def test_every_setting_is_defined_once():
         assert resource_fields[name].default == default, name
         assert field.metadata["help"].split(" (")[0] in resource_fields[name].description, name
     # Every field is a flag of the command but the spill folder and the sensors' interval.
-    assert set(cli.FLAG_FIELDS.values()) == set(fields) - {"spill_dir", "sensor_seconds"}
+    assert set(cli.FLAG_FIELDS.values()) == set(fields) - {"spill_dir", "sensor_seconds", "automation"}
     args = cli.build_parser().parse_args(["-m", "512", "--labels", "assistant", "-f", "arrow,jsonl"])
     settings = cli.settings_from_args(args)
     assert (settings.max_length, settings.labels, settings.formats) == (512, "assistant", ("arrow", "jsonl"))

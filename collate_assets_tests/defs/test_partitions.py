@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collate_assets.core import CollateError
+from collate_assets.defs.assets import Dataset
 from collate_assets.defs.run import get_instance, register_only
 from collate_assets.defs.partitions import (
     INPUT_FILES,
@@ -125,18 +126,18 @@ def test_register_only_adds_only_missing_keys_and_observes_files(tmp_path, monke
     folder.mkdir()
     (folder / "one.jsonl").write_text('{"messages": []}\n')
     (folder / "two, 2.jsonl").write_text('{"messages": []}\n')
-    keys = register_only(_settings(folder))
+    keys = register_only(Dataset(_settings(folder)))
     assert keys == ["one.jsonl", "two%2C%202.jsonl"]
     with get_instance() as instance:
         assert sorted(instance.get_dynamic_partitions(INPUT_FILES.name)) == sorted(keys)
         observed = instance.fetch_observations(dg.AssetKey("raw_conversations"), limit=10).records
         assert sorted(r.partition_key for r in observed) == sorted(keys)
     # Again with nothing changed: no new partition, no new observation.
-    assert register_only(_settings(folder)) == keys
+    assert register_only(Dataset(_settings(folder))) == keys
     with get_instance() as instance:
         assert len(instance.fetch_observations(dg.AssetKey("raw_conversations"), limit=10).records) == 2
     # One file given: registered by its name.
-    assert register_only(_settings(folder / "one.jsonl")) == ["one.jsonl"]
+    assert register_only(Dataset(_settings(folder / "one.jsonl"))) == ["one.jsonl"]
 
 
 def test_register_only_refuses_empty_folder_and_stem_clash(tmp_path, monkeypatch):
@@ -144,11 +145,11 @@ def test_register_only_refuses_empty_folder_and_stem_clash(tmp_path, monkeypatch
     folder = tmp_path / "in"
     folder.mkdir()
     with pytest.raises(CollateError, match="no input files \\(\\*.jsonl, .*\\*.parquet\\)"):
-        register_only(_settings(folder))
+        register_only(Dataset(_settings(folder)))
     (folder / "a.jsonl").write_text("")
     (folder / "a.jsonl.gz").write_bytes(b"")
     with pytest.raises(CollateError, match="overwrite"):
-        register_only(_settings(folder))
+        register_only(Dataset(_settings(folder)))
 
 
 @pytest.mark.parametrize("other", ["x.json", "x.parquet", "x.jsonl.zst"])
@@ -158,4 +159,4 @@ def test_stem_clash_across_containers(tmp_path, other):
     files, warnings = scan_input_folder(tmp_path)
     assert len(files) == 1 and len(warnings) == 1 and "outputs would overwrite" in warnings[0]
     with pytest.raises(CollateError, match="overwrite"):
-        register_only(_settings(tmp_path))
+        register_only(Dataset(_settings(tmp_path)))

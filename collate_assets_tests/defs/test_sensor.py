@@ -66,3 +66,25 @@ def test_deleted_file_drops_its_partition_and_missing_folder_deletes_nothing(tmp
         result = tick(instance, folder)
         assert result.skip_message and "does not exist" in result.skip_message
         assert instance.get_dynamic_partitions("input_files") == ["demo_small.jsonl"]
+
+
+def test_partitions_observed_in_another_folder_are_never_dropped(tmp_path):
+    """A sensor only drops the partitions of files gone from its own folder: a partition of the same
+    dataset registered and observed from another folder (as `collate -i OTHER --register-only` did
+    before it was refused) stays, while a file deleted from the sensor's folder still goes."""
+    from collate_assets.defs.sensors import file_observations
+
+    own, other = tmp_path / "own", tmp_path / "other"
+    own.mkdir()
+    other.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", own / "demo_small.jsonl")
+    shutil.copyfile(DEMO_INPUT_DIR / "demo.jsonl", own / "demo.jsonl")
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", other / "elsewhere.jsonl")
+    with dg.instance_for_test() as instance:
+        tick(instance, own)
+        instance.add_dynamic_partitions("input_files", ["elsewhere.jsonl"])
+        for event in file_observations(instance, dg.AssetKey("raw_conversations"), {"elsewhere.jsonl": other / "elsewhere.jsonl"}):
+            instance.report_runless_asset_event(event)
+        (own / "demo.jsonl").unlink()
+        tick(instance, own)
+        assert sorted(instance.get_dynamic_partitions("input_files")) == ["demo_small.jsonl", "elsewhere.jsonl"]

@@ -235,10 +235,10 @@ def celery_cluster(postgres, tmp_path_factory):
                 time.sleep(0.1)
         client.close()
 
-        # Automation evaluates once when the daemon starts and finds nothing to do (the files are
-        # registered first), then not again: every run here is a test's backfill.
+        # The automation sensor starts stopped (it would build the registered files at its first
+        # evaluation): every run here is a test's backfill.
         env = make_env(home, input_dir=input_dir, output_dir=root / "output", tokenizer=DEMO_TOKENIZER_DIR,
-                       max_length=1024, sensor_seconds=86400, executor="celery",
+                       max_length=1024, sensor_seconds=86400, automation="false", executor="celery",
                        celery_broker=f"redis://127.0.0.1:{redis_port}/0", celery_visibility_timeout=VISIBILITY_TIMEOUT)
         env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # `dagster-celery worker start` runs `celery`
         # The workers' Celery settings, from the same variables as the executor's (docs/cluster.md).

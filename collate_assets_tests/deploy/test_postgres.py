@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from collate_assets.defs.run import cli_dataset_name
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 from collate_assets_tests.deploy.conftest import database as _database
 from collate_assets_tests.deploy.conftest import storage_yaml as _storage_yaml
@@ -58,12 +59,14 @@ def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        assert sorted(instance.get_dynamic_partitions("input_files")) == ["demo.jsonl", "demo_small.jsonl"]
+        # one output folder, one dataset: both commands' files are its partitions
+        name = cli_dataset_name(tmp_path / "out")
+        assert sorted(instance.get_dynamic_partitions(f"{name}_input_files")) == ["demo.jsonl", "demo_small.jsonl"]
         runs = instance.get_runs()
         assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         for key in ("demo.jsonl", "demo_small.jsonl"):
             record = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("packed_arrow"), asset_partitions=[key]), limit=1
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey([name, "packed_arrow"]), asset_partitions=[key]), limit=1
             ).records[0]
             metadata = record.asset_materialization.metadata
             assert metadata["rows"].value > 0 and 0 < metadata["fill"].value <= 1
@@ -123,10 +126,10 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
     for k, name in enumerate(names):
         (input_dir / name).write_bytes(b"".join(lines[k * 15:(k + 1) * 15]))
     output_dir = tmp_path / "output"
-    # Automation evaluates once when the daemon starts (and finds nothing to do: the files are registered
-    # first), then not again during the test: every run here is one of the two backfills.
+    # The automation sensor starts stopped (it would build the registered files at its first evaluation):
+    # every run here is one of the two backfills.
     env = make_env(home, input_dir=input_dir, output_dir=output_dir, tokenizer=DEMO_TOKENIZER_DIR, max_length=1024,
-                   sensor_seconds=86400)
+                   sensor_seconds=86400, automation="false")
     run([*COLLATE, "-i", str(input_dir), "--register-only"], env=env, cwd=tmp_path, check=True, timeout=120)
 
     log_path = tmp_path / "daemon.log"

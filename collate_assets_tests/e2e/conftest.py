@@ -160,7 +160,7 @@ def open_instance(home: Path) -> Iterator:
 
 
 def latest_materialization(instance, asset: str, partition: str):
-    """The latest materialization EventLogRecord of `asset` for `partition`, or None."""
+    """The latest materialization EventLogRecord of `asset` (a name, or a key path as a list) for `partition`, or None."""
     import dagster as dg
 
     records = instance.fetch_materializations(
@@ -325,11 +325,10 @@ class DagsterDev:
         `root/home` is DAGSTER_HOME, `root/input` a copy of the demo files, `root/output` the output
         folder and `root/cwd` the working folder. With `register_first` the demo files are registered
         as partitions and observed (`collate --register-only`, same DAGSTER_HOME) before the server
-        starts, so the first tick of `input_files_sensor` finds no new or changed file, and the first
-        evaluation of the `collate_automation` sensor (which never runs partitions already missing
-        when it starts) launches nothing: tests then control every run of these files themselves.
-        Files added or edited later are run by the automation sensor. Without `register_first` the
-        input files sensor registers both files at its first tick.
+        starts, so the first tick of `input_files_sensor` finds no new or changed file; the
+        automation sensor builds them at its first evaluation unless `automation=False` is passed
+        (COLLATE_AUTOMATION: the sensor starts stopped and tests control every run themselves).
+        Without `register_first` the input files sensor registers both files at its first tick.
         """
         home = make_dagster_home(root / "home")
         input_dir = copy_demo(root / "input")
@@ -463,8 +462,9 @@ def fastchat_jsonl_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
-    """`dagster dev` on 127.0.0.1 with the demo files registered; stopped (process group) at teardown."""
-    server = DagsterDev.start(tmp_path_factory.mktemp("dagster_dev"))
+    """`dagster dev` on 127.0.0.1 on a fresh DAGSTER_HOME whose input folder holds the demo files, not
+    registered: its sensors register and build them; stopped (process group) at teardown."""
+    server = DagsterDev.start(tmp_path_factory.mktemp("dagster_dev"), register_first=False)
     print(f"\ndagster dev ready at {server.url} after {server.startup_seconds:.1f} s (log: {server.log_path})")
     try:
         yield server

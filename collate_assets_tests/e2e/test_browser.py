@@ -73,7 +73,8 @@ expect = sync_api.expect
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory, fastchat_jsonl_dir):
-    """`dagster dev` whose input folder holds the demo files and fastchat.jsonl, all registered first.
+    """`dagster dev` whose input folder holds the demo files and fastchat.jsonl, all registered first,
+    with the automation sensor stopped (COLLATE_AUTOMATION=false).
 
     Named like the conftest fixture so that a failure report carries the tail of the server's log.
     The shared SmolLM2 tokenizer is used when it is there, else the embedded demo tokenizer.
@@ -82,7 +83,8 @@ def dagster_dev(tmp_path_factory, fastchat_jsonl_dir):
     (root / "input").mkdir()
     shutil.copyfile(fastchat_jsonl_dir / PARTITION, root / "input" / PARTITION)
     tokenizer = SMOLLM2_DIR if (SMOLLM2_DIR / "tokenizer.json").exists() else None
-    server = DagsterDev.start(root, register_first=True, tokenizer=tokenizer)
+    # the automation sensor starts stopped: this test materializes by hand, as a user of the UI does
+    server = DagsterDev.start(root, register_first=True, tokenizer=tokenizer, automation="false")
     print(f"\ndagster dev ready at {server.url} after {server.startup_seconds:.1f} s (log: {server.log_path})")
     try:
         yield server

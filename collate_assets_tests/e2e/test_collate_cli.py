@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from collate_assets.defs.run import cli_dataset_name
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 
 from .conftest import (
@@ -73,10 +74,14 @@ def test_no_arguments_packs_the_demo_and_records_it(tmp_path, dagster_home):
         assert rows == len(ds)
         summaries[stem] = rows
 
+    # recorded as a dataset of its own, named after its output folder (never the code location's default)
+    name = cli_dataset_name(out)
+    assert f"collate: recorded as dataset {name} in DAGSTER_HOME={dagster_home}" in result.stderr, result.stderr
     with open_instance(dagster_home) as instance:
-        assert instance.get_dynamic_partitions("input_files") == ["demo.jsonl", "demo_small.jsonl"]
+        assert instance.get_dynamic_partitions(f"{name}_input_files") == ["demo.jsonl", "demo_small.jsonl"]
+        assert instance.get_dynamic_partitions("input_files") == []
         for stem, rows in summaries.items():
-            record = latest_materialization(instance, "packed_arrow", f"{stem}.jsonl")
+            record = latest_materialization(instance, [name, "packed_arrow"], f"{stem}.jsonl")
             assert record is not None, stem
             assert metadata_values(record)["rows"] == rows
 
@@ -118,15 +123,16 @@ def test_shared_fastchat_to_parquet(fastchat_runs):
 
 def test_shared_fastchat_run_is_recorded_in_the_instance(fastchat_runs):
     [stats] = json.loads(fastchat_runs["dagster"].stdout)
+    name = cli_dataset_name(fastchat_runs["root"] / "out")
     with open_instance(fastchat_runs["home"]) as instance:
-        assert instance.get_dynamic_partitions("input_files") == ["fastchat.jsonl"]
-        record = latest_materialization(instance, "packed_parquet", "fastchat.jsonl")
+        assert instance.get_dynamic_partitions(f"{name}_input_files") == ["fastchat.jsonl"]
+        record = latest_materialization(instance, [name, "packed_parquet"], "fastchat.jsonl")
         assert record is not None
         meta = metadata_values(record)
         assert meta["rows"] == stats["pack"]["rows"]
         assert meta["fill"] == pytest.approx(stats["pack"]["fill"])
         assert meta["tokens"] == stats["pack"]["tokens"]
-        tokenized = latest_materialization(instance, "tokenized_conversations", "fastchat.jsonl")
+        tokenized = latest_materialization(instance, [name, "tokenized_conversations"], "fastchat.jsonl")
         assert tokenized is not None and tokenized.run_id == record.run_id
         run_record = instance.get_run_by_id(record.run_id)
         assert run_record.is_success
@@ -265,7 +271,7 @@ def test_rerun_keeps_unchanged_outputs_and_reruns_an_edited_file(tmp_path, dagst
     with open_instance(dagster_home) as instance:
         new_runs = [r for r in instance.get_runs() if r.run_id not in runs_first]
         assert [r.tags.get("dagster/partition") for r in new_runs] == ["demo_small.jsonl"], [r.tags for r in new_runs]
-        record = latest_materialization(instance, "tokenized_conversations", "demo_small.jsonl")
+        record = latest_materialization(instance, [cli_dataset_name(out), "tokenized_conversations"], "demo_small.jsonl")
         assert metadata_values(record)["lines_read"] == len(lines) // 2
 
 

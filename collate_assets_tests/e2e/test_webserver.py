@@ -13,16 +13,18 @@ partition is rerun by that sensor within two minutes, and no other partition is.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 
 from collate_assets.defs.partitions import key_to_file_name
 
-from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, DagsterDev, open_instance, record_timing
+from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, SENSOR_SECONDS, DagsterDev, open_instance, record_timing
 from .conftest import run as run_command
 
 PARTITION = "demo_small.jsonl"
@@ -74,6 +76,21 @@ query E2EMaterialization($assetKeys: [AssetKeyInput!]!, $partitions: [String!]) 
         ... on FloatMetadataEntry { floatValue }
         ... on PathMetadataEntry { path }
         ... on TextMetadataEntry { text }
+      }
+    }
+  }
+}
+"""
+
+ASSET_QUERY = """
+query E2EAsset($assetKey: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $assetKey) {
+    __typename
+    ... on Asset {
+      assetMaterializations(partitions: $partitions, limit: 1) {
+        runId
+        partition
+        metadataEntries { __typename label ... on PathMetadataEntry { path } }
       }
     }
   }
@@ -138,39 +155,32 @@ def test_binds_loopback_only(dagster_dev):
             assert sock.connect_ex((address, dagster_dev.port)) != 0, f"port {dagster_dev.port} answers on {address}"
 
 
-def test_sensor_runs_and_sees_the_registered_files(dagster_dev):
-    """Both sensors start RUNNING; with the files registered (and observed) before the start the input
-    files sensor has nothing to do and the automation sensor launches nothing."""
-    selector = {
-        "repositoryLocationName": dagster_dev.location_name,
-        "repositoryName": REPOSITORY_NAME,
-        "sensorName": "input_files_sensor",
-    }
-
-    def first_tick():
-        sensor = dagster_dev.graphql(SENSOR_QUERY, {"selector": selector})["sensorOrError"]
-        assert sensor["__typename"] == "Sensor", sensor
-        state = sensor["sensorState"]
-        # a tick is listed as soon as it starts: wait for it to end
-        return state if any(t["status"] != "STARTED" for t in state["ticks"]) else None
-
-    state = wait_for("the first tick of input_files_sensor", first_tick, timeout=90)
-    assert state["status"] == "RUNNING"
-    ended = [t for t in state["ticks"] if t["status"] != "STARTED"]
-    assert all(t["status"] == "SKIPPED" for t in ended), ended
-    assert all(t["skipReason"] == "no new, changed or deleted input file" for t in ended), ended
-
-    # the automation sensor runs by default too; its first evaluation starts nothing
-    def first_evaluation():
-        sensor = sensor_state(dagster_dev, AUTOMATION_SENSOR)
-        ticks = [t for t in sensor["sensorState"]["ticks"] if t["status"] != "STARTED"]
-        return (sensor, ticks) if ticks else None
-
-    sensor, ticks = wait_for("the first evaluation of collate_automation", first_evaluation, timeout=90)
+def test_first_start_builds_the_files_already_there(dagster_dev):
+    """A first `dagster dev` on a folder nobody registered (a fresh DAGSTER_HOME): both sensors start
+    RUNNING, input_files_sensor adds both files as partitions at its first tick, and the automation
+    sensor builds each of them once, without anyone clicking anything and without the nightly tick
+    (Dagster's eager() alone leaves partitions there at its first evaluation alone)."""
+    server = dagster_dev
+    found = []
+    for name in DEMO_PARTITIONS:
+        sha = hashlib.sha256((server.input_dir / name).read_bytes()).hexdigest()
+        found += wait_for(f"the automation sensor's runs of {name}", automation_runs_done(server, name, sha), AUTOMATION_TIMEOUT)
+    assert_launched_by_automation(server, found)
+    [node] = asset_nodes(server, [["raw_conversations"]])
+    assert sorted(node["partitionKeys"]) == sorted(DEMO_PARTITIONS)
+    added = [r for t in sensor_state(server, INPUT_SENSOR)["sensorState"]["ticks"]
+             for r in t["dynamicPartitionsRequestResults"] if r["type"] == "ADD_PARTITIONS"]
+    assert sorted(k for r in added for k in r["partitionKeys"]) == sorted(DEMO_PARTITIONS), added
+    sensor = sensor_state(server, AUTOMATION_SENSOR)
     assert sensor["sensorType"] in {"AUTO_MATERIALIZE", "AUTOMATION"}, sensor  # an automation condition sensor
     assert sensor["sensorState"]["status"] == "RUNNING"
-    assert all(t["runIds"] == [] and t["error"] is None for t in ticks), ticks
-    assert runs(dagster_dev) == []
+    # each file once: one materialization of each asset per partition, and nothing more once idle
+    wait_idle(server)
+    automation_evaluations_after(server, max(latest_update(server, name) for name in DEMO_PARTITIONS))
+    counts = {key: len(events) for key, events in materializations(server, list(DEMO_PARTITIONS)).items()}
+    assert set(counts.values()) == {1}, counts
+    for stem in ("demo", "demo_small"):
+        assert (server.output_dir / f"{stem}.arrow").is_file()
 
 
 def ui_check_selection(server: DagsterDev, selected=SELECTED) -> list[dict]:
@@ -224,6 +234,7 @@ def test_materialize_a_partition_like_the_ui(dagster_dev):
         return PARTITION in node["partitionKeys"]
 
     wait_for(f"partition {PARTITION}", partition_known, timeout=60)
+    wait_idle(dagster_dev)  # the automation's first runs (test above) are over
 
     # 2. what the UI collects before it launches: the job common to the assets and their checks
     check_selection = ui_check_selection(dagster_dev)
@@ -445,6 +456,7 @@ def test_new_file_gets_a_partition_from_the_sensor_and_automation_collates_it(da
 
     server = dagster_dev
     assert not (server.input_dir / NEW_FILE).exists(), "this test drops the file itself"
+    demo_runs = {r["runId"] for r in partition_runs(server, "demo.jsonl")}
     found, seconds = collate_new_file(server)
 
     # the partition came from the input files sensor, in a tick that requested no run
@@ -479,8 +491,32 @@ def test_new_file_gets_a_partition_from_the_sensor_and_automation_collates_it(da
     assert entries(tokenized)["lines_read"] == NEW_FILE_LINES
     assert entries(packed)["rows"] == len(ds)
 
-    # demo.jsonl, registered before the server started and never materialized, was not run by it
-    assert partition_runs(server, "demo.jsonl") == []
+    # demo.jsonl, built when the server started, was not run again
+    assert {r["runId"] for r in partition_runs(server, "demo.jsonl")} == demo_runs
+
+
+def why_requested(server: DagsterDev, partition: str, limit: int = 40) -> str:
+    """For a failure message: each automation evaluation that requested `partition`, and which of the
+    condition's branches (eager, input changed, ...) held for it, read from the instance."""
+    import dagster as dg
+
+    def keys(node) -> set:
+        ranges = getattr(node.true_subset.value, "key_ranges", None)  # dynamic partitions: ranges of keys
+        if ranges is not None:
+            return {r.start for r in ranges} | {r.end for r in ranges}
+        return set(node.true_subset.value.get_partition_keys())
+
+    lines = []
+    with open_instance(server.home) as instance:
+        for asset in ("tokenized_conversations", "packed_arrow"):
+            records = instance.schedule_storage.get_auto_materialize_asset_evaluations(dg.AssetKey(asset), limit=limit)
+            for record in reversed(records):
+                evaluation = record.get_evaluation_with_run_ids().evaluation
+                if partition in keys(evaluation):
+                    branches = [c.condition_snapshot.label or c.condition_snapshot.name
+                                for c in evaluation.child_evaluations if partition in keys(c)]
+                    lines.append(f"{asset}: evaluation {record.evaluation_id} at {record.timestamp:.1f} requested it: {', '.join(branches)}")
+    return "\n".join(lines)
 
 
 def wait_idle(server: DagsterDev) -> None:
@@ -570,7 +606,7 @@ def test_edited_file_reruns_by_itself_and_nothing_else(dagster_dev):
     # per partition: the edited one materialized once per edit, the others not at all
     after = {key: len(events) for key, events in materializations(server, partitions).items()}
     for asset in ("tokenized_conversations", "packed_arrow"):
-        assert after[(asset, PARTITION)] == before[(asset, PARTITION)] + 2, (asset, before, after)
+        assert after[(asset, PARTITION)] == before[(asset, PARTITION)] + 2, (asset, before, after, why_requested(server, PARTITION))
         for other in (NEW_FILE, "demo.jsonl"):
             assert after[(asset, other)] == before[(asset, other)], (asset, other, before, after)
     from datasets import Dataset
@@ -579,22 +615,58 @@ def test_edited_file_reruns_by_itself_and_nothing_else(dagster_dev):
     assert latest_packed["rows"] == len(Dataset.from_file(str(server.output_dir / "demo_small.arrow")))
 
 
-@pytest.mark.skipif(
-    not os.environ.get("COLLATE_E2E_SLOW"), reason="set COLLATE_E2E_SLOW=1: a `dagster dev` of its own, ~1-3 min"
-)
-def test_first_start_on_an_unregistered_folder_collates_its_files(tmp_path):
-    """A user's first `dagster dev` on a folder nobody registered: input_files_sensor adds both files as
-    partitions and the automation sensor collates them, without anyone clicking anything."""
-    server = DagsterDev.start(tmp_path, register_first=False)
-    try:
-        found = []
-        for name in ("demo.jsonl", "demo_small.jsonl"):
-            sha = hashlib.sha256((server.input_dir / name).read_bytes()).hexdigest()
-            found += wait_for(f"the automation sensor's runs of {name}", automation_runs_done(server, name, sha), AUTOMATION_TIMEOUT)
-        assert_launched_by_automation(server, found)
-        [node] = asset_nodes(server, [["raw_conversations"]])
-        assert sorted(node["partitionKeys"]) == ["demo.jsonl", "demo_small.jsonl"]
-    finally:
-        server.stop()
-    for stem in ("demo", "demo_small"):
-        assert (server.output_dir / f"{stem}.arrow").is_file()
+def test_collate_beside_dagster_dev_is_a_dataset_of_its_own(dagster_dev, tmp_path):
+    """`collate -i OTHER -o OUT` on the DAGSTER_HOME of a running `dagster dev` (its daemon ticking
+    every 5 s) is a dataset of its own: its partitions and materializations are under its own keys,
+    the UI dataset's sensor neither sees nor drops them, its automation runs nothing of them, and no
+    run fails. `collate --dataset default` then builds the UI's dataset itself: everything is up to date.
+    """
+    from datasets import Dataset
+
+    server = dagster_dev
+    wait_idle(server)
+    [node] = asset_nodes(server, [["raw_conversations"]])
+    partitions_before = sorted(node["partitionKeys"])
+    runs_before = {r["runId"] for r in runs(server)}
+    other, out = tmp_path / "other", tmp_path / "cli out"
+    other.mkdir()
+    (other / "ok.jsonl").write_text("".join(sample_records("demo_small.jsonl")[:10]), encoding="utf-8")
+    (other / "trunc.jsonl.gz").write_bytes(gzip.compress("".join(sample_records("demo.jsonl")[:5]).encode()))
+
+    # while the daemon ticks: two commands at once on the same instance, each its own dataset
+    commands = [[*COLLATE, "-i", other, "-o", out, "-q"], [*COLLATE, "-i", other / "*.jsonl", "-o", tmp_path / "glob", "-q"]]
+    procs = [subprocess.Popen([str(a) for a in c], env=server.env, cwd=server.cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for c in commands]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, (proc.args, stdout, stderr)
+    ended = time.time()
+    names = [line.split("recorded as dataset ", 1)[1].split()[0] for _, stderr in outputs for line in stderr.splitlines()
+             if "recorded as dataset" in line]
+    assert len(names) == 2 and names[0] != names[1] and all(n.startswith("cli_") for n in names), outputs
+    assert Dataset.from_file(str(out / "ok.arrow")).num_rows >= 1 and (out / "trunc.arrow").is_file()
+    assert (tmp_path / "glob" / "ok.arrow").is_file() and not (tmp_path / "glob" / "trunc.arrow").exists()
+
+    # two evaluations of each sensor later: the UI's partitions are the same, nothing ran, nothing failed
+    automation_evaluations_after(server, ended + SENSOR_SECONDS)
+    [node] = asset_nodes(server, [["raw_conversations"]])
+    assert sorted(node["partitionKeys"]) == partitions_before
+    ticks = sensor_state(server, INPUT_SENSOR)["sensorState"]["ticks"]
+    assert not any(r["type"] == "DELETE_PARTITIONS" for t in ticks for r in t["dynamicPartitionsRequestResults"]), ticks
+    new_runs = [r for r in runs(server) if r["runId"] not in runs_before]
+    assert all(r["status"] == "SUCCESS" for r in new_runs), new_runs
+    assert {run_tags(r).get("collate/dataset") for r in new_runs} == set(names), new_runs
+    assert {run_tags(r).get("collate/input") for r in new_runs} == {str(other), str(other / "*.jsonl")}, new_runs
+    # the UI shows the command's outputs under its own asset keys (assets of the instance, in no code
+    # location), with the file it wrote
+    for name, folder in zip(names, (out, tmp_path / "glob")):
+        asset = server.graphql(ASSET_QUERY, {"assetKey": {"path": [name, "packed_arrow"]}, "partitions": ["ok.jsonl"]})["assetOrError"]
+        assert asset["__typename"] == "Asset", asset
+        [event] = asset["assetMaterializations"]
+        assert {e["label"]: e.get("path") for e in event["metadataEntries"]}["path"] == str(folder / "ok.arrow")
+    assert materializations(server, ["ok.jsonl"])[("packed_arrow", "ok.jsonl")] == []
+
+    # the UI's own dataset from the command line: up to date, nothing launched
+    result = run_command([*COLLATE, "--dataset", "default", "-q"], env=server.env, cwd=server.cwd, timeout=240)
+    assert result.returncode == 0, result.describe()
+    assert "unchanged since their last run" in result.stderr and "recorded as dataset default" in result.stderr, result.describe()

@@ -242,11 +242,12 @@ def _spill_folder_is_clean(out: Path) -> None:
 
 
 def _init_instance(home: Path, monkeypatch, big_input: Path) -> None:
-    """Create the instance and register the partition, as a user's earlier command would have."""
-    from collate_assets.defs.run import register_only
+    """Create the instance, as a user's earlier command would have."""
+    from collate_assets.defs.run import get_instance
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    assert register_only(CollateSettings(input_dir=str(big_input))) == ["big.jsonl"]
+    with get_instance() as instance:
+        assert instance.get_dynamic_partitions("input_files") == []
 
 
 def test_kill_9_of_collate_through_dagster_then_two_runs_at_once(big_input, reference, tmp_path, monkeypatch):
