@@ -27,22 +27,7 @@ from pathlib import Path
 
 # Light: the settings module imports only the standard library, so arguments parse before numpy,
 # pyarrow or transformers load.
-from .core.settings import (  # noqa: E402
-    LABELS_MODES,
-    MAX_LENGTH_CEILING,
-    MAX_WORKERS,
-    MIN_RENDER_MAX_CHARS,
-    OUTPUT_FORMATS,
-    OVERLONG_POLICIES,
-    PACKING_STRATEGIES,
-    REASONING_TURNS,
-    TRUNCATED_TURNS,
-    UNSHOWN_REASONING,
-    TOKENIZER_PIPELINES,
-    CollateSettings,
-    env_name,
-    parse_formats,
-)
+from .core.settings import CollateSettings, env_name, parse_value, settings_fields  # noqa: E402
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -212,90 +197,30 @@ if __name__ == "__main__" or Path(sys.argv[0]).name == "collate":
     # Before the heavy imports: Ctrl-C during them is handled too.
     install_signal_handlers()
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2: {value}")
-    return value
+def _flag_type(field):
+    """The type of a setting's option: its text parsed as its environment variable is, then checked
+    by `CollateSettings` itself (the one validation; the message names the field)."""
+
+    def parse(text: str):
+        try:
+            value = parse_value(field, text)
+            CollateSettings(**{field.name: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse.__name__ = field.name  # argparse names the type in some messages
+    return parse
 
 
-def _max_length(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_LENGTH_CEILING:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_LENGTH_CEILING} (16 Mi tokens): {value}")
-    return value
+def _dest(field) -> str:
+    """The argparse destination of a setting's option: its long option's name (`--max-length` -> max_length)."""
+    return field.metadata["flags"][-1].lstrip("-").replace("-", "_")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
-    return value
-
-
-def _render_chars(text: str) -> int:
-    value = _positive_int(text)
-    if value < MIN_RENDER_MAX_CHARS:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_RENDER_MAX_CHARS}: {value}")
-    return value
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be from 0 (one per core) to {MAX_WORKERS}: {value}")
-    return value
-
-
-def _shard_mb(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 1e9:
-        raise argparse.ArgumentTypeError(f"must be 0 (never split) or a positive number of MiB: {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1: {text}")
-    return value
-
-
-def _formats(text: str) -> tuple[str, ...]:
-    try:
-        return parse_formats(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# flag destination -> CollateSettings field (flags left out take the COLLATE_* variable, then the default)
-FLAG_FIELDS = {
-    "input": "input_dir", "output": "output_dir", "tokenizer": "tokenizer", "format": "formats",
-    "max_length": "max_length", "labels": "labels", "packing": "packing", "overlong": "overlong",
-    "reasoning_turns": "reasoning_turns", "train_empty_think": "train_empty_think",
-    "unshown_reasoning": "unshown_reasoning",
-    "chat_template": "chat_template", "revision": "tokenizer_revision", "trust_remote_code": "trust_remote_code",
-    "tokenizer_pipeline": "tokenizer_pipeline",
-    "max_line_bytes": "max_line_bytes", "render_timeout": "render_timeout", "render_max_chars": "render_max_chars",
-    "strict": "strict", "workers": "workers", "shard_mb": "shard_mb",
-    "truncated_turns": "truncated_turns", "min_trained_share": "min_trained_share",
-    "max_untrained_turn_ends": "max_untrained_turn_ends",
-}
+# option destination -> CollateSettings field, for every setting the command takes as an option
+# (the others take their COLLATE_* variable, then the default)
+FLAG_FIELDS = {_dest(field): field.name for field in settings_fields() if field.metadata["flags"]}
 
 
 def _default(field: str) -> str:
@@ -313,34 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pack chat conversations (JSON Lines, JSON arrays, Parquet) into padding-free training rows, one output per input file. "
         "Every option left out takes its COLLATE_* environment variable, then its default.",
     )
-    parser.add_argument(
-        "-i", "--input",
-        help=f"an input file (.jsonl, .jsonl.gz, .jsonl.zst, .json array, .parquet), a folder of them or folder/GLOB (default: the embedded sample; environment: {env_name('input_dir')})",
-    )
-    parser.add_argument("-o", "--output", help=f"output folder ({_default('output_dir')})")
-    parser.add_argument("-t", "--tokenizer", help=f"Hugging Face hub id (org/name) or local folder (default: the demo tokenizer; environment: {env_name('tokenizer')})")
-    parser.add_argument("-f", "--format", type=_formats, metavar="FORMAT[,FORMAT]", help=f"output formats among {', '.join(OUTPUT_FORMATS)} ({_default('formats')})")
-    parser.add_argument("-m", "--max-length", type=_max_length, help=f"tokens per packed row, 2..{MAX_LENGTH_CEILING} ({_default('max_length')})")
-    parser.add_argument("--labels", choices=LABELS_MODES, help=f"train on all tokens or only assistant turns ({_default('labels')})")
-    parser.add_argument("--packing", choices=PACKING_STRATEGIES, help=f"best-fit decreasing or the legacy greedy ({_default('packing')})")
-    parser.add_argument("--overlong", choices=OVERLONG_POLICIES, help=f"what to do with conversations longer than max length ({_default('overlong')})")
-    parser.add_argument("--reasoning-turns", choices=REASONING_TURNS, help=f"reasoning the template drops from earlier turns: train each such turn alone with its history (per-turn) or train what the template renders (as-rendered) ({_default('reasoning_turns')})")
-    parser.add_argument("--unshown-reasoning", choices=UNSHOWN_REASONING, help=f"reasoning the chat template cannot show, even as the last turn: reject the record or drop the reasoning and train the turn without it, counted ({_default('unshown_reasoning')})")
-    parser.add_argument("--train-empty-think", action="store_true", default=None, help=f"labels=assistant: also train the empty thinking block a template inserts (Qwen3) ({_default('train_empty_think')})")
-    parser.add_argument("--chat-template", metavar="FILE", help=f"a Jinja chat template file that replaces the tokenizer's ({_default('chat_template')})")
+    for field in settings_fields():
+        flags = field.metadata["flags"]
+        if not flags:
+            continue
+        help_text = f"{field.metadata['help']} ({_default(field.name)})".replace("%", "%%")
+        if field.type == "bool":
+            parser.add_argument(*flags, dest=_dest(field), action="store_true", default=None, help=help_text)
+        elif field.metadata["choices"] and field.name != "formats":
+            parser.add_argument(*flags, dest=_dest(field), choices=field.metadata["choices"], help=help_text)
+        else:
+            parser.add_argument(*flags, dest=_dest(field), type=_flag_type(field), metavar=field.metadata["metavar"],
+                                help=help_text)
     parser.add_argument("--check-template", action="store_true", help="print what the chat template does (system, tools, reasoning, end of turn, a probe conversation's trained tokens) and exit")
-    parser.add_argument("--revision", help=f"hub revision (branch, tag or commit) of the tokenizer ({_default('tokenizer_revision')})")
-    parser.add_argument("--tokenizer-pipeline", choices=TOKENIZER_PIPELINES, help=f"encode with the model's own tokenizer.json (file) or with the pipeline transformers builds from the tokenizer's class (transformers) ({_default('tokenizer_pipeline')})")
-    parser.add_argument("--trust-remote-code", action="store_true", default=None, help=f"allow the tokenizer's repository code to run (off by default; {_default('trust_remote_code')})")
-    parser.add_argument("--max-line-bytes", type=_positive_int, metavar="N", help=f"reject input records longer than N bytes unparsed ({_default('max_line_bytes')})")
-    parser.add_argument("--render-timeout", type=_seconds, metavar="SECONDS", help=f"longest the chat template may render one conversation; longer ones are rejected ({_default('render_timeout')})")
-    parser.add_argument("--render-max-chars", type=_render_chars, metavar="N", help=f"most characters anything the chat template makes for one conversation may have ({_default('render_max_chars')})")
-    parser.add_argument("--strict", action="store_true", default=None, help=f"fail on the first bad record instead of writing it to the rejects file ({_default('strict')})")
-    parser.add_argument("-w", "--workers", type=_workers, metavar="N", help=f"worker processes that parse, render and tokenize; 0 = one per core this process may use, 1 = none; the output is the same for any N ({_default('workers')})")
-    parser.add_argument("--shard-mb", type=_shard_mb, metavar="MB", help=f"split plain .jsonl files over MB MiB into line-aligned shards of about that size, written as <name>-00000-of-000NN.<ext> with <name>.shards.json; 0 = never ({_default('shard_mb')})")
-    parser.add_argument("--truncated-turns", choices=TRUNCATED_TURNS, help=f"overlong=truncate: keep, or drop (reject), conversations whose truncation cuts off the end of their last trained assistant turn ({_default('truncated_turns')})")
-    parser.add_argument("--min-trained-share", type=_share, metavar="SHARE", help=f"fail a file whose trained tokens are less than SHARE of the tokens written; 0 = off ({_default('min_trained_share')})")
-    parser.add_argument("--max-untrained-turn-ends", type=_share, metavar="SHARE", help=f"fail a file where more than SHARE of the trained assistant turns have their end of turn not trained; 1 = off ({_default('max_untrained_turn_ends')})")
     parser.add_argument("--no-dagster", action="store_true", help="run the engine directly, without recording the run in the Dagster instance")
     parser.add_argument("--dataset", metavar="NAME", help="build a dataset of the Dagster code location with its own settings, in DAGSTER_HOME, as a running `dagster dev` would: 'default' (the COLLATE_* variables) or the name of a defs.yaml dataset under COLLATE_DATASETS_DIR; without it the command is a dataset of its own, named after its output folder")
     parser.add_argument("--register-only", action="store_true", help="only register the files of a code-location dataset (--dataset, default: 'default') as its partitions in DAGSTER_HOME, observe them, and print their keys")

@@ -63,9 +63,12 @@ DEFAULT_OUTPUT_DIR = "collate_output"
 ENV_PREFIX = "COLLATE_"
 
 
-def _field(default: Any, help: str, *, output: bool = True, choices: tuple[str, ...] | None = None):
-    """A settings field. `output`: the field changes what is written (it is in `fingerprint()`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "output": output, "choices": choices})
+def _field(default: Any, help: str, *, output: bool = True, choices: tuple[str, ...] | None = None,
+           flags: tuple[str, ...] = (), metavar: str | None = None):
+    """A settings field. `output`: the field changes what is written (it is in `fingerprint()`);
+    `flags`: the `collate` command's options for it (none: not an option of the command)."""
+    return dataclasses.field(default=default, metadata={"help": help, "output": output, "choices": choices,
+                                                        "flags": flags, "metavar": metavar})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +78,17 @@ class CollateSettings:
     # Where files are.
     input_dir: str | None = _field(
         None, "Input file or folder of input files (*.jsonl, *.jsonl.gz, *.jsonl.zst, *.json, *.parquet; "
-        "subfolders are not read). Default: the embedded demo sample.", output=False)
+        "subfolders are not read). Default: the embedded demo sample.", output=False, flags=("-i", "--input"))
     output_dir: str = _field(
         DEFAULT_OUTPUT_DIR, "Folder (or fsspec URL: s3://, gs://, memory://) for packed outputs: "
-        "<output_dir>/<name>.<ext>, never the input folder or inside it.", output=False)
+        "<output_dir>/<name>.<ext>, never the input folder or inside it.", output=False, flags=("-o", "--output"))
     spill_dir: str | None = _field(
         None, "Local folder for tokenized spills and their manifests. Default: <output_dir>/.collate_tokenized "
         "(a temporary folder when the output is remote).", output=False)
     formats: tuple[str, ...] = _field(
         ("arrow",), "Output formats written by `collate` and kept up to date by automation "
         "(comma-separated: arrow, parquet, msgpack, jsonl); the others stay available in the UI.",
-        output=False, choices=OUTPUT_FORMATS)
+        output=False, choices=OUTPUT_FORMATS, flags=("-f", "--format"), metavar="FORMAT[,FORMAT]")
     sensor_seconds: int = _field(
         30, "How often (seconds) the Dagster input files sensor looks at the input folder and the automation "
         "sensor evaluates what to run.", output=False)
@@ -97,64 +100,64 @@ class CollateSettings:
     # name is not part of `fingerprint()`.
     tokenizer: str | None = _field(
         None, "Hugging Face hub id (org/name, read from the local cache) or local tokenizer folder. "
-        "Default: the embedded demo tokenizer.", output=False)
-    tokenizer_revision: str | None = _field(None, "Hub revision (branch, tag or commit) of the tokenizer.", output=False)
-    chat_template: str | None = _field(None, "A Jinja chat template file that replaces the tokenizer's.", output=False)
-    trust_remote_code: bool = _field(False, "Let the tokenizer repository's own code run (only if you trust it).", output=False)
+        "Default: the embedded demo tokenizer.", output=False, flags=("-t", "--tokenizer"))
+    tokenizer_revision: str | None = _field(None, "Hub revision (branch, tag or commit) of the tokenizer.", output=False, flags=("--revision",))
+    chat_template: str | None = _field(None, "A Jinja chat template file that replaces the tokenizer's.", output=False, flags=("--chat-template",), metavar="FILE")
+    trust_remote_code: bool = _field(False, "Let the tokenizer repository's own code run (only if you trust it).", output=False, flags=("--trust-remote-code",))
     # transformers 5 rebuilds the normalizer and pre-tokenizer from the tokenizer's class, and for some
     # (SmolLM2, Phi-3) they segment text unlike the model's tokenizer.json: the file is the default.
     tokenizer_pipeline: TokenizerPipeline = _field(
         "file", "file: encode with the model's own tokenizer.json (what it was pretrained with); "
-        "transformers: with the pipeline transformers builds from the tokenizer's class.", choices=TOKENIZER_PIPELINES)
+        "transformers: with the pipeline transformers builds from the tokenizer's class.", choices=TOKENIZER_PIPELINES, flags=("--tokenizer-pipeline",))
     render_timeout: float = _field(
         DEFAULT_RENDER_SECONDS, "Longest the chat template may take to render one conversation, in seconds; "
-        "a conversation over it is rejected.")
+        "a conversation over it is rejected.", flags=("--render-timeout",), metavar="SECONDS")
     render_max_chars: int = _field(
         DEFAULT_RENDER_MAX_CHARS, "Most characters (or items) anything the chat template makes for one "
-        "conversation may have.")
+        "conversation may have.", flags=("--render-max-chars",), metavar="N")
     # How conversations become rows.
-    max_length: int = _field(DEFAULT_MAX_LENGTH, f"Tokens per packed row, 2 to {MAX_LENGTH_CEILING} (16 Mi).")
+    max_length: int = _field(DEFAULT_MAX_LENGTH, f"Tokens per packed row, 2 to {MAX_LENGTH_CEILING} (16 Mi).", flags=("-m", "--max-length"), metavar="N")
     labels: LabelsMode = _field(
         "all", "all: every token but each sequence's first, tool results and turns flagged not to train; "
-        "assistant: only what the assistant says.", choices=LABELS_MODES)
+        "assistant: only what the assistant says.", choices=LABELS_MODES, flags=("--labels",))
     packing: PackingStrategy = _field(
-        "bfd", "bfd: best-fit decreasing; greedy: next-fit decreasing (the legacy strategy).", choices=PACKING_STRATEGIES)
+        "bfd", "bfd: best-fit decreasing; greedy: next-fit decreasing (the legacy strategy).", choices=PACKING_STRATEGIES, flags=("--packing",))
     overlong: OverlongPolicy = _field(
         "truncate", "Conversations longer than max_length: truncate, drop, split (chunks) or error.",
-        choices=OVERLONG_POLICIES)
-    strict: bool = _field(False, "Fail on the first bad record instead of rejecting it.")
+        choices=OVERLONG_POLICIES, flags=("--overlong",))
+    strict: bool = _field(False, "Fail on the first bad record instead of rejecting it.", flags=("--strict",))
     max_line_bytes: int = _field(
-        DEFAULT_MAX_LINE_BYTES, "Records longer than this many bytes (as compact JSON) are rejected unparsed.")
+        DEFAULT_MAX_LINE_BYTES, "Records longer than this many bytes (as compact JSON) are rejected unparsed.", flags=("--max-line-bytes",), metavar="N")
     # Reasoning of earlier turns that the template leaves out (Qwen3): "per-turn" trains each such turn
     # in a sequence of its own (its history, then the turn with its reasoning); "as-rendered" trains
     # what the template renders and counts the reasoning left out.
     reasoning_turns: ReasoningTurns = _field(
         "per-turn", "Reasoning the template drops from earlier turns: per-turn trains each such turn in a "
-        "sequence of its own; as-rendered trains what the template renders.", choices=REASONING_TURNS)
+        "sequence of its own; as-rendered trains what the template renders.", choices=REASONING_TURNS, flags=("--reasoning-turns",))
     train_empty_think: bool = _field(
-        False, "labels=assistant: also train the empty thinking block a template inserts (Qwen3).")
+        False, "labels=assistant: also train the empty thinking block a template inserts (Qwen3).", flags=("--train-empty-think",))
     # Reasoning a template cannot show at all, or not for that turn even as the last one (Gemma-4 shows
     # it only for turns with tool calls): reject the record, or train the turn without it (counted).
     unshown_reasoning: UnshownReasoning = _field(
         "reject", "Reasoning the chat template cannot show (even as the last turn): reject the record, or drop "
-        "the reasoning and train the turn without it (counted as reasoning_unshown).", choices=UNSHOWN_REASONING)
+        "the reasoning and train the turn without it (counted as reasoning_unshown).", choices=UNSHOWN_REASONING, flags=("--unshown-reasoning",))
     # The supervision audit (core/audit.py). truncated_turns changes what is written; the thresholds
     # only decide whether a file passes (the command fails it, the Dagster checks block it).
     truncated_turns: TruncatedTurns = _field(
         "keep", "overlong=truncate: keep or drop (reject) conversations whose truncation cuts off the end of "
-        "their last trained assistant turn.", choices=TRUNCATED_TURNS)
+        "their last trained assistant turn.", choices=TRUNCATED_TURNS, flags=("--truncated-turns",))
     min_trained_share: float = _field(
-        0.0, "Fail a file whose trained tokens are less than this share of the tokens written (0 = off).", output=False)
+        0.0, "Fail a file whose trained tokens are less than this share of the tokens written (0 = off).", output=False, flags=("--min-trained-share",), metavar="SHARE")
     max_untrained_turn_ends: float = _field(
         1.0, "Fail a file where more than this share of trained assistant turns have their end of turn not "
-        "trained (cut by truncation, masked, or not written); 1 = off.", output=False)
+        "trained (cut by truncation, masked, or not written); 1 = off.", output=False, flags=("--max-untrained-turn-ends",), metavar="SHARE")
     # How the work is spread. The outputs are the same bytes whatever the number of workers.
     workers: int = _field(
         0, "Worker processes that parse, render, tokenize and label a file: 0 = the cores this process may "
-        "use (CPU affinity and cgroup quota); 1 = none, all in this process.", output=False)
+        "use (CPU affinity and cgroup quota); 1 = none, all in this process.", output=False, flags=("-w", "--workers"), metavar="N")
     shard_mb: float = _field(
         0.0, "Plain .jsonl input files over this many MiB are split into line-aligned shards of about this "
-        "size, each its own partition and output <name>-00000-of-000NN.<ext>; 0 = never split.", output=False)
+        "size, each its own partition and output <name>-00000-of-000NN.<ext>; 0 = never split.", output=False, flags=("--shard-mb",), metavar="MB")
 
     def __post_init__(self) -> None:
         if isinstance(self.formats, str):
@@ -362,12 +365,12 @@ def parse_value(field: dataclasses.Field, raw: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ValueError("expected an integer") from None
+            raise ValueError(f"not an integer: {text!r}") from None
     if kind == "float":
         try:
             return float(text)
         except ValueError:
-            raise ValueError("expected a number") from None
+            raise ValueError(f"not a number: {text!r}") from None
     if field.name == "formats":
         return parse_formats(text)
     return text

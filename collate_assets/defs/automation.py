@@ -21,7 +21,6 @@ running by default, so `dagster dev` keeps the outputs current without a schedul
 import warnings
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 
 NIGHTLY_CRON = "0 2 * * *"
 DATA_VERSION_TAG = "dagster/data_version"
@@ -69,7 +68,7 @@ def changed_partitions(instance: dg.DagsterInstance, raw_key: dg.AssetKey, token
     """
     storage = instance.event_log_storage
     observed = storage.get_latest_tags_by_partition(
-        raw_key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=list(keys))
+        raw_key, dg.DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=list(keys))
     changed = set()
     for key, tags in observed.items():
         records = instance.fetch_materializations(

@@ -1,6 +1,7 @@
 """The code location loads, every definition says what it is, and every setting is defined once."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,16 @@ def test_dagster_cli_validates_the_module_and_workspace():
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_reference_names_every_option_and_variable():
+    """docs/cli.md names every option of the command (they are generated from the settings), and the
+    configuration table of docs/dagster.md every COLLATE_* variable of a setting."""
+    from collate_assets.core.settings import env_name
+
+    cli_doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    options = {flag for action in cli.build_parser()._actions for flag in action.option_strings} - {"-h", "--help"}
+    assert {flag for flag in options if f"`{flag}" not in cli_doc and f", {flag}" not in cli_doc} == set()
+    dagster_doc = (REPO / "docs" / "dagster.md").read_text(encoding="utf-8")
+    missing = {env_name(f.name) for f in dataclasses.fields(CollateSettings)} - set(re.findall(r"`(COLLATE_[A-Z_]+)`", dagster_doc))
+    assert missing == set()
