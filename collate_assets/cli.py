@@ -299,7 +299,9 @@ class PlainProgress:
 
     def __init__(self, total: int, every: float | None = None, stream=None):
         if every is None:
-            every = float(os.environ.get("COLLATE_PROGRESS_SECONDS") or 5.0)
+            from .core.settings import LocationSettings
+
+            every = LocationSettings.from_env().progress_seconds
         self.total, self.every, self.stream = total, every, stream or sys.stderr
         self.done = 0
         self.name = ""

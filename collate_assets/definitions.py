@@ -5,11 +5,11 @@ when none is set); every `defs.yaml` of a dataset Component under `$COLLATE_DATA
 more dataset with its own key prefix and asset group.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
+from collate_assets.core.settings import LocationSettings
 from collate_assets.core.tokenizer import own_process
 from collate_assets.defs.dataset import build_dataset_defs, default_settings
 from collate_assets.executors import executor
@@ -26,7 +26,7 @@ EXECUTOR = executor()
 
 def build_definitions() -> dg.Definitions:
     parts = [build_dataset_defs(default_settings())]
-    datasets_dir = os.environ.get("COLLATE_DATASETS_DIR", "").strip()
+    datasets_dir = LocationSettings.from_env().datasets_dir
     if datasets_dir:
         from collate_assets.defs.component import load_datasets
 

@@ -43,42 +43,30 @@ of the killed attempt are removed when the rerun writes the same target on the s
 
 from __future__ import annotations
 
-import os
 import sys
 
 import dagster as dg
 
+from collate_assets.core.settings import DEFAULT_BROKER, EXECUTORS, LocationSettings  # noqa: F401 (re-exported)
+
 EXECUTOR_ENV = "COLLATE_EXECUTOR"
-EXECUTORS = ("in_process", "celery")
-DEFAULT_BROKER = "redis://localhost:6379/0"
-DEFAULT_VISIBILITY_TIMEOUT = 3600
+DEFAULT_VISIBILITY_TIMEOUT = LocationSettings().celery_visibility_timeout
 WORKER_LOST_RETRIES = 2
 TASK_NAME = "execute_plan"  # dagster_celery.config.TASK_EXECUTE_PLAN_NAME: the task that runs one step
 
 
 def executor_name() -> str:
-    name = os.environ.get(EXECUTOR_ENV, "").strip().lower().replace("-", "_") or "in_process"
-    if name not in EXECUTORS:
-        raise ValueError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)}; got {name!r}")
-    return name
-
-
-def _seconds(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name} must be a whole number of seconds >= 1; got {value!r}")
-    return int(value)
+    """COLLATE_EXECUTOR (LocationSettings.executor): ValueError naming the variable when it is not one of EXECUTORS."""
+    return LocationSettings.from_env().executor
 
 
 def celery_config() -> dict:
     """dagster-celery's `celery_executor` config (broker, backend, config_source) from the environment."""
     from dagster_celery.defaults import broker_transport_options
 
-    broker = os.environ.get("COLLATE_CELERY_BROKER", "").strip() or DEFAULT_BROKER
-    backend = os.environ.get("COLLATE_CELERY_BACKEND", "").strip() or broker
-    visibility = _seconds("COLLATE_CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)
+    location = LocationSettings.from_env()
+    broker, backend = location.broker_backend()
+    visibility = location.celery_visibility_timeout
     return {
         "broker": broker,
         "backend": backend,

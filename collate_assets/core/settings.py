@@ -208,24 +208,7 @@ class CollateSettings:
 
         Raises ValueError naming the variable when one does not parse or validate.
         """
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = environ.get(env_name(field.name), "")
-            if raw.strip() == "" or field.name in overrides:
-                continue
-            try:
-                values[field.name] = parse_value(field, raw)
-            except ValueError as exc:
-                raise ValueError(f"{env_name(field.name)}={raw!r}: {exc}") from None
-        values.update(overrides)
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            bad = next((n for n in values if n in str(exc).split(" ", 1)[0]), None)
-            if bad is not None and bad not in overrides:
-                raise ValueError(f"{env_name(bad)}: {exc}") from None
-            raise
+        return _from_env(cls, environ, overrides)
 
     def replace(self, **changes: Any) -> "CollateSettings":
         return dataclasses.replace(self, **changes)
@@ -339,12 +322,88 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+ExecutorName = Literal["in_process", "celery"]
+EXECUTORS: tuple[str, ...] = ("in_process", "celery")
+DEFAULT_BROKER = "redis://localhost:6379/0"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocationSettings:
+    """The settings of the code location and the command that are no dataset's: where the other datasets
+    are, which executor runs a run's steps, and how often the command prints plain progress lines.
+    Read from the same `COLLATE_<FIELD>` variables, parsed and validated the same way."""
+
+    datasets_dir: str | None = _field(
+        None, "A folder of dataset (and mix) defs.yaml files, each adding a dataset to the code location.", output=False)
+    executor: ExecutorName = _field(
+        "in_process", "in_process: each run's steps in the run's own process; celery: each step a task of "
+        "dagster-celery's executor, run by a `dagster-celery worker`.", output=False, choices=EXECUTORS)
+    celery_broker: str = _field(DEFAULT_BROKER, "executor=celery: the broker's URL.", output=False)
+    celery_backend: str | None = _field(None, "executor=celery: the result backend's URL. Default: the broker's.",
+                                        output=False)
+    celery_visibility_timeout: int = _field(
+        3600, "executor=celery: seconds after which a step taken by a worker that vanished is given to another "
+        "(keep it above the longest step).", output=False)
+    progress_seconds: float = _field(
+        5.0, "The command's plain progress line (stderr not a terminal): every this many seconds; 0 = at every update.",
+        output=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "executor", str(self.executor).strip().lower().replace("-", "_") or "in_process")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
+        if not _is_int(self.celery_visibility_timeout) or self.celery_visibility_timeout < 1:
+            raise ValueError(f"celery_visibility_timeout must be a whole number of seconds >= 1; got {self.celery_visibility_timeout!r}")
+        if _is_int(self.progress_seconds):
+            object.__setattr__(self, "progress_seconds", float(self.progress_seconds))
+        if not isinstance(self.progress_seconds, float) or not 0 <= self.progress_seconds < 1e6:
+            raise ValueError(f"progress_seconds must be a number of seconds, 0 or more; got {self.progress_seconds!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "LocationSettings":
+        return _from_env(cls, environ, overrides)
+
+    def broker_backend(self) -> tuple[str, str]:
+        return self.celery_broker, self.celery_backend or self.celery_broker
+
+
+def _from_env(cls, environ: Mapping[str, str] | None, overrides: dict[str, Any]):
+    """`cls` (a settings dataclass) from `COLLATE_<FIELD>` variables (unset or empty: the default),
+    then `overrides`; ValueError naming the variable when one does not parse or validate."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        raw = environ.get(env_name(field.name), "")
+        if raw.strip() == "" or field.name in overrides:
+            continue
+        try:
+            values[field.name] = parse_value(field, raw)
+        except ValueError as exc:
+            raise ValueError(f"{env_name(field.name)}={raw!r}: {exc}") from None
+    values.update(overrides)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        bad = next((n for n in values if n in str(exc).split(" ", 1)[0]), None)
+        if bad is not None and bad not in overrides:
+            raise ValueError(f"{env_name(bad)}: {exc}") from None
+        raise
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
 def settings_fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(CollateSettings)
+
+
+def field_type(field: dataclasses.Field) -> Any:
+    """A field's type as an object (`Literal["all", "assistant"]`, `str | None`, ...), for the models
+    derived from the settings (the resource's config, the Component's YAML): choices stay choices."""
+    import typing
+
+    return typing.get_type_hints(CollateSettings)[field.name]
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -49,7 +49,7 @@ import yaml
 from pydantic import Field
 
 from collate_assets.core import CollateSettings
-from collate_assets.core.settings import DEFAULT_OUTPUT_DIR, MAX_LENGTH_CEILING, settings_fields
+from collate_assets.core.settings import DEFAULT_OUTPUT_DIR, MAX_LENGTH_CEILING, field_type, settings_fields
 
 from .dataset import build_dataset_defs
 
@@ -58,20 +58,18 @@ TYPE_NAME = "collate_assets.defs.component.CollateDataset"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
 # Fields holding a local path (an fsspec URL such as s3://... is left as it is).
 PATH_FIELDS = ("input_dir", "output_dir", "spill_dir", "chat_template")
-_ATTRIBUTE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str | None}
-
-
 def _attribute(field: dataclasses.Field) -> tuple[Any, Any]:
-    """The YAML attribute of a `CollateSettings` field: its type, default and help text."""
+    """The YAML attribute of a `CollateSettings` field: its type (choices stay a Literal: the YAML schema
+    lists them), default and help text."""
     help_text = field.metadata["help"]
     if field.metadata["choices"] and field.name != "formats":
         help_text += f" One of: {', '.join(field.metadata['choices'])}."
     if field.name == "formats":
-        return list[str] | str, Field(default=",".join(field.default), description=help_text)
+        return list[str] | str, Field(default=",".join(field.default), description=help_text)  # (checked by parse_formats, one clear message)
     if field.name == "output_dir":
         help_text += f" Default here: {DEFAULT_OUTPUT_DIR}/<name>."
         return str | None, Field(default=None, description=help_text)
-    return _ATTRIBUTE_TYPES.get(str(field.type), str), Field(default=field.default, description=help_text)
+    return field_type(field), Field(default=field.default, description=help_text)
 
 
 def _valid_name(value: str | None) -> str | None:

@@ -27,20 +27,16 @@ import pydantic
 from pydantic import Field
 
 from collate_assets.core import CollateError, CollateSettings, load_tokenizer
-from collate_assets.core.settings import env_name, settings_fields
+from collate_assets.core.settings import env_name, field_type, settings_fields
 
 from .files import DatasetFiles
 
-_CONFIG_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str | None}
-
-
 def _config_field(field: dataclasses.Field) -> tuple[Any, Any]:
-    kind = str(field.type)
+    """A setting as a config field: its type (a Literal of choices is an enum in the launchpad), default and help."""
     if field.name == "formats":
-        return list[str], Field(default=list(field.default), description=field.metadata["help"])
-    annotation = _CONFIG_TYPES.get(kind, str)
+        return list[str], Field(default=list(field.default), description=field.metadata["help"])  # (Dagster config has no list of Literal)
     help_text = f"{field.metadata['help']} (environment: {env_name(field.name)})"
-    return annotation, Field(default=field.default, description=help_text)
+    return field_type(field), Field(default=field.default, description=help_text)
 
 
 class _CollateConfigBase(dg.ConfigurableResource):

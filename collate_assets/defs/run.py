@@ -40,6 +40,7 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats
+from collate_assets.core.settings import LocationSettings
 from collate_assets.core.reader import INPUT_PATTERNS, input_folder_and_pattern, list_input_files
 from collate_assets.core.writers import output_folder_problem, shown
 
@@ -86,7 +87,7 @@ def code_location_dataset(name: str) -> Dataset:
     variables) or a defs.yaml dataset under COLLATE_DATASETS_DIR (CollateError when there is none)."""
     if name == DEFAULT_DATASET:
         return Dataset(default_settings())
-    folder = os.environ.get("COLLATE_DATASETS_DIR", "").strip()
+    folder = LocationSettings.from_env().datasets_dir
     if not folder:
         raise CollateError(f"no dataset {name!r}: COLLATE_DATASETS_DIR is not set, so the only dataset is {DEFAULT_DATASET!r}")
     from .component import load_datasets

@@ -136,3 +136,21 @@ def test_the_default_dataset_is_built_and_registered_only_from_its_own_folder(fo
     assert result.dataset == "default" and result.runs == 1 and not result.failures
     with get_instance() as instance:
         assert sorted(instance.get_materialized_partitions(dg.AssetKey("packed_arrow"))) == sorted(p.name for p in folder.iterdir())
+
+
+def test_a_folder_of_subfolders_says_why_it_has_no_input_files(tmp_path, monkeypatch):
+    from collate_assets.core import CollateError
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "in" / "2024").mkdir(parents=True)
+    (tmp_path / "in" / "2024" / "a.jsonl").write_text(EXTRA)
+    with pytest.raises(CollateError, match=r"no input files .* in .*in \(1 subfolder skipped: the input folder is not read recursively\)"):
+        run_collate(demo_settings(tmp_path / "in", tmp_path / "out"))
+
+
+def test_a_dagster_message_over_several_lines_stays_whole():
+    from collate_assets.defs.run import _one_line
+
+    wrapped = "Partition range trunc.jsonl.gz to trunc.jsonl.gz is\n  not valid for the partitions\n\n  definition input_files"
+    assert _one_line(wrapped) == "Partition range trunc.jsonl.gz to trunc.jsonl.gz is not valid for the partitions definition input_files"
+    assert len(_one_line("x" * 5000)) == 2000

@@ -130,7 +130,7 @@ def test_one_partition_of_each_dataset_end_to_end(example, tmp_path):
 @pytest.mark.parametrize(
     ("attributes", "named"),
     [
-        ("  labels: sometimes\n", "labels must be one of all, assistant; got 'sometimes'"),
+        ("  labels: sometimes\n", "labels: Input should be 'all' or 'assistant'"),  # a Literal in the YAML schema
         ("  max_length: 1\n", "max_length must be an integer >= 2"),
         ("  formats: [arrow, xml]\n", "formats must be among"),
         ("  strict: maybe\n", "strict: Input should be a valid boolean"),

@@ -103,10 +103,15 @@ def test_bad_settings_name_the_variable_and_the_allowed_values(monkeypatch):
     monkeypatch.setenv("COLLATE_STRICT", "maybe")
     with pytest.raises(ValueError, match="COLLATE_STRICT"):
         CollateSettings.from_env()
+    import pydantic
+
     from collate_assets.core import CollateError
 
-    with pytest.raises(CollateError, match="labels must be one of"):
-        CollateConfig(labels="some").settings()
+    # a choice is a Literal in the resource's config (an enum in the launchpad): refused at once
+    with pytest.raises(pydantic.ValidationError, match="labels\n.*Input should be 'all' or 'assistant'"):
+        CollateConfig(labels="some")
+    with pytest.raises(CollateError, match="max_length must be an integer >= 2"):
+        CollateConfig(max_length=1).settings()
 
 
 def test_every_setting_is_defined_once():
@@ -148,5 +153,27 @@ def test_the_reference_names_every_option_and_variable():
     options = {flag for action in cli.build_parser()._actions for flag in action.option_strings} - {"-h", "--help"}
     assert {flag for flag in options if f"`{flag}" not in cli_doc and f", {flag}" not in cli_doc} == set()
     dagster_doc = (REPO / "docs" / "dagster.md").read_text(encoding="utf-8")
-    missing = {env_name(f.name) for f in dataclasses.fields(CollateSettings)} - set(re.findall(r"`(COLLATE_[A-Z_]+)`", dagster_doc))
+    from collate_assets.core.settings import LocationSettings
+
+    every = [*dataclasses.fields(CollateSettings), *dataclasses.fields(LocationSettings)]
+    missing = {env_name(f.name) for f in every} - set(re.findall(r"`(COLLATE_[A-Z_]+)`", dagster_doc))
     assert missing == set()
+
+
+def test_the_location_settings_are_read_like_a_datasets():
+    """COLLATE_DATASETS_DIR, COLLATE_EXECUTOR, COLLATE_CELERY_* and COLLATE_PROGRESS_SECONDS: one model
+    (LocationSettings), parsed and validated as CollateSettings is, errors naming the variable."""
+    from collate_assets.core.settings import LocationSettings
+
+    default = LocationSettings.from_env({})
+    assert (default.executor, default.broker_backend(), default.progress_seconds) == (
+        "in_process", ("redis://localhost:6379/0",) * 2, 5.0)
+    read = LocationSettings.from_env({"COLLATE_EXECUTOR": "Celery", "COLLATE_CELERY_BROKER": "redis://h:1/0",
+                                      "COLLATE_PROGRESS_SECONDS": "0", "COLLATE_DATASETS_DIR": "/d"})
+    assert (read.executor, read.broker_backend(), read.progress_seconds, read.datasets_dir) == (
+        "celery", ("redis://h:1/0", "redis://h:1/0"), 0.0, "/d")
+    for env, named in [({"COLLATE_EXECUTOR": "threads"}, "COLLATE_EXECUTOR: executor must be one of"),
+                       ({"COLLATE_CELERY_VISIBILITY_TIMEOUT": "0"}, "COLLATE_CELERY_VISIBILITY_TIMEOUT: "),
+                       ({"COLLATE_PROGRESS_SECONDS": "soon"}, "COLLATE_PROGRESS_SECONDS='soon': not a number")]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            LocationSettings.from_env(env)

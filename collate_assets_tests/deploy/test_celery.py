@@ -309,7 +309,7 @@ def test_celery_executor_is_chosen_by_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("COLLATE_EXECUTOR", raising=False)
     assert executors.executor() is dg.in_process_executor
     monkeypatch.setenv("COLLATE_EXECUTOR", "threads")
-    with pytest.raises(ValueError, match="COLLATE_EXECUTOR must be one of in_process, celery"):
+    with pytest.raises(ValueError, match="COLLATE_EXECUTOR: executor must be one of in_process, celery"):
         executors.executor()
     monkeypatch.setenv("COLLATE_EXECUTOR", "celery")
     monkeypatch.setenv("COLLATE_CELERY_BROKER", "redis://broker.example:6380/2")
