@@ -70,11 +70,6 @@ class TokenizeStats:
         out.histogram = [tuple(b) for b in out.histogram]
         return out
 
-    def histogram_markdown(self) -> str:
-        rows = ["| tokens | sequences |", "|---|---|"]
-        rows += [f"| {lo}–{hi - 1} | {count} |" for lo, hi, count in self.histogram]
-        return "\n".join(rows)
-
     def accounted(self) -> bool:
         """Every non-blank line is either written or rejected."""
         return self.lines_read == self.blank_lines + self.conversations + self.rejected

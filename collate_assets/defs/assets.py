@@ -260,7 +260,8 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "rejected": stats.rejected,
         "blank_lines": stats.blank_lines,
         "reject_reasons": dg.MetadataValue.json(reasons),
-        "reject_reasons_table": dg.MetadataValue.md(_reasons_markdown(reasons)),
+        "reject_reasons_table": checks.table([("reason", "string"), ("lines", "int")],
+                                             [{"reason": r, "lines": n} for r, n in reasons.items()]),
         "tokens": stats.tokens,
         "tokens_read": stats.tokens_read,
         "trained_tokens": stats.trained_tokens,
@@ -275,7 +276,8 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "chat_template": dg.MetadataValue.json(stats.template),
         **checks.supervision_metadata(stats.supervision),  # what is trained: shares, turn ends, special tokens
         "tokenizer_drift": dg.MetadataValue.json(stats.tokenizer_drift),  # tokenizer.json vs transformers' pipeline
-        "length_histogram": dg.MetadataValue.md(stats.histogram_markdown()),
+        "length_histogram": checks.table([("tokens", "string"), ("sequences", "int")],
+                                         [{"tokens": f"{lo}–{hi - 1}", "sequences": n} for lo, hi, n in stats.histogram]),
         "stats": dg.MetadataValue.json(stats.to_dict()),  # with the seconds of each stage
         "workers": stats.workers,
         "spill": dg.MetadataValue.path(str(spill)),
@@ -299,25 +301,19 @@ def _shard_metadata(shard, account: dict, summary_path) -> dict:
         "shard_count": shard.count,
     }
     if "file_lines" in account:
-        out["file_summary"] = dg.MetadataValue.md(_summary_markdown(account))
+        out["file_summary"] = _summary_text(account)
+        out["file_shards"] = checks.table(
+            [("shard", "int"), ("first_line", "int"), ("lines", "int"), ("rejected", "int"), ("sequences", "int"), ("tokens", "int")],
+            [{"shard": sh["index"], "first_line": sh["first_line"], "lines": sh["lines_read"], "rejected": sh["rejected"],
+              "sequences": sh["sequences"], "tokens": sh["tokens"]} for sh in account["shards"]])
         out["file_summary_path"] = dg.MetadataValue.path(str(summary_path))
     return out
 
 
-def _summary_markdown(account: dict) -> str:
-    rows = [
-        f"{account['shard_count']} shards of {shown(account['file'])}: {account['lines_read']:,} of "
-        f"{account['file_lines']:,} lines read, {account['conversations']:,} written, {account['rejected']:,} "
-        f"rejected, {account['blank_lines']:,} blank" + ("" if not account["problems"] else "; PROBLEMS: " + "; ".join(account["problems"])),
-        "",
-        "| shard | first line | lines | rejected | sequences | tokens |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows += [
-        f"| {s['index']:05d} | {s['first_line']:,} | {s['lines_read']:,} | {s['rejected']:,} | {s['sequences']:,} | {s['tokens']:,} |"
-        for s in account["shards"]
-    ]
-    return "\n".join(rows)
+def _summary_text(account: dict) -> str:
+    return (f"{account['shard_count']} shards of {shown(account['file'])}: {account['lines_read']:,} of "
+            f"{account['file_lines']:,} lines read, {account['conversations']:,} written, {account['rejected']:,} "
+            f"rejected, {account['blank_lines']:,} blank" + ("" if not account["problems"] else "; PROBLEMS: " + "; ".join(account["problems"])))
 
 
 def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = False) -> dict:
@@ -352,14 +348,6 @@ def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = 
     else:  # an object store publishes the object whole
         path.write_text(json.dumps(account, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return account
-
-
-def _reasons_markdown(reasons: dict[str, int]) -> str:
-    if not reasons:
-        return "no rejected lines"
-    rows = ["| reason | lines |", "|---|---|"]
-    rows += ["| {} | {} |".format(reason.replace("|", r"\|"), count) for reason, count in reasons.items()]
-    return "\n".join(rows)
 
 
 # Extra progress callbacks (bytes_read, lines_read) for in-process runs: the `collate` command puts

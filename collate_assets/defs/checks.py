@@ -231,6 +231,15 @@ def supervision_check_results(per_partition: dict[str, dict], settings) -> list[
     return results
 
 
+def table(columns: list[tuple[str, str]], rows: list[dict]) -> dg.TableMetadataValue:
+    """Rows as a Dagster table (the UI shows, sorts and copies it): `columns` is [(name, type)], type
+    one of Dagster's column types (string, int, float, ...), each row a dict of them."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({name: row[name] for name, _ in columns}) for row in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
+    )
+
+
 def supervision_metadata(supervision: dict) -> dict:
     """The audit's figures as tokenized_conversations metadata: numbers as int/float (plotted per partition),
     the trained special tokens as a table, the whole audit as JSON."""
@@ -251,10 +260,9 @@ def supervision_metadata(supervision: dict) -> dict:
     if audit.outside_assistant_share is not None:
         meta["outside_assistant_share"] = float(audit.outside_assistant_share)
         meta["outside_assistant_sampled_conversations"] = audit.outside_sampled_conversations
-    meta["special_tokens_trained"] = dg.MetadataValue.table(
-        records=[dg.TableRecord({"token": token, "trained": count})
-                 for token, count in sorted(audit.special_tokens.items(), key=lambda kv: (-kv[1], kv[0]))],
-        schema=dg.TableSchema(columns=[dg.TableColumn("token", "string"), dg.TableColumn("trained", "int")]),
+    meta["special_tokens_trained"] = table(
+        [("token", "string"), ("trained", "int")],
+        [{"token": token, "trained": count} for token, count in sorted(audit.special_tokens.items(), key=lambda kv: (-kv[1], kv[0]))],
     )
     meta["supervision"] = dg.MetadataValue.json(audit.to_dict())
     return meta

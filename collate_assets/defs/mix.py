@@ -209,7 +209,18 @@ def _metadata(mix: MixDefinition, stats) -> dict:
         meta["turn_ends_untrained"] = audit.turn_ends_untrained + audit.turn_ends_missing
         meta["supervision"] = dg.MetadataValue.json(stats.supervision)
     meta["dagster/row_count"] = stats.splits["train"]["rows"]
-    meta["summary"] = dg.MetadataValue.md(_markdown(stats))
+    meta["sources_table"] = checks.table(
+        [("source", "string"), ("weight", "float"), ("conversations", "int"), ("duplicates_dropped", "int"),
+         ("validation", "int"), ("train_tokens_before_weighting", "int"), ("train_tokens", "int")],
+        [{"source": name, "weight": float(s["weight"]), "conversations": s["conversations"],
+          "duplicates_dropped": s["duplicates_dropped"], "validation": s["validation_conversations"],
+          "train_tokens_before_weighting": s["train_tokens_before_weighting"], "train_tokens": s["train_tokens"]}
+         for name, s in stats.sources.items()])
+    meta["splits_table"] = checks.table(
+        [("split", "string"), ("rows", "int"), ("lower_bound_rows", "int"), ("sequences", "int"), ("tokens", "int"),
+         ("fill", "float"), ("shards", "int")],
+        [{"split": split, "rows": f["rows"], "lower_bound_rows": f["lower_bound_rows"], "sequences": f["sequences"],
+          "tokens": f["tokens"], "fill": float(f["fill"]), "shards": len(f["files"])} for split, f in stats.splits.items()])
     meta["sources"] = dg.MetadataValue.json({k: {f: v for f, v in s.items() if f not in ("fingerprints", "supervision")}
                                              for k, s in stats.sources.items()})
     location = str(mix.output_dir)
@@ -218,17 +229,3 @@ def _metadata(mix: MixDefinition, stats) -> dict:
     meta["seconds"] = stats.seconds
     return meta
 
-
-def _markdown(stats) -> str:
-    rows = [
-        "| source | weight | conversations | duplicates dropped | validation | train tokens before weighting | train tokens after |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in stats.sources.items():
-        rows.append(f"| {name} | {s['weight']:g} | {s['conversations']:,} | {s['duplicates_dropped']:,} | "
-                    f"{s['validation_conversations']:,} | {s['train_tokens_before_weighting']:,} | {s['train_tokens']:,} |")
-    rows += ["", "| split | rows | sequences | tokens | fill | shards |", "|---|---|---|---|---|---|"]
-    for split, f in stats.splits.items():
-        rows.append(f"| {split} | {f['rows']:,} (lower bound {f['lower_bound_rows']:,}) | {f['sequences']:,} | "
-                    f"{f['tokens']:,} | {f['fill']:.2%} | {len(f['files'])} |")
-    return "\n".join(rows)

@@ -54,7 +54,9 @@ def test_packed_metadata_is_numeric_and_consistent(collated):
     spill_tokens = meta(tokenized, "tokens")
     assert spill_tokens > 0 and meta(tokenized, "conversations") > 0
     assert isinstance(tokenized.metadata["dagster/column_schema"].value, dg.TableSchema)
-    assert "| tokens | sequences |" in meta(tokenized, "length_histogram")
+    histogram = meta(tokenized, "length_histogram")  # a table in the UI: tokens range, sequences
+    assert sum(r.data["sequences"] for r in histogram.records) == meta(tokenized, "sequences")
+    assert [c.name for c in histogram.schema.columns] == ["tokens", "sequences"]
     assert meta(tokenized, "truncated") > 0  # the demo has conversations longer than TEST_MAX_LENGTH
     assert meta(tokenized, "tokens_read") == spill_tokens + meta(tokenized, "truncated_tokens")
     for fmt in ALL_FORMATS:

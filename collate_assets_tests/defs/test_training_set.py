@@ -53,7 +53,9 @@ def test_two_datasets_mix_into_one_training_set_and_a_new_file_reruns_only_itsel
         meta = {k: v.value for k, v in materialization.metadata.items()}
         assert meta["tokens_after_weighting__b"] >= 2 * meta["tokens_before_weighting__b"] > 0
         assert meta["train_rows"] > 0 and meta["validation_rows"] > 0 and 0.9 < meta["train_fill"] <= 1
-        assert "| a | 1 |" in meta["summary"]
+        sources = {r.data["source"]: r.data for r in materialization.metadata["sources_table"].records}  # a table in the UI
+        assert sources["a"]["weight"] == 1 and sources["b"]["train_tokens"] == meta["tokens_after_weighting__b"]
+        assert {r.data["split"] for r in materialization.metadata["splits_table"].records} == {"train", "validation"}
         manifest = json.loads((tmp_path / "mix" / MANIFEST_NAME).read_text())
         assert [f["partition"] for f in manifest["sources"]["a"]["fingerprints"]] == ["demo.jsonl"]
 
