@@ -17,7 +17,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .arrays import to_numpy
 from .errors import CollateError
-from .settings import check_format
+from .settings import EXTENSIONS, OUTPUT_FORMATS, check_format
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 PACKED_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in PACKED_COLUMNS])
@@ -458,9 +458,54 @@ class _JsonlWriter(_FileWriter):
         self._file.write(b"\n".join(lines) + b"\n" if lines else b"")
 
 
-_WRITERS: dict[str, type[PackedWriter]] = {
-    "arrow": _ArrowWriter, "parquet": _ParquetWriter, "msgpack": _MsgpackWriter, "jsonl": _JsonlWriter,
+def _read_arrow(path: Path, numpy: bool) -> Iterator[dict]:
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            yield from _row_arrays(batch) if numpy else batch.to_pylist()
+
+
+def _read_parquet(path: Path, numpy: bool) -> Iterator[dict]:
+    for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=1024):
+        yield from _row_arrays(batch) if numpy else batch.to_pylist()
+
+
+def _read_msgpack(path: Path, numpy: bool) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        rows = msgpack.Unpacker(f, raw=False)
+        yield from (_as_arrays(row) for row in rows) if numpy else rows
+
+
+def _read_jsonl(path: Path, numpy: bool) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise CollateError(f"{path}:{n}: not a JSON line: {exc}") from exc
+            yield _as_arrays(row) if numpy else row
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedFormat:
+    """One output format: its name and extension (`settings.EXTENSIONS`), its writer and its reader."""
+
+    name: str
+    extension: str
+    writer: type[PackedWriter]
+    read: Callable[[Path, bool], Iterator[dict]]
+
+
+# The one registry of output formats: every format of OUTPUT_FORMATS, and nothing else.
+FORMATS: dict[str, PackedFormat] = {
+    spec.name: spec
+    for spec in (
+        PackedFormat("arrow", EXTENSIONS["arrow"], _ArrowWriter, _read_arrow),
+        PackedFormat("parquet", EXTENSIONS["parquet"], _ParquetWriter, _read_parquet),
+        PackedFormat("msgpack", EXTENSIONS["msgpack"], _MsgpackWriter, _read_msgpack),
+        PackedFormat("jsonl", EXTENSIONS["jsonl"], _JsonlWriter, _read_jsonl),
+    )
 }
+assert tuple(FORMATS) == OUTPUT_FORMATS
 
 
 @contextlib.contextmanager
@@ -472,7 +517,7 @@ def packed_writer(path: str | Path, fmt: str) -> Iterator[PackedWriter]:
     """
     check_format(fmt)
     with atomic_path(path) as tmp:
-        writer = _WRITERS[fmt](tmp)
+        writer = FORMATS[fmt].writer(tmp)
         try:
             yield writer
         finally:
@@ -486,33 +531,7 @@ def read_packed(path: str | Path, fmt: str, *, numpy: bool = False) -> Iterator[
     batches, which makes reading millions of tokens back cheap).
     """
     check_format(fmt)
-    path = Path(path)
-    if fmt in ("arrow", "parquet"):
-        if fmt == "arrow":
-            source = pa.memory_map(str(path))
-            batches = pa.ipc.open_stream(source)
-        else:
-            source = contextlib.nullcontext()
-            batches = pq.ParquetFile(str(path)).iter_batches(batch_size=1024)
-        with source:
-            for batch in batches:
-                if numpy:
-                    yield from _row_arrays(batch)
-                else:
-                    yield from batch.to_pylist()
-        return
-    if fmt == "msgpack":
-        with open(path, "rb") as f:
-            rows = msgpack.Unpacker(f, raw=False)
-            yield from (_as_arrays(row) for row in rows) if numpy else rows
-        return
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise CollateError(f"{path}:{n}: not a JSON line: {exc}") from exc
-            yield _as_arrays(row) if numpy else row
+    return FORMATS[fmt].read(Path(path), numpy)
 
 
 def _as_arrays(row: dict) -> dict:

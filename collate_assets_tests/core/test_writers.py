@@ -217,3 +217,27 @@ def test_packed_writer_refuses_a_file_it_did_not_write(tmp_path, fmt):
         with packed_writer(path, fmt) as writer:
             writer.write_batch(_batch(ROWS))
     assert path.read_bytes() == b"my own notes\n" and _leftovers(tmp_path) == []
+
+
+def test_one_registry_holds_every_output_format(tmp_path):
+    """FORMATS: each format of the settings with its extension, writer and reader; what one writes the
+    same one reads back, and a name that is not a format is refused before anything is opened."""
+    import numpy as np
+    import pyarrow as pa
+    import pytest
+
+    from collate_assets.core.settings import EXTENSIONS, OUTPUT_FORMATS
+    from collate_assets.core.writers import FORMATS, packed_writer, read_packed
+
+    assert tuple(FORMATS) == OUTPUT_FORMATS and {f.name: f.extension for f in FORMATS.values()} == EXTENSIONS
+    row = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2], "seq_lengths": [3]}
+    batch = pa.record_batch([pa.array([v], pa.list_(pa.int32())) for v in row.values()], names=list(row))
+    for fmt in OUTPUT_FORMATS:
+        path = tmp_path / f"rows{FORMATS[fmt].extension}"
+        with packed_writer(path, fmt) as writer:
+            writer.write(batch)
+        assert list(read_packed(path, fmt)) == [row], fmt
+        [arrays] = list(read_packed(path, fmt, numpy=True))
+        assert all(isinstance(v, np.ndarray) and v.tolist() == row[k] for k, v in arrays.items()), fmt
+    with pytest.raises(ValueError, match="format must be one of"):
+        read_packed(tmp_path / "rows.arrow", "csv")
