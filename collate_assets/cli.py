@@ -41,6 +41,7 @@ def _on_signal(signo, _frame) -> None:
     # Dagster starts beside each could not stop them, and they held the caller's stderr for ever.
     for sig in EXIT_INTERRUPTED:
         signal.signal(sig, _hold_off)
+    _refuse_new_processes()
     cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
     cleanup.start()
     cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
@@ -53,6 +54,19 @@ def _on_signal(signo, _frame) -> None:
     finally:
         _end_children()  # and any the work started meanwhile
         os._exit(EXIT_INTERRUPTED.get(signo, 128 + signo))
+
+
+def _refuse_new_processes() -> None:
+    """From the signal on, no program is started in this process (the work's thread goes on meanwhile, and
+    a Dagster run starting its log capture then would start `tail -F` copiers after the last sweep of
+    `_end_children`, just before the exit): `subprocess.Popen` raises OSError instead. A Popen already
+    forking finishes within milliseconds, and the sweeps that follow find it."""
+    import subprocess
+
+    def refuse(self, *args, **kwargs):
+        raise OSError("collate is exiting (interrupted): it starts no new process")
+
+    subprocess.Popen._execute_child = refuse
 
 
 def _hold_off(_signo, _frame) -> None:
@@ -96,10 +110,16 @@ def _end_children(wait: float = 1.0) -> None:
     """
     me = os.getpid()
     deadline = time.monotonic() + wait
-    for _ in range(5):  # the work's thread may start one more while these go
+    quiet = 0
+    for _ in range(8):  # a Popen of the work's thread may be forking while these go (see _refuse_new_processes)
         pids = _children()
         if not pids:
-            return
+            quiet += 1
+            if quiet == 2:  # none twice, 10 ms apart
+                return
+            time.sleep(0.01)
+            continue
+        quiet = 0
         for pid in pids:
             _kill_child(pid, me)
         left = set(pids)
