@@ -32,12 +32,12 @@ def default_settings() -> CollateSettings:
 
 def dataset_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """raw_conversations, tokenized_conversations and packed_<format> for every format."""
-    condition = collate_condition()
     asked = set(dataset.settings.formats)
+    packed = collate_condition(input_changed=False)  # packed assets follow tokenized_conversations
     return [
         build_raw_conversations(dataset),
-        build_tokenized_conversations(dataset, condition),
-        *(build_packed(dataset, fmt, condition if fmt in asked else None) for fmt in OUTPUT_FORMATS),
+        build_tokenized_conversations(dataset, collate_condition()),
+        *(build_packed(dataset, fmt, packed if fmt in asked else None) for fmt in OUTPUT_FORMATS),
     ]
 
 

@@ -48,7 +48,7 @@ REPOSITORY_NAME = "__repository__"  # the repository a `dg.Definitions` becomes
 ASSET_JOB = "__ASSET_JOB"  # the implicit job the UI's Materialize button launches
 
 DEV_START_TIMEOUT = 180.0
-SENSOR_SECONDS = 5  # COLLATE_SENSOR_SECONDS of the `dagster dev` the tests start (default 30)
+SENSOR_SECONDS = 3  # COLLATE_SENSOR_SECONDS of the `dagster dev` the tests start (default 30)
 DEV_STOP_GRACE = 10.0  # `dagster dev` may ignore SIGTERM for ~25 s while a run is in flight
 COMMAND_TIMEOUT = 300.0
 

@@ -290,7 +290,7 @@ AUTOMATION_SENSOR = "collate_automation"
 NEW_FILE = "arrived_later.jsonl"  # dropped into the input folder while `dagster dev` runs
 NEW_FILE_LINES = 24  # the first records of demo.jsonl
 EDITED_SMALL_LINES = 20  # an edit of demo_small.jsonl keeps its first 20 records (of 40)
-# The input sensor's tick, then the automation sensor's (every 5 s here: COLLATE_SENSOR_SECONDS), then the run.
+# The input sensor's tick, then the automation sensor's (every 3 s here: COLLATE_SENSOR_SECONDS), then the run.
 AUTOMATION_TIMEOUT = 180.0
 EDIT_RERUN_TIMEOUT = 120.0  # "an edited file reruns within two minutes"
 ACTIVE_STATUSES = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
@@ -592,8 +592,7 @@ def test_edited_file_reruns_by_itself_and_nothing_else(dagster_dev):
     new_runs, seconds = edit_and_wait_for_rerun(server, PARTITION, records[: EDITED_SMALL_LINES + 2], observe=True)
     record_timing(f"webserver: {PARTITION} edited again right after its rerun, rerun {seconds:.1f} s after the edit")
 
-    # one more evaluation of the automation sensor after the reruns ended: it starts nothing else (but
-    # the one extra pack tolerated below)
+    # one more evaluation of the automation sensor after the reruns ended: it starts nothing else
     ended = max(float(r["endTime"]) for r in new_runs)
     later_ticks = automation_evaluations_after(server, ended)
     wait_idle(server)
@@ -602,22 +601,14 @@ def test_edited_file_reruns_by_itself_and_nothing_else(dagster_dev):
     since = [r for r in runs(server) if r["runId"] not in runs_before]
     assert {run_tags(r).get("dagster/partition") for r in since} == {PARTITION}, since
     assert_launched_by_automation(server, since)
-    packed_alone = {r["runId"] for r in since if sorted(a["path"] for a in r["assetSelection"]) == [["packed_arrow"]]}
-    assert {run_id for t in later_ticks for run_id in t["runIds"]} <= packed_alone, (later_ticks, since)
+    assert all(t["runIds"] == [] for t in later_ticks), (later_ticks, why_requested(server, PARTITION))
 
     # per partition: the edited one materialized once per edit, the others not at all
     after = {key: len(events) for key, events in materializations(server, partitions).items()}
-    assert after[("tokenized_conversations", PARTITION)] == before[("tokenized_conversations", PARTITION)] + 2, (
-        before, after, why_requested(server, PARTITION))
-    # packed_arrow: once per edit. Once (1 CI run in many, on a loaded machine) the automation packed the
-    # partition a third time, alone, after the second rerun; not reproduced here. That extra pack of the
-    # same bytes is tolerated and reported (with the branch of the condition that asked for it), anything
-    # more is not.
-    extra = after[("packed_arrow", PARTITION)] - before[("packed_arrow", PARTITION)] - 2
-    assert extra in (0, 1), (before, after, why_requested(server, PARTITION))
-    assert len(packed_alone) >= extra, (since, why_requested(server, PARTITION))
-    if extra:
-        record_timing(f"webserver: {PARTITION} packed once more, alone, after its reruns:\n{why_requested(server, PARTITION)}")
+    # once per edit, both (packed_arrow was once packed a third time, alone: its own "input changed"
+    # read an observation recorded between its evaluation and tokenized_conversations'; see automation.py)
+    for asset in ("tokenized_conversations", "packed_arrow"):
+        assert after[(asset, PARTITION)] == before[(asset, PARTITION)] + 2, (asset, before, after, why_requested(server, PARTITION))
     for asset in ("tokenized_conversations", "packed_arrow"):
         for other in (NEW_FILE, "demo.jsonl"):
             assert after[(asset, other)] == before[(asset, other)], (asset, other, before, after)
