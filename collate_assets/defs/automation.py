@@ -11,7 +11,8 @@ the `formats` setting) carries the same condition:
   `eager()` can also lose an edit that is observed in the same evaluation as the partition's
   previous run ends (its since-last-handled reset wins), so `input_changed` adds, to
   tokenized_conversations, a condition that holds as long as the file's latest observed sha256
-  differs from the one its latest tokenization read (the packed assets follow it through eager);
+  differs from the one its latest tokenization read; the packed assets are requested with
+  tokenized_conversations whenever it is ("its input requested"), so they run in the same run;
 - new settings or a new tokenizer (a new code version) rebuild every partition;
 - each night at 02:00 partitions that are still missing or whose latest run failed are tried again.
 

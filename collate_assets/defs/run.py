@@ -174,10 +174,16 @@ def register_only(dataset: Dataset, input_path: Path | None = None) -> list[str]
     for warning in skipped:
         logging.getLogger(__name__).warning("%s", warning)
     with get_instance() as instance:
-        register_keys(instance, dataset.partitions.name, list(files))
-        for event in file_observations(instance, dataset.key("raw_conversations"), files):
-            instance.report_runless_asset_event(event)
+        register_and_observe(instance, dataset, files)
     return list(files)
+
+
+def register_and_observe(instance: dg.DagsterInstance, dataset: Dataset, files: dict[str, Path]) -> None:
+    """What the input files sensor does for `files`: a partition for each new key, an observation
+    (sha256 as data version) for each new or changed file."""
+    register_keys(instance, dataset.partitions.name, list(files))
+    for event in file_observations(instance, dataset.key("raw_conversations"), files):
+        instance.report_runless_asset_event(event)
 
 
 def _same_input(path: Path) -> str:
@@ -233,9 +239,7 @@ def run_collate(settings: CollateSettings, *, dataset: str | None = None, progre
         ACTIVE["instance"] = instance
         stack.callback(ACTIVE.clear)
         cancel_dead_runs(instance)
-        register_keys(instance, dataset.partitions.name, list(files))
-        for event in file_observations(instance, dataset.key("raw_conversations"), files):
-            instance.report_runless_asset_event(event)
+        register_and_observe(instance, dataset, files)
         work = plan_work(instance, defs, dataset, dataset_files, list(files))
         if progress is not None:
             PROGRESS_SINKS.append(lambda nbytes, _lines: progress.update(nbytes))
