@@ -183,7 +183,7 @@ def run_engine(args) -> dict:
 
     tok = load_tokenizer(args.tokenizer)
     start = time.perf_counter()
-    stats = collate_file(args.input, Path(args.workdir) / "engine" / "bench.arrow", tok, CollateSettings(max_length=args.max_length))
+    stats = collate_file(args.input, Path(args.workdir) / "engine" / "bench.arrow", tok, CollateSettings(max_length=args.max_length, encoder=args.encoder))
     seconds = time.perf_counter() - start
     return {"tokens": stats.pack.tokens, "rows": stats.pack.rows, "seconds": seconds}
 
@@ -308,7 +308,7 @@ def measure(name: str, args, workdir: Path) -> dict:
     """Run one measurement in a child process, sampling the RSS of its whole process tree."""
     cmd = [
         sys.executable, __file__, "--child", name, "--input", str(args.input), "--tokenizer", args.tokenizer,
-        "--max-length", str(args.max_length), "--workdir", str(workdir),
+        "--max-length", str(args.max_length), "--workdir", str(workdir), "--encoder", args.encoder,
     ]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     peak_rss, peak_pss = _peak_tree_memory(child)
@@ -359,6 +359,8 @@ def main() -> None:
     parser.add_argument("--size", default="60MB", help="input size (e.g. 100MB, 1GB)")
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--encoder", default="auto", choices=("auto", "fast", "tokenizers"),
+                        help="collate's encoder setting in every measurement (commands get it as COLLATE_ENCODER)")
     parser.add_argument(
         "--only", default=",".join(DEFAULT_MEASUREMENTS),
         help="comma-separated subset of " + ",".join(MEASUREMENTS) + " (default: all but many and cores)",
@@ -373,6 +375,7 @@ def main() -> None:
     parser.add_argument("--e2e-reps", type=int, default=3, help="rounds of the end-to-end measurement")
     args = parser.parse_args()
 
+    os.environ["COLLATE_ENCODER"] = args.encoder
     if args.child:
         sys.path.insert(0, str(REPO))
         print(json.dumps(RUNNERS[args.child](args)))

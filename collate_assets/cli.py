@@ -311,6 +311,11 @@ def format_stats(stats) -> str:
     drift = drift_line(getattr(t, "tokenizer_drift", None))
     if drift:
         lines.append(f"  {drift}")
+    from .core.encoder import encoder_line
+
+    encoder = encoder_line(getattr(t, "encoder", None))
+    if encoder:
+        lines.append(f"  {encoder}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from jinja2.exceptions import SecurityError
 
 from .errors import CollateError
+from .encoder import TextEncoder
 from .formats import Conversation, TextParts
 from .settings import IGNORE_INDEX
 
@@ -161,9 +162,10 @@ class ChatEncoder:
     """Turns normalised conversations into texts, tokens and labels."""
 
     def __init__(self, tokenizer, labels: str = "all", *, train_empty_think: bool = False,
-                 reasoning_turns: str = "per-turn", unshown_reasoning: str = "reject"):
+                 reasoning_turns: str = "per-turn", unshown_reasoning: str = "reject", encoder: str = "tokenizers"):
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
+        self.text_encoder = TextEncoder(tokenizer, encoder)
         self.labels = labels
         self.train_empty_think = train_empty_think
         self.reasoning_turns = reasoning_turns
@@ -193,7 +195,8 @@ class ChatEncoder:
     def from_settings(cls, tokenizer, settings, labels: str | None = None) -> "ChatEncoder":
         """The encoder a run with `settings` uses (`labels` to override theirs)."""
         return cls(tokenizer, labels or settings.labels, train_empty_think=settings.train_empty_think,
-                   reasoning_turns=settings.reasoning_turns, unshown_reasoning=settings.unshown_reasoning)
+                   reasoning_turns=settings.reasoning_turns, unshown_reasoning=settings.unshown_reasoning,
+                   encoder=settings.encoder)
 
     # -- probing ------------------------------------------------------------------------------------
     def _apply(self, messages, **kwargs) -> str:
@@ -789,11 +792,10 @@ class ChatEncoder:
         return [h for h in dict.fromkeys(out) if h.strip()]
 
     # -- tokenizing -----------------------------------------------------------------------------------
-    def encode_texts(self, texts: list[str], offsets: bool = True):
-        """Tokenize rendered texts in one Rust call (both cores, GIL released); offsets only when masking."""
-        if offsets:
-            return self.backend.encode_batch(texts, add_special_tokens=False)
-        return self.backend.encode_batch_fast(texts, add_special_tokens=False)
+    def encode_texts(self, texts: list[str], offsets: bool = True, *, check_first: int = 0, report=None):
+        """Tokenize rendered texts in one call (the reference or the checked fast encoder, see encoder.py);
+        offsets only when masking."""
+        return self.text_encoder.encode(texts, offsets, check_first=check_first, report=report)
 
     def labels_for(self, encoding, mask: Mask | None) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(encoding.ids, dtype=np.int32)

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from .chat import PROBE_CALL_ID, ChatEncoder
+from .encoder import fast_encoder_facts
 from .errors import CollateError
 from .formats import normalize_record
 from .settings import IGNORE_INDEX, CollateSettings
@@ -59,6 +60,8 @@ class TemplateReport:
     # texts of load_tokenizer and the probe conversation's texts (tokenizer.drift_summary).
     tokenizer_drift: dict = dataclasses.field(default_factory=dict)
     probe_rejected: str | None = None  # the probe record is rejected (as such records of a run would be)
+    # Whether the fast encoder gives this tokenizer's ids (and offsets) on the load probes (encoder.py).
+    encoder: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +86,7 @@ class TemplateReport:
             + (" (then the next role token, which stops the model)" if f["ends_at_next_role"] else ""),
             f"inserted before a turn without reasoning: {f['inserted_before_content']!r}",
             f"tokenizer pipeline:    {self._pipeline_text()}",
+            f"encoder:               {self._encoder_text()}",
             "",
             f"probe conversation under --labels assistant ({self.trained_tokens} of {self.tokens} tokens trained, "
             f"trained text between {TRAINED_OPEN} {TRAINED_CLOSE}):",
@@ -96,6 +100,18 @@ class TemplateReport:
         if self.refusal:
             lines += ["", f"REFUSED: {self.refusal}"]
         return "\n".join(lines)
+
+    def _encoder_text(self) -> str:
+        e = self.encoder
+        if not e:
+            return "unknown"
+        if e["asked"] == "tokenizers":
+            return "tokenizers (asked for)"
+        if not e["fast"]:
+            return f"tokenizers: {e['reason']}"
+        if not e["offsets"]:
+            return f"fastokens for ids; tokenizers where labels need offsets ({e['offsets_reason']})"
+        return "fastokens (ids and offsets equal the reference's on the probe texts)"
 
     def _pipeline_text(self) -> str:
         d = self.tokenizer_drift
@@ -128,7 +144,7 @@ def template_report(tokenizer, settings: CollateSettings | None = None) -> Templ
     [rendered] = encoder.render([normalize_record(probe_record(encoder))])
     if isinstance(rendered, Exception):
         return TemplateReport(encoder.info.to_dict(), [], 0, 0, refusal, drift_summary(tokenizer),
-                              probe_rejected=str(rendered))
+                              probe_rejected=str(rendered), encoder=fast_encoder_facts(tokenizer, settings.encoder))
     probe, trained, total = [], 0, 0
     for text, mask, encoding in zip(rendered.texts, rendered.masks, encoder.encode_texts(rendered.texts)):
         _, labels = encoder.labels_for(encoding, mask)
@@ -143,4 +159,5 @@ def template_report(tokenizer, settings: CollateSettings | None = None) -> Templ
         pieces.append(text[pos:] + (TRAINED_CLOSE if state else ""))
         probe.append("".join(pieces))
     drift = drift_summary(tokenizer, compare_pipelines(tokenizer, rendered.texts))
-    return TemplateReport(encoder.info.to_dict(), probe, trained, total, refusal, drift)
+    return TemplateReport(encoder.info.to_dict(), probe, trained, total, refusal, drift,
+                          encoder=fast_encoder_facts(tokenizer, settings.encoder))

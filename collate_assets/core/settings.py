@@ -29,6 +29,7 @@ ReasoningTurns = Literal["per-turn", "as-rendered"]
 UnshownReasoning = Literal["reject", "drop"]
 TokenizerPipeline = Literal["file", "transformers"]
 TruncatedTurns = Literal["keep", "drop"]
+EncoderChoice = Literal["auto", "fast", "tokenizers"]
 
 LABELS_MODES: tuple[str, ...] = ("all", "assistant")
 PACKING_STRATEGIES: tuple[str, ...] = ("bfd", "greedy")
@@ -38,6 +39,7 @@ REASONING_TURNS: tuple[str, ...] = ("per-turn", "as-rendered")
 UNSHOWN_REASONING: tuple[str, ...] = ("reject", "drop")
 TOKENIZER_PIPELINES: tuple[str, ...] = ("file", "transformers")
 TRUNCATED_TURNS: tuple[str, ...] = ("keep", "drop")
+ENCODER_CHOICES: tuple[str, ...] = ("auto", "fast", "tokenizers")
 EXTENSIONS: dict[str, str] = {
     "arrow": ".arrow",
     "parquet": ".parquet",
@@ -109,6 +111,13 @@ class CollateSettings:
     tokenizer_pipeline: TokenizerPipeline = _field(
         "file", "file: encode with the model's own tokenizer.json (what it was pretrained with); "
         "transformers: with the pipeline transformers builds from the tokenizer's class.", choices=TOKENIZER_PIPELINES, flags=("--tokenizer-pipeline",))
+    # Which encoder turns rendered text into ids (core/encoder.py). Both give the same ids: the fast one is
+    # checked against the reference at load and on a sample of every file, so it is not in fingerprint().
+    encoder: EncoderChoice = _field(
+        "auto", "auto: the fast encoder (fastokens) for files of more than one chunk when it loads this "
+        "tokenizer and gives the reference's ids on probe texts, else tokenizers; fast: it or fail; tokenizers: "
+        "the reference (the tokenizers library) only. Checked on a sample of every file; outputs are the same bytes.",
+        output=False, choices=ENCODER_CHOICES, flags=("--encoder",))
     render_timeout: float = _field(
         DEFAULT_RENDER_SECONDS, "Longest the chat template may take to render one conversation, in seconds; "
         "a conversation over it is rejected.", flags=("--render-timeout",), metavar="SECONDS")

@@ -54,6 +54,8 @@ class TokenizeStats:
     # How the tokenizer pipeline in use and the other one (tokenizer.json vs transformers' rebuild) segment
     # the probe texts and the rendered texts of the file's first chunk (tokenizer.drift_summary).
     tokenizer_drift: dict = dataclasses.field(default_factory=dict)
+    # which encoder turned the texts into ids, and its checks against the reference (encoder.EncoderReport)
+    encoder: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

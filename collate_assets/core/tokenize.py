@@ -36,6 +36,7 @@ from jinja2.exceptions import SecurityError
 from .arrays import to_arrow
 from .audit import OUTSIDE_SAMPLE, SupervisionAudit, audit_turn_ends, count_special, special_token_ids, written_labels
 from .chat import ChatEncoder, Rendered
+from .encoder import FIRST_CHECKED, EncoderReport
 from .errors import CollateError
 from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
 from .settings import IGNORE_INDEX, CollateSettings
@@ -105,6 +106,7 @@ class ChunkResult:
     error: CollateError | None = None
     drift: object = None  # tokenizer.TokenizerDrift on the chunk's texts, for the first chunk of a file
     audit: SupervisionAudit = dataclasses.field(default_factory=SupervisionAudit)  # merged by tokenize_file
+    encoder: EncoderReport = dataclasses.field(default_factory=EncoderReport)  # how its texts were encoded
 
     def batch(self) -> pa.RecordBatch | None:
         if len(self.lines) == 0:
@@ -157,24 +159,32 @@ class ChunkTokenizer:
         masked = any(m is not None for r in done for m in r.masks)
         t2 = clock()
         sample = self.assistant_encoder is not None
+        # a file's first chunk (wherever it is processed): its first texts are all checked when the fast
+        # encoder is in use
+        first = bool(raw.records) and raw.records[0][0] == self.compare_at
+        report = EncoderReport(self.settings.encoder)
+        check = {"check_first": FIRST_CHECKED if first else 0, "report": report}
         if texts and sample and not masked:
             # the texts the audit samples are encoded with offsets, the others as fast as ever (unmasked,
             # a conversation is one text): the sample is not encoded twice
             k = min(OUTSIDE_SAMPLE, len(texts))
-            encodings = encoder.encode_texts(texts[:k]) + (encoder.encode_texts(texts[k:], False) if texts[k:] else [])
+            encodings = encoder.encode_texts(texts[:k], **check)
+            if texts[k:]:
+                check["check_first"] = max(0, check["check_first"] - k)
+                encodings += encoder.encode_texts(texts[k:], False, **check)
         else:
-            encodings = encoder.encode_texts(texts, masked) if texts else []
+            encodings = encoder.encode_texts(texts, masked, **check) if texts else []
         # The file's first chunk, in this process (not a worker: see drift_of): its first DRIFT_TEXTS texts
         # are compared, enough to see a difference, a small share of the file's encoding.
-        first = _WORKER is None and bool(raw.records) and raw.records[0][0] == self.compare_at
         drift = (compare_pipelines(encoder.tokenizer, texts[:DRIFT_TEXTS], encodings[:DRIFT_TEXTS])
-                 if first and texts else None)
+                 if first and _WORKER is None and texts else None)
         t3 = clock()
         result = self._label(chunk, rendered, encodings, has_offsets=masked)
         if sample:
             self._sample_outside_assistant(chunk.conversations, rendered, encodings, result.audit)
         seconds.update(parse=t1 - t0, render=t2 - t1, encode=t3 - t2, labels=clock() - t3)
         result.seconds = seconds
+        result.encoder = report
         result.drift = drift
         return result
 
@@ -420,7 +430,9 @@ def kill_workers() -> None:
         pool.kill()
 
 
-def _process_in_worker(raw: RawChunk) -> ChunkResult:
+def _process_in_worker(raw: RawChunk, stop_fast: str) -> ChunkResult:
+    if stop_fast and not _WORKER.encoder.text_encoder.stopped:
+        _WORKER.encoder.text_encoder.stop_fast(stop_fast)
     return _WORKER.process(raw)
 
 
@@ -436,12 +448,12 @@ class _Pool:
         self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer,))
         _LIVE_POOLS.add(self)
 
-    def submit(self, raw: RawChunk):
+    def submit(self, raw: RawChunk, stop_fast: str = ""):
         with warnings.catch_warnings():
             # Python >= 3.12 warns at every fork of a process with threads (Dagster's, the template
             # watchdog's); the workers only run this module's code on inherited objects.
             warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
-            return self.executor.submit(_process_in_worker, raw)
+            return self.executor.submit(_process_in_worker, raw, stop_fast)
 
     def kill(self) -> None:
         """Only for a process about to end (Ctrl-C, SIGTERM): a worker killed while it sends a result
@@ -472,6 +484,8 @@ def _results(
     if first is not None and first.records:
         tokenizer.compare_at = first.records[0][0]
     chunks = itertools.chain([c for c in (first, second) if c is not None], chunks)
+    text_encoder = tokenizer.encoder.text_encoder
+    text_encoder.prepare(worth_it=second is not None)
     if workers <= 1 or second is None:
         for raw in chunks:
             yield raw, tokenizer.process(raw), 1
@@ -479,14 +493,21 @@ def _results(
     pool = _Pool(tokenizer, workers)
     try:
         pending: collections.deque = collections.deque()
+
+        def done(raw, future):
+            result = future.result()
+            if result.encoder.differing and not text_encoder.stopped:
+                # a worker's fast encoder differed from the reference: the chunks handed out from now
+                # on are encoded with the reference by every worker
+                text_encoder.stop_fast(result.encoder.reason)
+            return raw, result, workers
+
         for raw in chunks:
-            pending.append((raw, pool.submit(raw)))
+            pending.append((raw, pool.submit(raw, text_encoder.stopped)))
             while len(pending) > 2 * workers:
-                raw, future = pending.popleft()
-                yield raw, future.result(), workers
+                yield done(*pending.popleft())
         while pending:
-            raw, future = pending.popleft()
-            yield raw, future.result(), workers
+            yield done(*pending.popleft())
     except BrokenProcessPool as exc:
         raise CollateError(
             f"{shown(name)}: a worker process stopped while tokenizing (killed, or out of memory?): {exc}"
@@ -535,6 +556,7 @@ def tokenize_file(
     stats.template = encoder.info.to_dict()
     stats.tokenizer_drift = drift_summary(tokenizer)
     chunk_tokenizer = ChunkTokenizer(encoder, settings, str(input_path))
+    stats_encoder = EncoderReport(settings.encoder)
     workers = settings.worker_count()
     seconds = dict.fromkeys(STAGES, 0.0)
     lengths_written: list[np.ndarray] = []
@@ -571,6 +593,7 @@ def tokenize_file(
                     audit.add(result.audit)
                     for stage, value in result.seconds.items():
                         seconds[stage] += value
+                    stats_encoder.add(result.encoder)
                     if result.drift is None and at_work > 1 and raw.records and raw.records[0][0] == chunk_tokenizer.compare_at:
                         result.drift = chunk_tokenizer.drift_of(raw)
                     if result.drift is not None:
@@ -601,6 +624,7 @@ def tokenize_file(
     stats.histogram = length_histogram(all_lengths, settings.max_length)
     stats.stage_seconds = {stage: round(value, 4) for stage, value in seconds.items()}
     stats.supervision = audit.to_dict()
+    stats.encoder = stats_encoder.to_dict()
     return stats
 
 

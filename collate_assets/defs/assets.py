@@ -276,6 +276,7 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "chat_template": dg.MetadataValue.json(stats.template),
         **checks.supervision_metadata(stats.supervision),  # what is trained: shares, turn ends, special tokens
         "tokenizer_drift": dg.MetadataValue.json(stats.tokenizer_drift),  # tokenizer.json vs transformers' pipeline
+        "encoder": dg.MetadataValue.json(stats.encoder),  # fastokens or tokenizers, and its checks against the reference
         "length_histogram": checks.table([("tokens", "string"), ("sequences", "int")],
                                          [{"tokens": f"{lo}–{hi - 1}", "sequences": n} for lo, hi, n in stats.histogram]),
         "stats": dg.MetadataValue.json(stats.to_dict()),  # with the seconds of each stage
