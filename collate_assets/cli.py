@@ -536,10 +536,12 @@ def _run_engine(settings, show_progress: bool):
         files = sorted({*files, *(folder / c.split(" skipped: ", 1)[0] for c in clashes)})
     else:
         raise CollateError(f"input not found: {_shown(input_path)}")
+    from .core.encoder import worth_preloading
+
     tokenizer = load_tokenizer(
         settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
         trust_remote_code=settings.trust_remote_code, render_limits=settings.render_limits(),
-        tokenizer_pipeline=settings.tokenizer_pipeline,
+        tokenizer_pipeline=settings.tokenizer_pipeline, preload_fast=worth_preloading(settings.encoder, files),
     )
     progress = make_progress(sum(progress_total(f) for f in files), show_progress)
     results, failures, outputs = [], [], {}

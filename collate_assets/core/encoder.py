@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import unicodedata
 
 import numpy as np
@@ -57,6 +58,9 @@ def _byte_alphabet() -> dict[str, int]:
     return {chr(c): b for b, c in chars.items()}
 
 
+_ALPHABET = frozenset(_byte_alphabet())
+
+
 def _kinds(node, key: str) -> list[dict]:
     """A pipeline component and the members of a Sequence of them, as dicts."""
     if not node:
@@ -65,33 +69,36 @@ def _kinds(node, key: str) -> list[dict]:
     return [m for member in members for m in _kinds(member, key)] if isinstance(members, list) else [node]
 
 
+def _component(part) -> dict | None:
+    """A pipeline component of a `tokenizers.Tokenizer` as its JSON (without serialising the vocabulary)."""
+    return None if part is None else json.loads(part.__getstate__())
+
+
 def byte_lengths(reference) -> tuple[np.ndarray | None, bool, str]:
     """For a byte-level BPE whose tokens' bytes are the text's bytes: each id's length in bytes, whether
     texts must be in NFC (an NFC normaliser), and "" - or None, False and why offsets cannot follow
     from the ids."""
-    spec = json.loads(reference.to_str())
-    if (spec.get("model") or {}).get("type") != "BPE":
+    if type(reference.model).__name__ != "BPE":
         return None, False, "not a BPE model"
-    normalizers = _kinds(spec.get("normalizer"), "normalizers")
+    normalizers = _kinds(_component(reference.normalizer), "normalizers")
     if any(n.get("type") != "NFC" for n in normalizers):
         return None, False, "its normaliser changes text"
-    if not any(p.get("type") == "ByteLevel" for p in _kinds(spec.get("pre_tokenizer"), "pretokenizers")):
+    if not any(p.get("type") == "ByteLevel" for p in _kinds(_component(reference.pre_tokenizer), "pretokenizers")):
         return None, False, "not byte-level"
-    if any(p.get("trim_offsets") for p in _kinds(spec.get("post_processor"), "processors")):
+    if any(p.get("trim_offsets") for p in _kinds(_component(reference.post_processor), "processors")):
         return None, False, "its post-processor trims offsets"
     added = reference.get_added_tokens_decoder()
     if any(t.lstrip or t.rstrip for t in added.values()):
         return None, False, "an added token takes in whitespace around it"
-    alphabet = _byte_alphabet()
-    vocab = reference.get_vocab(with_added_tokens=True)
-    lengths = np.zeros(max(vocab.values(), default=0) + 1, dtype=np.int64)
-    for token, i in vocab.items():
-        if i in added:
-            lengths[i] = len(added[i].content.encode())
-        elif all(c in alphabet for c in token):
-            lengths[i] = len(token)
-        else:
-            return None, False, f"vocabulary entry {token!r} is not byte-level"
+    vocab = {t: i for t, i in reference.get_vocab(with_added_tokens=False).items() if i not in added}
+    outside = set("".join(vocab)) - _ALPHABET
+    if outside:
+        return None, False, f"its vocabulary has characters outside the byte-level alphabet ({sorted(outside)[0]!r})"
+    lengths = np.zeros(max([*vocab.values(), *added], default=0) + 1, dtype=np.int64)
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    lengths[ids] = np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+    for i, token in added.items():
+        lengths[i] = len(token.content.encode())
     return lengths, bool(normalizers), ""
 
 
@@ -108,17 +115,23 @@ class FastBackend:
 
 def load_fast(tokenizer) -> FastBackend:
     """The fast encoder for `tokenizer`'s reference pipeline, checked on probe texts (ids, and offsets
-    where they follow from the ids). Loaded once per tokenizer object, and shared by tokenizer objects
-    with the same pipeline and added tokens (the chat template does not matter to it)."""
+    where they follow from the ids). Loaded once per tokenizer object (from the file a preload started,
+    when the reference is that file as it is), and shared by tokenizer objects with the same pipeline and
+    added tokens (the chat template does not matter to it)."""
     cached = getattr(tokenizer, "collate_fast", None)
     if cached is not None:
         return cached
-    key = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
-    backend = _LOADED.get(key)
-    if backend is None:
-        backend = _load_fast(tokenizer)
-        _LOADED.clear()  # one at a time: a loaded encoder holds tens of MB
-        _LOADED[key] = backend
+    preload = _preload_of(tokenizer)
+    if preload is not None:
+        backend = _load_fast(tokenizer, preload.wait)
+    else:
+        source = tokenizer.backend_tokenizer.to_str()
+        key = hashlib.sha256(source.encode()).hexdigest()
+        backend = _LOADED.get(key)
+        if backend is None:
+            backend = _load_fast(tokenizer, lambda: _fastokens().Tokenizer.from_json_str(source))
+            _LOADED.clear()  # one at a time: a loaded encoder holds tens of MB
+            _LOADED[key] = backend
     tokenizer.collate_fast = backend
     return backend
 
@@ -126,16 +139,91 @@ def load_fast(tokenizer) -> FastBackend:
 _LOADED: dict[str, FastBackend] = {}
 
 
-def _load_fast(tokenizer) -> FastBackend:
+def _fastokens():
+    import fastokens
+
+    return fastokens
+
+
+class _Preload:
+    """fastokens loading a tokenizer.json in a thread (its Rust code releases the GIL while it builds)."""
+
+    def __init__(self, path: str):
+        self.path, self.result, self.error = path, None, None
+        self.thread = threading.Thread(target=self._run, name="collate-fast-encoder-load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            fast = _fastokens().Tokenizer.from_file(self.path)
+            fast.no_truncation()  # as the reference (tokenizer._file_backend)
+            fast.no_padding()
+            self.result = fast
+        except Exception as exc:
+            self.error = exc
+
+    def wait(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_PRELOADS: dict[str, _Preload] = {}
+
+
+def start_preload(path) -> None:
+    """Start loading the fast encoder from `path` (a tokenizer.json) in a thread, if fastokens is here: it
+    then loads while transformers does (about a second for Qwen3's vocabulary). load_fast uses it only
+    for a tokenizer whose reference is that file unchanged, and checks it like any other."""
+    if path is None or str(path) in _PRELOADS:
+        return
+    try:
+        _fastokens()
+    except ImportError:
+        return
+    _PRELOADS.clear()  # one at a time (see _LOADED)
+    _PRELOADS[str(path)] = _Preload(str(path))
+
+
+PRELOAD_MIN_BYTES = 2 << 20  # inputs smaller than this (in all) do not preload the fast encoder
+
+
+def worth_preloading(mode: str, paths) -> bool:
+    """Whether a run over `paths` should start loading the fast encoder with the tokenizer: encoder=fast,
+    or auto with at least PRELOAD_MIN_BYTES of input (a file under one chunk does not use it)."""
+    if mode == "fast":
+        return True
+    if mode != "auto":
+        return False
+    total = 0
+    for path in paths:
+        try:
+            total += os.stat(path).st_size
+        except (OSError, TypeError, ValueError):
+            continue
+        if total >= PRELOAD_MIN_BYTES:
+            return True
+    return False
+
+
+def _preload_of(tokenizer) -> _Preload | None:
+    reference = getattr(tokenizer, "collate_file_reference", None)
+    if reference is None or tokenizer.backend_tokenizer is not reference[1]:
+        return None
+    return _PRELOADS.get(reference[0])
+
+
+def _load_fast(tokenizer, make) -> FastBackend:
     reference = tokenizer.backend_tokenizer
     try:
-        import fastokens
+        _fastokens()
     except ImportError:
         return FastBackend(None, "fastokens is not installed")
     if reference.truncation or reference.padding:
         return FastBackend(None, "the reference pipeline truncates or pads")
     try:
-        fast = fastokens.Tokenizer.from_json_str(reference.to_str())
+        fast = make()
     except Exception as exc:  # a pipeline part fastokens does not have (Metaspace, Unigram, ...)
         return FastBackend(None, f"fastokens cannot load this tokenizer: {_one_line(exc)}")
     lengths, nfc, why = byte_lengths(reference)
@@ -263,6 +351,8 @@ class TextEncoder:
     def prepare(self, worth_it: bool = True) -> None:
         """Load the fast encoder (mode auto: only when `worth_it`, a file of more than one chunk; its load
         costs about what it saves on a thousand conversations). mode fast: refuse the run if it cannot."""
+        # a preload under way is always waited for (no thread may be loading when workers fork)
+        worth_it = worth_it or _preload_of(self.tokenizer) is not None
         if self.mode == "tokenizers" or self.fast is not None or not (worth_it or self.mode == "fast"):
             return
         self.fast = load_fast(self.tokenizer)

@@ -141,8 +141,12 @@ def load_tokenizer(
     trust_remote_code: bool = False,
     render_limits: RenderLimits | None = None,
     tokenizer_pipeline: str = "file",
+    preload_fast: bool = False,
 ):
     """Load `name_or_path` (hub id `org/name` or a local folder) as a fast tokenizer.
+
+    `preload_fast`: start loading the fast encoder from the `tokenizer.json` in a thread now, while
+    transformers loads (see encoder.start_preload); for a caller about to encode a lot.
 
     `tokenizer_pipeline`: "file" encodes with the model's own `tokenizer.json` (the one it was
     pretrained with) when there is one, "transformers" with the backend transformers builds from the
@@ -160,10 +164,14 @@ def load_tokenizer(
     with _torch_hidden(hide_torch):
         from transformers import AutoTokenizer
 
+    name = str(name_or_path)
+    if preload_fast and tokenizer_pipeline == "file":
+        from .encoder import start_preload
+
+        start_preload(tokenizer_json_path(name, revision))
     install()
     limits = render_limits if render_limits is not None else RenderLimits()
 
-    name = str(name_or_path)
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         raise CollateError(f"tokenizer folder not found: {name}")
     if trust_remote_code:
@@ -319,7 +327,9 @@ def use_pipeline(tokenizer, name: str, revision: str | None, pipeline: str = "fi
     if pipeline not in TOKENIZER_PIPELINES:
         raise CollateError(f"tokenizer_pipeline must be one of {', '.join(TOKENIZER_PIPELINES)}, got {pipeline!r}")
     built = tokenizer.backend_tokenizer
-    from_file = _file_backend(tokenizer, name, revision)
+    from_file, as_in_file = _file_backend(tokenizer, name, revision)
+    # the fast encoder may be loaded from the file itself (see encoder.start_preload) when it is the reference
+    tokenizer.collate_file_reference = (str(tokenizer_json_path(name, revision)), from_file) if as_in_file and pipeline == "file" else None
     other = None
     if from_file is None:
         if pipeline == "file":
@@ -356,19 +366,20 @@ def tokenizer_json_path(name: str, revision: str | None = None) -> Path | None:
 
 
 def _file_backend(tokenizer, name: str, revision: str | None):
-    """The `tokenizer.json` pipeline, ready to stand in for transformers' backend; None when there is
-    no file, the tokenizer keeps its backend elsewhere, or the file cannot give the same token ids."""
+    """The `tokenizer.json` pipeline, ready to stand in for transformers' backend, and whether it is the
+    file's as it is (no token added, special tokens not split); (None, False) when there is no file, the
+    tokenizer keeps its backend elsewhere, or the file cannot give the same token ids."""
     from tokenizers import AddedToken, Tokenizer
 
     path = tokenizer_json_path(name, revision)
     built = getattr(tokenizer, "_tokenizer", None)
     if path is None or not isinstance(built, Tokenizer) or built is not tokenizer.backend_tokenizer:
-        return None
+        return None, False
     try:
         backend = Tokenizer.from_file(str(path))
     except Exception as exc:  # a file transformers could read but tokenizers cannot: keep transformers'
         log.warning("tokenizer %s: cannot load %s (%s); using the pipeline transformers builds", name, path, exc)
-        return None
+        return None, False
     # A tokenizer.json may carry truncation or padding (for a model's own batches): never on our texts.
     backend.no_truncation()
     backend.no_padding()
@@ -384,8 +395,8 @@ def _file_backend(tokenizer, name: str, revision: str | None):
         if wrong:
             log.warning("tokenizer %s: %s gives other ids than transformers for %s; using the pipeline transformers builds",
                         name, path, wrong[:3])
-            return None
-    return backend
+            return None, False
+    return backend, not missing and not built.encode_special_tokens
 
 
 def pipeline_probes(tokenizer) -> list[str]:

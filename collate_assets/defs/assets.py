@@ -131,6 +131,17 @@ def _each_partition(context: dg.AssetExecutionContext, work) -> dict:
     return results
 
 
+def _inputs(files: DatasetFiles, keys) -> list:
+    """The input files of partitions `keys` (those that name no file are left out)."""
+    out = []
+    for key in keys:
+        try:
+            out.append(files.input_path(key))
+        except (CollateError, ValueError):
+            continue
+    return out
+
+
 def _config(context: dg.AssetExecutionContext, dataset: Dataset):
     return getattr(context.resources, dataset.resource_key)
 
@@ -202,7 +213,7 @@ def build_tokenized_conversations(dataset: Dataset, automation: dg.AutomationCon
             settings = config.settings()
             files = DatasetFiles(settings)
             files.check_folders()
-            tokenizer = config.load_tokenizer()
+            tokenizer = config.load_tokenizer(_inputs(files, context.partition_keys))
         except CollateError as exc:
             raise _failure(exc) from exc
         identity = {

@@ -27,6 +27,7 @@ import pydantic
 from pydantic import Field
 
 from collate_assets.core import CollateError, CollateSettings, load_tokenizer
+from collate_assets.core.encoder import worth_preloading
 from collate_assets.core.settings import env_name, field_type, settings_fields
 
 from .files import DatasetFiles
@@ -53,14 +54,15 @@ class _CollateConfigBase(dg.ConfigurableResource):
     def files(self) -> DatasetFiles:
         return DatasetFiles(self.settings())
 
-    def load_tokenizer(self):
-        """The tokenizer and chat template of these settings, loaded once per process."""
+    def load_tokenizer(self, inputs=()):
+        """The tokenizer and chat template of these settings, loaded once per process (with the fast
+        encoder loading beside it when `inputs`, the files about to be tokenized, are worth it)."""
         settings = self.settings()
         if settings.trust_remote_code:  # said in every run that uses it, loaded or not
             dg.get_dagster_logger().warning(
                 f"trust_remote_code is ON for tokenizer {settings.tokenizer_name()!r}: its repository code will run"
             )
-        return cached_tokenizer(settings)
+        return cached_tokenizer(settings, worth_preloading(settings.encoder, inputs))
 
     @classmethod
     def from_settings(cls, settings: CollateSettings) -> "_CollateConfigBase":
@@ -81,7 +83,7 @@ _TOKENIZERS: dict[tuple, Any] = {}
 _TOKENIZERS_LOCK = threading.Lock()
 
 
-def cached_tokenizer(settings: CollateSettings):
+def cached_tokenizer(settings: CollateSettings, preload_fast: bool = False):
     key = (
         settings.tokenizer_name(), settings.tokenizer_revision, settings.chat_template,
         settings.trust_remote_code, settings.render_timeout, settings.render_max_chars, settings.tokenizer_pipeline,
@@ -95,5 +97,6 @@ def cached_tokenizer(settings: CollateSettings):
                 trust_remote_code=settings.trust_remote_code,
                 render_limits=settings.render_limits(),
                 tokenizer_pipeline=settings.tokenizer_pipeline,
+                preload_fast=preload_fast,
             )
         return _TOKENIZERS[key]

@@ -191,3 +191,29 @@ def test_command_flag_and_environment(tokenizer_paths, chats, tmp_path):
     assert env_run.returncode == 0, env_run.stderr
     assert json.loads(env_run.stdout)[0]["tokenize"]["encoder"]["used"] == "tokenizers"
     assert (out / "chats.arrow").read_bytes() == (tmp_path / "out2" / "chats.arrow").read_bytes()
+
+
+def test_preloaded_from_the_file_while_transformers_loads(tokenizer_paths, chats, tmp_path):
+    """preload_fast starts fastokens on the tokenizer.json in a thread during load_tokenizer; it is used
+    only when the reference is that file as it is (not transformers' pipeline), and checked the same."""
+    folder = tokenizer_paths["SmolLM2-135M-Instruct"]
+    tokenizer = load_tokenizer(folder, preload_fast=True)
+    preload = encoder_module._preload_of(tokenizer)
+    assert preload is not None and preload.path == str(folder / "tokenizer.json")
+    stats, written = _run(chats, tmp_path / "fast.arrow", tokenizer, encoder="auto", workers=2)
+    assert stats.encoder["used"] == "fast" and stats.encoder["differing"] == 0
+    assert not preload.thread.is_alive() and tokenizer.collate_fast.encoder is preload.result
+    _, reference = _run(chats, tmp_path / "ref.arrow", tokenizer, encoder="tokenizers", workers=2)
+    assert written.equals(reference)
+    other = load_tokenizer(folder, tokenizer_pipeline="transformers", preload_fast=True)
+    assert encoder_module._preload_of(other) is None  # its reference is not the file
+
+
+def test_worth_preloading(tmp_path):
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * encoder_module.PRELOAD_MIN_BYTES)
+    assert not encoder_module.worth_preloading("auto", [small, tmp_path / "missing.jsonl"])
+    assert encoder_module.worth_preloading("auto", [small, big])
+    assert encoder_module.worth_preloading("fast", [small])
+    assert not encoder_module.worth_preloading("tokenizers", [big])
