@@ -31,7 +31,8 @@ from jinja2.exceptions import SecurityError
 
 from .errors import CollateError
 from .encoder import TextEncoder
-from .formats import Conversation, TextParts
+from .formats import Conversation, TextParts, normalize_record
+from .render import CHECK_EVERY, CHECK_FIRST
 from .settings import IGNORE_INDEX
 
 _PH = "\ue000{}.{}{}\ue001"
@@ -166,6 +167,7 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.text_encoder = TextEncoder(tokenizer, encoder)
+        self.renderer = None  # a DirectRenderer once use_direct_render() is called (runs do)
         self.labels = labels
         self.train_empty_think = train_empty_think
         self.reasoning_turns = reasoning_turns
@@ -194,9 +196,29 @@ class ChatEncoder:
     @classmethod
     def from_settings(cls, tokenizer, settings, labels: str | None = None) -> "ChatEncoder":
         """The encoder a run with `settings` uses (`labels` to override theirs)."""
-        return cls(tokenizer, labels or settings.labels, train_empty_think=settings.train_empty_think,
-                   reasoning_turns=settings.reasoning_turns, unshown_reasoning=settings.unshown_reasoning,
-                   encoder=settings.encoder)
+        encoder = cls(tokenizer, labels or settings.labels, train_empty_think=settings.train_empty_think,
+                      reasoning_turns=settings.reasoning_turns, unshown_reasoning=settings.unshown_reasoning,
+                      encoder=settings.encoder)
+        encoder.use_direct_render()
+        return encoder
+
+    def use_direct_render(self) -> None:
+        """Render through a DirectRenderer (render.py) from now on, once it renders the probe conversations
+        as apply_chat_template does."""
+        from .render import DirectRenderer
+        from .report import probe_record
+        from .template_limits import PROBE_CONVERSATIONS
+
+        renderer = DirectRenderer(self.tokenizer)
+        probes = []
+        for record in [*({"messages": [dict(m) for m in c]} for c in PROBE_CONVERSATIONS), probe_record(self)]:
+            try:
+                conversation = normalize_record(record)
+                probes.append((self.adapt(conversation), conversation.tools))
+            except (ValueError, CollateError):
+                continue
+        renderer.check(probes)
+        self.renderer = renderer
 
     # -- probing ------------------------------------------------------------------------------------
     def _apply(self, messages, **kwargs) -> str:
@@ -429,7 +451,18 @@ class ChatEncoder:
         return out
 
     def _render_many(self, items: list[tuple[list[dict], list | None]]) -> list[str | Exception]:
-        """Render (messages, tools) pairs: tool-less ones in one batch call, the others one by one."""
+        """Render (messages, tools) pairs: through the direct renderer when it is on (each render checked
+        as render.py says), else tool-less ones in one apply_chat_template call, the others one by one."""
+        renderer = self.renderer
+        if renderer is not None and renderer.on:
+            out: list[str | Exception] = []
+            for messages, tools in items:
+                check = renderer.renders < CHECK_FIRST or renderer.renders % CHECK_EVERY == 0
+                try:
+                    out.append(renderer.render_one(messages, tools or None, check))
+                except Exception as exc:  # the template's own error (raise_exception, TypeError...)
+                    out.append(exc)
+            return out
         out: list[str | Exception | None] = [None] * len(items)
         plain = [k for k, (_, tools) in enumerate(items) if not tools]
         if plain:

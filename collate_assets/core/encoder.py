@@ -316,6 +316,12 @@ class EncoderReport:
     reason: str = ""  # why the fast encoder was not used, or stopped being used
     checked: int = 0
     differing: int = 0
+    # how the chat template was rendered: "direct" (render.DirectRenderer, checked against
+    # apply_chat_template) or "apply_chat_template" (with the reason), and the renders compared
+    render: str = ""
+    render_reason: str = ""
+    render_checked: int = 0
+    render_differing: int = 0
 
     def note(self, used: str, reason: str = "") -> None:
         """One encoding call's encoder: "tokenizers" wins over "fast" (with its reason)."""
@@ -327,6 +333,10 @@ class EncoderReport:
         self.differing += other.differing
         if other.used:
             self.note(other.used, other.reason)
+        self.render_checked += other.render_checked
+        self.render_differing += other.render_differing
+        if other.render and (not self.render or other.render != "direct"):
+            self.render, self.render_reason = other.render, other.render_reason
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
