@@ -44,7 +44,9 @@ were forked from, which an RSS sum counts once per process: PSS is the memory th
           `collate -i FILE -f arrow` (through Dagster, and --no-dagster) each as one whole process from
           start to exit (imports and tokenizer load included), a fresh DAGSTER_HOME and output folder
           each time, alternated, --e2e-reps rounds; medians of wall, peak RSS and PSS, rows, and TRL /
-          collate (target >= 1.5x).
+          collate (target >= 1.5x, or --e2e-target). --e2e-encoders auto,tokenizers runs each `collate` once
+          per encoder in every round (COLLATE_ENCODER), alternated.
+  --encoder  the encoder of every measurement (engine: the setting; commands: COLLATE_ENCODER), default auto.
 """
 
 from __future__ import annotations
@@ -373,6 +375,9 @@ def main() -> None:
     parser.add_argument("--many-select", default=MANY_SELECT, help="assets `dagster asset materialize` selects (many, step e)")
     parser.add_argument("--cores-reps", type=int, default=3, help="rounds of the 1-core / 2-core measurement")
     parser.add_argument("--e2e-reps", type=int, default=3, help="rounds of the end-to-end measurement")
+    parser.add_argument("--e2e-encoders", help="e2e: run collate with each of these encoders (comma-separated, "
+                        "alternated in every round); default: --encoder")
+    parser.add_argument("--e2e-target", type=float, default=E2E_TARGET, help="e2e: the TRL / collate ratio to reach")
     args = parser.parse_args()
 
     os.environ["COLLATE_ENCODER"] = args.encoder
@@ -623,7 +628,10 @@ def run_e2e(args, workdir: Path) -> dict:
     source = input_dir / Path(args.input).name
     _link_or_copy(Path(args.input), source)
     base_env = dict(os.environ, HF_HUB_OFFLINE="1")
-    runs: dict[str, list[dict]] = {"trl": [], "collate": [], "no-dagster": []}
+    encoders = args.e2e_encoders.split(",") if args.e2e_encoders else [args.encoder]
+    commands = [(_e2e_name(kind, encoder, encoders), extra, encoder) for encoder in encoders
+                for kind, extra in (("collate", []), ("no-dagster", ["--no-dagster"]))]
+    runs: dict[str, list[dict]] = {"trl": [], **{name: [] for name, _, _ in commands}}
     for round_ in range(args.e2e_reps):
         here = workdir / f"round{round_}"
         here.mkdir()
@@ -631,23 +639,27 @@ def run_e2e(args, workdir: Path) -> dict:
                            "--max-length", str(args.max_length), "--workdir", str(here / "trl")], base_env)
         trl["rows"] = json.loads(trl.pop("stdout").strip().splitlines()[-1])["rows"]
         runs["trl"].append(trl)
-        for name, extra in (("collate", []), ("no-dagster", ["--no-dagster"])):
-            home = here / f"home-{name}"
+        for k, (name, extra, encoder) in enumerate(commands):
+            home = here / f"home-{k}"
             home.mkdir()
-            out = here / f"out-{name}"
+            out = here / f"out-{k}"
             cmd = ["collate", "-i", str(source), "-o", str(out), "-t", args.tokenizer, "-f", "arrow",
                    "-m", str(args.max_length), "-q", *extra]
-            run = _timed_tree(cmd, dict(base_env, DAGSTER_HOME=str(home)))
+            run = _timed_tree(cmd, dict(base_env, DAGSTER_HOME=str(home), COLLATE_ENCODER=encoder))
             run.pop("stdout")
             run["rows"] = _read_output_stats(out / f"{source.stem}.arrow")["rows"]
             runs[name].append(run)
         print(f"  e2e round {round_ + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()),
               file=sys.stderr, flush=True)
-    tokens = _read_output_stats(workdir / "round0" / "out-collate" / f"{source.stem}.arrow")["tokens"]
+    tokens = _read_output_stats(workdir / "round0" / "out-0" / f"{source.stem}.arrow")["tokens"]
     median = {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "peak_rss_mb", "peak_pss_mb")}
               for name, rs in runs.items()}
-    return {"rounds": args.e2e_reps, "bytes": source.stat().st_size, "tokens": tokens,
+    return {"rounds": args.e2e_reps, "bytes": source.stat().st_size, "tokens": tokens, "target": args.e2e_target,
             "lower_bound": -(-tokens // args.max_length), "runs": runs, "median": median}
+
+
+def _e2e_name(kind: str, encoder: str, encoders: list[str]) -> str:
+    return kind if len(encoders) == 1 else f"{kind} [{encoder}]"
 
 
 def print_e2e(r: dict) -> None:
@@ -656,16 +668,23 @@ def print_e2e(r: dict) -> None:
           f"{r['tokens']:,} tokens, median of {r['rounds']} alternated rounds")
     print("\n| command | median wall s | runs s | median peak RSS MB | median peak PSS MB | rows (lower bound " f"{r['lower_bound']}) |")
     print("|---|---:|---|---:|---:|---:|")
-    labels = {"trl": "HF datasets + TRL (bench.py --child trl)", "collate": "`collate` (through Dagster)",
-              "no-dagster": "`collate --no-dagster`"}
+    def label(name: str) -> str:
+        kind, _, encoder = name.partition(" ")
+        text = {"trl": "HF datasets + TRL (bench.py --child trl)", "collate": "`collate` (through Dagster)",
+                "no-dagster": "`collate --no-dagster`"}[kind]
+        return f"{text} {encoder}".rstrip()
+
     for name, runs in r["runs"].items():
         cells = ", ".join(f"{x['seconds']:.1f}" for x in runs)
         rows = sorted({x["rows"] for x in runs})
-        print(f"| {labels[name]} | {m[name]['seconds']:.2f} | {cells} | {m[name]['peak_rss_mb']:.0f} | "
+        print(f"| {label(name)} | {m[name]['seconds']:.2f} | {cells} | {m[name]['peak_rss_mb']:.0f} | "
               f"{m[name]['peak_pss_mb']:.0f} | {', '.join(map(str, rows))} |")
-    for name in ("collate", "no-dagster"):
+    for name in r["runs"]:
+        if name == "trl":
+            continue
         ratio = m["trl"]["seconds"] / m[name]["seconds"]
-        print(f"TRL / {labels[name]}: {ratio:.2f}x (target >= {E2E_TARGET:g}x: {'ok' if ratio >= E2E_TARGET else 'under'})")
+        target = r.get("target", E2E_TARGET)
+        print(f"TRL / {label(name)}: {ratio:.2f}x (target >= {target:g}x: {'ok' if ratio >= target else 'under'})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from jinja2.exceptions import SecurityError
 from .errors import CollateError
 from .encoder import TextEncoder
 from .formats import Conversation, TextParts, normalize_record
-from .render import CHECK_EVERY, CHECK_FIRST
 from .settings import IGNORE_INDEX
 
 _PH = "\ue000{}.{}{}\ue001"
@@ -457,9 +456,8 @@ class ChatEncoder:
         if renderer is not None and renderer.on:
             out: list[str | Exception] = []
             for messages, tools in items:
-                check = renderer.renders < CHECK_FIRST or renderer.renders % CHECK_EVERY == 0
                 try:
-                    out.append(renderer.render_one(messages, tools or None, check))
+                    out.append(renderer.render_one(messages, tools or None, renderer.due()))
                 except Exception as exc:  # the template's own error (raise_exception, TypeError...)
                     out.append(exc)
             return out

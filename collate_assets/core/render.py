@@ -11,8 +11,9 @@ bounded sandbox, so every render limit holds) with the same inputs made once per
 trusted only as far as it is checked:
 
 - at load, on probe conversations (plain, system, tools when the template takes them, reasoning);
-- during a run, one render in CHECK_EVERY (and a file's first CHECK_FIRST) is also rendered with
-  `apply_chat_template` and compared;
+- during a run, one render in CHECK_EVERY of each chunk (and the first CHECK_FIRST of a file's first
+  chunk) is also rendered with `apply_chat_template` and compared: the same renders whatever the
+  number of workers;
 - a render that raises is rendered again with `apply_chat_template` (whose error is the one reported).
 
 On any difference the renderer turns itself off: this and every later render go through
@@ -36,6 +37,7 @@ class DirectRenderer:
         self.tokenizer = tokenizer
         self.reason = ""  # why it is off ("" while on)
         self.renders = self.checked = self.differing = 0
+        self.position, self.first_chunk = 0, True  # renders so far in the chunk at work
         try:
             from transformers.utils import chat_template_utils as ctu
 
@@ -45,6 +47,14 @@ class DirectRenderer:
             self._variables = self._plain(dict(tokenizer.special_tokens_map))
         except Exception as exc:  # a transformers without these parts: apply_chat_template only
             self.reason = f"this transformers has no compiled-template cache to render with ({type(exc).__name__})"
+
+    def start_chunk(self, first: bool) -> None:
+        self.position, self.first_chunk = 0, first
+
+    def due(self) -> bool:
+        """Whether the next render is one to check (see the module's text)."""
+        n, self.position = self.position, self.position + 1
+        return (self.first_chunk and n < CHECK_FIRST) or n % CHECK_EVERY == 0
 
     @property
     def on(self) -> bool:

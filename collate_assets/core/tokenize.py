@@ -143,6 +143,18 @@ class ChunkTokenizer:
             except CollateError:
                 pass
 
+    def stop(self, encoder: str = "", render: str = "") -> None:
+        """Stop using the fast encoder / the direct renderer (a difference was found, here or in a worker)."""
+        if encoder and not self.encoder.text_encoder.stopped:
+            self.encoder.text_encoder.stop_fast(encoder)
+        renderer = self.encoder.renderer
+        if render and renderer is not None and renderer.on:
+            renderer.reason = render
+
+    def stops(self) -> tuple[str, str]:
+        renderer = self.encoder.renderer
+        return self.encoder.text_encoder.stopped, renderer.reason if renderer is not None else ""
+
     def process(self, raw: RawChunk) -> ChunkResult:
         """Parse, render, encode and label one chunk. In the process that reads the file (not a worker), the
         file's first chunk (its first record at `compare_at`) is also encoded with the tokenizer pipeline not
@@ -153,17 +165,19 @@ class ChunkTokenizer:
         t0 = clock()
         chunk = parse_chunk(raw)
         t1 = clock()
+        # a file's first chunk (wherever it is processed): its first renders and texts are all checked when
+        # the direct renderer and the fast encoder are in use
+        first = bool(raw.records) and raw.records[0][0] == self.compare_at
         renderer = encoder.renderer
         before = (renderer.checked, renderer.differing) if renderer is not None else (0, 0)
+        if renderer is not None:
+            renderer.start_chunk(first)
         rendered = encoder.render(chunk.conversations)
         done = [r for r in rendered if isinstance(r, Rendered)]
         texts = [t for r in done for t in r.texts]
         masked = any(m is not None for r in done for m in r.masks)
         t2 = clock()
         sample = self.assistant_encoder is not None
-        # a file's first chunk (wherever it is processed): its first texts are all checked when the fast
-        # encoder is in use
-        first = bool(raw.records) and raw.records[0][0] == self.compare_at
         report = EncoderReport(self.settings.encoder)
         if renderer is not None:
             report.render = "direct" if renderer.on else "apply_chat_template"
@@ -436,9 +450,8 @@ def kill_workers() -> None:
         pool.kill()
 
 
-def _process_in_worker(raw: RawChunk, stop_fast: str) -> ChunkResult:
-    if stop_fast and not _WORKER.encoder.text_encoder.stopped:
-        _WORKER.encoder.text_encoder.stop_fast(stop_fast)
+def _process_in_worker(raw: RawChunk, stops: tuple[str, str]) -> ChunkResult:
+    _WORKER.stop(*stops)
     return _WORKER.process(raw)
 
 
@@ -454,12 +467,12 @@ class _Pool:
         self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer,))
         _LIVE_POOLS.add(self)
 
-    def submit(self, raw: RawChunk, stop_fast: str = ""):
+    def submit(self, raw: RawChunk, stops: tuple[str, str] = ("", "")):
         with warnings.catch_warnings():
             # Python >= 3.12 warns at every fork of a process with threads (Dagster's, the template
             # watchdog's); the workers only run this module's code on inherited objects.
             warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
-            return self.executor.submit(_process_in_worker, raw, stop_fast)
+            return self.executor.submit(_process_in_worker, raw, stops)
 
     def kill(self) -> None:
         """Only for a process about to end (Ctrl-C, SIGTERM): a worker killed while it sends a result
@@ -502,14 +515,14 @@ def _results(
 
         def done(raw, future):
             result = future.result()
-            if result.encoder.differing and not text_encoder.stopped:
-                # a worker's fast encoder differed from the reference: the chunks handed out from now
-                # on are encoded with the reference by every worker
-                text_encoder.stop_fast(result.encoder.reason)
+            # a worker's fast encoder or direct renderer differed from the reference: the chunks handed out
+            # from now on are encoded (rendered) with the reference by every worker
+            tokenizer.stop(result.encoder.reason if result.encoder.differing else "",
+                           result.encoder.render_reason if result.encoder.render_differing else "")
             return raw, result, workers
 
         for raw in chunks:
-            pending.append((raw, pool.submit(raw, text_encoder.stopped)))
+            pending.append((raw, pool.submit(raw, tokenizer.stops())))
             while len(pending) > 2 * workers:
                 yield done(*pending.popleft())
         while pending:

@@ -75,7 +75,8 @@ def _spill(path) -> pa.Table:
         return pa.ipc.open_file(source).read_all()
 
 
-def test_a_renderer_made_to_differ_goes_back_to_apply_chat_template(load_shared_tokenizer, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_renderer_made_to_differ_goes_back_to_apply_chat_template(workers, load_shared_tokenizer, tmp_path):
     """A template that prints bos_token; the direct renderer's copy of it is changed after its load probes.
     The first checked render shows the difference: that text and every later one come from
     apply_chat_template, the statistics say so, and the spill is the reference's."""
@@ -86,9 +87,9 @@ def test_a_renderer_made_to_differ_goes_back_to_apply_chat_template(load_shared_
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{k}"},
                                                      {"role": "assistant", "content": f"a{k}"}]}) + "\n"
                             for k in range(300)))
-    settings = CollateSettings(workers=1, encoder="tokenizers")
+    settings = CollateSettings(workers=workers, encoder="tokenizers")
     tokenizer = load_tokenizer(folder, chat_template=template)
-    reference_stats = tokenize_file(path, tmp_path / "ref.arrow", tokenizer, settings)
+    reference_stats = tokenize_file(path, tmp_path / "ref.arrow", tokenizer, settings, chunk_lines=64)
     assert reference_stats.encoder["render"] == "direct" and reference_stats.encoder["render_differing"] == 0
 
     original = ChatEncoder.use_direct_render
@@ -99,12 +100,12 @@ def test_a_renderer_made_to_differ_goes_back_to_apply_chat_template(load_shared_
 
     ChatEncoder.use_direct_render = tampered
     try:
-        stats = tokenize_file(path, tmp_path / "out.arrow", tokenizer, settings)
+        stats = tokenize_file(path, tmp_path / "out.arrow", tokenizer, settings, chunk_lines=64)
     finally:
         ChatEncoder.use_direct_render = original
     assert _spill(tmp_path / "out.arrow").equals(_spill(tmp_path / "ref.arrow"))
     assert stats.encoder["render"] == "apply_chat_template"
-    assert stats.encoder["render_differing"] == 1
+    assert stats.encoder["render_differing"] >= 1  # with workers, a chunk already handed out may find it too
     assert "other text than apply_chat_template" in stats.encoder["render_reason"]
 
 
