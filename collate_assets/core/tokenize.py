@@ -43,7 +43,7 @@ from .settings import IGNORE_INDEX, CollateSettings
 from .shards import Shard
 from .spill import SPILL_SCHEMA
 from .stats import TokenizeStats, length_histogram
-from .tokenizer import compare_pipelines, drift_summary, rare_collections
+from .tokenizer import compare_pipelines, drift_summary, give_back_memory, rare_collections
 from .writers import atomic_path, shown
 
 Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
@@ -509,6 +509,7 @@ def _results(
         for raw in chunks:
             yield raw, tokenizer.process(raw), 1
         return
+    give_back_memory()  # what loading the fast encoder freed is not copied into every worker's map
     pool = _Pool(tokenizer, workers)
     try:
         pending: collections.deque = collections.deque()

@@ -73,6 +73,22 @@ def rare_collections() -> None:
     gc.set_threshold(GC_ALLOCATIONS, *gc.get_threshold()[1:])
 
 
+def give_back_memory() -> None:
+    """Return the heap's free pages to the system (glibc's malloc_trim; nothing elsewhere).
+
+    Loading a tokenizer frees more than it keeps (transformers' rebuilt pipeline, the JSON parsed on the
+    way): for Qwen3 ~160 MB of free heap stayed mapped, in the process and in every worker forked from
+    it (measured: 503 -> 329 MB RSS after load_tokenizer and the fast encoder)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
+
+
 @contextlib.contextmanager
 def _torch_hidden(hide: bool):
     """While loading a tokenizer: `import torch` fails (so transformers takes it as absent), unless this
@@ -212,6 +228,7 @@ def load_tokenizer(
     check_chat_template(tokenizer.chat_template, where)
     set_limits(tokenizer.chat_template, limits)
     probe_chat_template(tokenizer, where)
+    give_back_memory()
     return tokenizer
 
 
