@@ -458,8 +458,8 @@ def _work(args, settings):
         tokenizer = load_tokenizer(
             settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
             trust_remote_code=settings.trust_remote_code, render_limits=settings.render_limits(),
-            tokenizer_pipeline=settings.tokenizer_pipeline,
-        )
+            tokenizer_pipeline=settings.tokenizer_pipeline, preload_fast=settings.encoder != "tokenizers",
+        )  # the report probes the fast encoder too: it loads while transformers does
         return "report", template_report(tokenizer, settings)
     dataset = None
     if args.dataset is not None or args.register_only:

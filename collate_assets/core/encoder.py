@@ -127,16 +127,18 @@ def load_fast(tokenizer) -> FastBackend:
     else:
         source = tokenizer.backend_tokenizer.to_str()
         key = hashlib.sha256(source.encode()).hexdigest()
-        backend = _LOADED.get(key)
+        backend = _LOADED.pop(key, None)
         if backend is None:
             backend = _load_fast(tokenizer, lambda: _fastokens().Tokenizer.from_json_str(source))
-            _LOADED.clear()  # one at a time: a loaded encoder holds tens of MB
-            _LOADED[key] = backend
+        _LOADED[key] = backend  # the most recent last
+        while len(_LOADED) > KEPT_LOADED:  # a loaded encoder holds tens of MB
+            del _LOADED[next(iter(_LOADED))]
     tokenizer.collate_fast = backend
     return backend
 
 
 _LOADED: dict[str, FastBackend] = {}
+KEPT_LOADED = 3  # encoders of different pipelines kept loaded in a process (a test session, a code location)
 
 
 def _fastokens():
@@ -182,7 +184,7 @@ def start_preload(path) -> None:
         _fastokens()
     except ImportError:
         return
-    _PRELOADS.clear()  # one at a time (see _LOADED)
+    _PRELOADS.clear()  # one at a time: a run preloads the tokenizer it is about to use
     _PRELOADS[str(path)] = _Preload(str(path))
 
 

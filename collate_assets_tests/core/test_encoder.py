@@ -40,7 +40,7 @@ def chats(tmp_path_factory, shared_dir):
     """A JSONL file of the shared conversations (role/content and ShareGPT) and the edge cases, many chunks long."""
     records = []
     for key in ("kto", "fastchat"):
-        for item in json.loads((shared_dir / SHARED_DATA_FILES[key]).read_text(encoding="utf-8"))[:300]:
+        for item in json.loads((shared_dir / SHARED_DATA_FILES[key]).read_text(encoding="utf-8"))[:200]:
             records.append({k: item[k] for k in ("messages", "conversations") if k in item})
     for k in range(5, len(records), 97):
         records[k] = {"messages": EDGE[k % 2]}

@@ -7,6 +7,7 @@ and when it is made to differ, the run goes back to apply_chat_template with the
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pyarrow as pa
@@ -16,7 +17,8 @@ from collate_assets.core import CollateError, CollateSettings, load_tokenizer, t
 from collate_assets.core.chat import ChatEncoder
 from collate_assets.core.formats import normalize_record
 from collate_assets.core.template_limits import RenderLimits
-from collate_assets_tests.core.test_template_families import FAMILIES, RECORDS, family_tokenizer
+from collate_assets_tests.core.test_template_families import FAMILIES, RECORDS
+from collate_assets_tests.core.test_template_families import family_tokenizer as load_family
 from collate_assets_tests.helpers import TOKENIZER_NAMES
 
 EXTRA = [
@@ -47,6 +49,11 @@ def _same_both_ways(tokenizer, records) -> int:
         assert renderer.render(adapted, tools) == theirs
         compared += 1
     return compared
+
+
+@functools.lru_cache(maxsize=None)
+def family_tokenizer(name: str):
+    return load_family(name)  # loaded once: rendering does not change a tokenizer
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
