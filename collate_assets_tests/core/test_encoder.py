@@ -9,6 +9,7 @@ reference on any difference. Outputs are the same bytes with either encoder.
 from __future__ import annotations
 
 import json
+import sys
 import unicodedata
 
 import numpy as np
@@ -218,3 +219,25 @@ def test_worth_preloading(tmp_path):
     assert encoder_module.worth_preloading("auto", [small, big])
     assert encoder_module.worth_preloading("fast", [small])
     assert not encoder_module.worth_preloading("tokenizers", [big])
+
+
+def test_without_fastokens_auto_uses_tokenizers_and_fast_refuses(tokenizer_paths, tmp_path):
+    """Where fastokens has no wheel (aarch64 Linux, Windows) it is not installed: auto encodes with
+    tokenizers and says why, fast refuses the run with the reason. (fastokens hidden from the import.)"""
+    script = (
+        "import sys, runpy; sys.modules['fastokens'] = None; "
+        "sys.argv = ['collate'] + sys.argv[1:]; runpy.run_module('collate_assets.cli', run_name='__main__')"
+    )
+    folder = tokenizer_paths["SmolLM2-135M-Instruct"]
+    source = tmp_path / "in" / "many.jsonl"  # more than one chunk (1024 records), where auto would load it
+    source.parent.mkdir()
+    source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q {k}"},
+                                                       {"role": "assistant", "content": f"a {k}"}]}) + "\n"
+                              for k in range(1100)))
+    base = [sys.executable, "-c", script, "-i", str(source), "-t", str(folder), "--no-dagster"]
+    auto = run([*base, "-o", str(tmp_path / "a"), "--json"])
+    assert auto.returncode == 0, auto.stderr
+    report = json.loads(auto.stdout)[0]["tokenize"]["encoder"]
+    assert report["used"] == "tokenizers" and report["reason"] == "fastokens is not installed"
+    fast = run([*base, "-o", str(tmp_path / "f"), "--encoder", "fast"])
+    assert fast.returncode != 0 and "encoder=fast: fastokens is not installed" in fast.stderr
