@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 
+from .encoder import EncoderReport
+
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 64
@@ -31,13 +33,15 @@ CHECK_FIRST = 16
 
 
 class DirectRenderer:
-    """Renders (messages, tools) with the tokenizer's compiled chat template; None-safe fallbacks above."""
+    """Renders (messages, tools) with the tokenizer's compiled chat template, checked as the module says."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.reason = ""  # why it is off ("" while on)
-        self.renders = self.checked = self.differing = 0
         self.position, self.first_chunk = 0, True  # renders so far in the chunk at work
+        # the chunk's report: its renders checked and differing are counted there (renders outside a chunk,
+        # such as a file's drift comparison, into one of their own)
+        self.report = EncoderReport()
         try:
             from transformers.utils import chat_template_utils as ctu
 
@@ -48,8 +52,8 @@ class DirectRenderer:
         except Exception as exc:  # a transformers without these parts: apply_chat_template only
             self.reason = f"this transformers has no compiled-template cache to render with ({type(exc).__name__})"
 
-    def start_chunk(self, first: bool) -> None:
-        self.position, self.first_chunk = 0, first
+    def start_chunk(self, first: bool, report: EncoderReport) -> None:
+        self.position, self.first_chunk, self.report = 0, first, report
 
     def due(self) -> bool:
         """Whether the next render is one to check (see the module's text)."""
@@ -95,7 +99,6 @@ class DirectRenderer:
         when the renderer is off or the direct render raised. Raises the template's own error."""
         if not self.on:
             return self.reference(messages, tools)
-        self.renders += 1
         try:
             mine = self.render(messages, tools)
         except Exception:
@@ -103,10 +106,10 @@ class DirectRenderer:
             check = True
         if not check:
             return mine
-        self.checked += 1
+        self.report.render_checked += 1
         theirs = self.reference(messages, tools)  # its exception propagates: the template's own error
         if mine != theirs:
-            self.differing += 1
+            self.report.render_differing += 1
             self.reason = ("rendered other text than apply_chat_template on a conversation"
                            f" of {len(messages)} messages; from there on the run used apply_chat_template")
             log.warning("render: %s", self.reason)

@@ -169,20 +169,18 @@ class ChunkTokenizer:
         # the direct renderer and the fast encoder are in use
         first = bool(raw.records) and raw.records[0][0] == self.compare_at
         renderer = encoder.renderer
-        before = (renderer.checked, renderer.differing) if renderer is not None else (0, 0)
+        report = EncoderReport(self.settings.encoder)
         if renderer is not None:
-            renderer.start_chunk(first)
+            renderer.start_chunk(first, report)
         rendered = encoder.render(chunk.conversations)
         done = [r for r in rendered if isinstance(r, Rendered)]
         texts = [t for r in done for t in r.texts]
         masked = any(m is not None for r in done for m in r.masks)
         t2 = clock()
         sample = self.assistant_encoder is not None
-        report = EncoderReport(self.settings.encoder)
         if renderer is not None:
             report.render = "direct" if renderer.on else "apply_chat_template"
             report.render_reason = renderer.reason
-            report.render_checked, report.render_differing = renderer.checked - before[0], renderer.differing - before[1]
         check = {"check_first": FIRST_CHECKED if first else 0, "report": report}
         if texts and sample and not masked:
             # the texts the audit samples are encoded with offsets, the others as fast as ever (unmasked,

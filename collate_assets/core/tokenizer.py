@@ -344,9 +344,9 @@ def use_pipeline(tokenizer, name: str, revision: str | None, pipeline: str = "fi
     if pipeline not in TOKENIZER_PIPELINES:
         raise CollateError(f"tokenizer_pipeline must be one of {', '.join(TOKENIZER_PIPELINES)}, got {pipeline!r}")
     built = tokenizer.backend_tokenizer
-    from_file, as_in_file = _file_backend(tokenizer, name, revision)
+    from_file, unchanged_file = _file_backend(tokenizer, name, revision)
     # the fast encoder may be loaded from the file itself (see encoder.start_preload) when it is the reference
-    tokenizer.collate_file_reference = (str(tokenizer_json_path(name, revision)), from_file) if as_in_file and pipeline == "file" else None
+    tokenizer.collate_file_reference = (unchanged_file, from_file) if unchanged_file and pipeline == "file" else None
     other = None
     if from_file is None:
         if pipeline == "file":
@@ -383,20 +383,21 @@ def tokenizer_json_path(name: str, revision: str | None = None) -> Path | None:
 
 
 def _file_backend(tokenizer, name: str, revision: str | None):
-    """The `tokenizer.json` pipeline, ready to stand in for transformers' backend, and whether it is the
-    file's as it is (no token added, special tokens not split); (None, False) when there is no file, the
-    tokenizer keeps its backend elsewhere, or the file cannot give the same token ids."""
+    """The `tokenizer.json` pipeline, ready to stand in for transformers' backend, and the file's path when
+    the pipeline is the file as it is (no token added, special tokens not split; else None); (None, None)
+    when there is no file, the tokenizer keeps its backend elsewhere, or the file cannot give the same
+    token ids."""
     from tokenizers import AddedToken, Tokenizer
 
     path = tokenizer_json_path(name, revision)
     built = getattr(tokenizer, "_tokenizer", None)
     if path is None or not isinstance(built, Tokenizer) or built is not tokenizer.backend_tokenizer:
-        return None, False
+        return None, None
     try:
         backend = Tokenizer.from_file(str(path))
     except Exception as exc:  # a file transformers could read but tokenizers cannot: keep transformers'
         log.warning("tokenizer %s: cannot load %s (%s); using the pipeline transformers builds", name, path, exc)
-        return None, False
+        return None, None
     # A tokenizer.json may carry truncation or padding (for a model's own batches): never on our texts.
     backend.no_truncation()
     backend.no_padding()
@@ -412,8 +413,8 @@ def _file_backend(tokenizer, name: str, revision: str | None):
         if wrong:
             log.warning("tokenizer %s: %s gives other ids than transformers for %s; using the pipeline transformers builds",
                         name, path, wrong[:3])
-            return None, False
-    return backend, not missing and not built.encode_special_tokens
+            return None, None
+    return backend, str(path) if not missing and not built.encode_special_tokens else None
 
 
 def pipeline_probes(tokenizer) -> list[str]:
