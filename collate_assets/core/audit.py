@@ -193,18 +193,6 @@ def count_special(audit: SupervisionAudit, labels: np.ndarray, specials: dict[in
             audit.special_tokens[specials[value]] += count
 
 
-def written_labels(labels: np.ndarray, max_length: int, overlong: str) -> np.ndarray:
-    """A sequence's labels as written by the overlong policy, positions kept (split: each chunk's first
-    label ignored; truncate: the tail gone). Only for a sequence that is written (not drop / error)."""
-    if len(labels) <= max_length:
-        return labels
-    if overlong == "truncate":
-        return labels[:max_length]
-    out = labels.copy()  # split
-    out[::max_length] = IGNORE_INDEX
-    return out
-
-
 def turn_end_tokens(offsets: np.ndarray, spans: Sequence[Span]) -> list[tuple[int, int]]:
     """For each character span, the tokens overlapping it: [first, last) token positions.
 

@@ -31,6 +31,7 @@ from jinja2.exceptions import SecurityError
 
 from .errors import CollateError
 from .encoder import TextEncoder
+from . import sequences
 from .formats import Conversation, TextParts, normalize_record
 from .settings import IGNORE_INDEX
 
@@ -850,6 +851,4 @@ class ChatEncoder:
             trained = inside if mask.only else ~inside
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
             labels[trained] = ids[trained]
-        if len(labels):
-            labels[0] = IGNORE_INDEX
-        return ids, labels
+        return ids, sequences.start(labels)

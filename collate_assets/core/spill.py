@@ -239,14 +239,13 @@ def rows_batch(ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarray, seq
     """Packed rows as a record batch, and the tokens of each row.
 
     `ids` and `labels` are the sequences' tokens one after the other, `seq_lengths` their lengths,
-    `seqs_per_row` how many consecutive sequences each row holds. `labels` is changed in place: -100
-    at every sequence start, so no row trains across a sequence boundary.
+    `seqs_per_row` how many consecutive sequences each row holds. Each sequence's first label is
+    already ignored (sequences.py), so no row trains across a sequence boundary.
     """
     seq_lengths = np.asarray(seq_lengths).astype(np.int32)
     seq_starts = np.zeros(len(seq_lengths), dtype=np.int64)
     np.cumsum(seq_lengths[:-1], out=seq_starts[1:])
     positions = _positions(seq_starts, seq_lengths, len(ids))
-    labels[seq_starts[seq_lengths > 0]] = IGNORE_INDEX  # never train across a sequence boundary
     seq_offsets = _offsets(seqs_per_row)
     row_tokens = np.add.reduceat(seq_lengths.astype(np.int64), seq_offsets[:-1]) if len(seq_lengths) else np.zeros(0, np.int64)
     row_offsets = to_arrow(_offsets(row_tokens), pa.int32())

@@ -34,11 +34,12 @@ import pyarrow as pa
 from jinja2.exceptions import SecurityError
 
 from .arrays import to_arrow
-from .audit import OUTSIDE_SAMPLE, SupervisionAudit, audit_turn_ends, count_special, special_token_ids, written_labels
+from .audit import OUTSIDE_SAMPLE, SupervisionAudit, audit_turn_ends, count_special, special_token_ids
 from .chat import ChatEncoder, Rendered
 from .encoder import FIRST_CHECKED, EncoderReport
 from .errors import CollateError
 from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
+from .sequences import fit, written_labels
 from .settings import IGNORE_INDEX, CollateSettings
 from .shards import Shard
 from .spill import SPILL_SCHEMA
@@ -665,20 +666,12 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
         stats.dropped += 1
         stats.truncated_tokens += n
         return [], f"overlong: {longest} tokens > max_length {max_length}, dropped"
-    pieces = []
     if policy == "truncate":
         stats.truncated += 1
-        for ids, labels in sequences:
-            stats.truncated_tokens += max(0, len(ids) - max_length)
-            pieces.append((ids[:max_length], labels[:max_length]))
-        return pieces, None
-    stats.split += 1  # split: every chunk is its own sequence, so its first label is ignored
-    for ids, labels in sequences:
-        for start in range(0, len(ids), max_length):
-            piece_labels = labels[start : start + max_length].copy()
-            piece_labels[0] = IGNORE_INDEX
-            pieces.append((ids[start : start + max_length], piece_labels))
-    return pieces, None
+        stats.truncated_tokens += sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+    else:
+        stats.split += 1
+    return [piece for ids, labels in sequences for piece in fit(ids, labels, max_length, policy)], None
 
 
 def _undo_truncation(counts: TokenizeStats, sequences, max_length: int) -> None:
