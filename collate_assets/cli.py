@@ -27,6 +27,7 @@ from pathlib import Path
 
 # Light: the settings module imports only the standard library, so arguments parse before numpy,
 # pyarrow or transformers load.
+from .core.process import RUN  # noqa: E402  (what is under way, for the signal handler)
 from .core.settings import CollateSettings, env_name, parse_value, settings_fields  # noqa: E402
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -42,11 +43,11 @@ def _on_signal(signo, _frame) -> None:
     for sig in EXIT_INTERRUPTED:
         signal.signal(sig, _hold_off)
     _refuse_new_processes()
-    cleanup = threading.Thread(target=_cleanup_interrupted, daemon=True)
+    cleanup = threading.Thread(target=RUN.interrupt, daemon=True)
     cleanup.start()
     cleanup.join(timeout=1.5)  # bounded: a locked database must not keep the user waiting
     if cleanup.is_alive():
-        _cleanup_temps()
+        RUN.stop_work()
     _end_children()  # Dagster's `tail -F` copiers and their watchers: before the last line is said
     name = "" if signo == signal.SIGINT else f" ({signal.Signals(signo).name})"
     try:
@@ -171,36 +172,6 @@ def _say(text: str) -> None:
     with contextlib.suppress(OSError):
         sys.stderr.flush()  # what is still buffered comes first
         os.write(fd, text.encode(errors="replace"))
-
-
-def _loaded(module: str, name: str):
-    """`module.name` if that module is imported far enough to have it, else None.
-
-    A signal can come while a module is still being imported (in sys.modules, half initialised);
-    such a module has made nothing to clean up yet.
-    """
-    return getattr(sys.modules.get(module), name, None)
-
-
-def _cleanup_temps() -> None:
-    kill_workers = _loaded("collate_assets.core.tokenize", "kill_workers")
-    if kill_workers is not None:  # first: a worker holds the output's pipes open
-        kill_workers()
-    cleanup_temps = _loaded("collate_assets.core.writers", "cleanup_temps")
-    if cleanup_temps is not None:
-        cleanup_temps()
-
-
-def _cleanup_interrupted() -> None:
-    _cleanup_temps()  # first: from now on the work starts no new file
-    active = _loaded("collate_assets.defs.run", "ACTIVE") or {}
-    cancel = _loaded("collate_assets.defs.run", "cancel_dead_runs")
-    if cancel is not None and active.get("instance") is not None:
-        try:
-            cancel(active["instance"], pid=os.getpid())
-        except Exception:  # the next run cancels it (its process is gone by then)
-            pass
-    _cleanup_temps()  # and what was being made meanwhile
 
 
 def install_signal_handlers() -> dict:
@@ -510,61 +481,52 @@ def _input_files_quietly(input_path: Path) -> list[Path]:
 
 
 def _run_engine(settings, show_progress: bool):
-    """--no-dagster: the engine directly, file after file; a failed file does not stop the others."""
-    from .core import CollateError, collate_file_formats, load_tokenizer, output_path_for
-    from .core.api import shard_summary_path, write_shard_summary
-    from .core.shards import plan_shards, summarize
-    from .core.writers import file_sha256
-    from .core.reader import INPUT_PATTERNS, progress_total
-    from .core.reader import scan_inputs
-    from .core.writers import output_folder_problem
+    """--no-dagster: the engine directly, work item after work item (the same plan as through Dagster,
+    `core.plan`); a failed file does not stop the others."""
+    from .core import CollateError, collate_file_formats, load_tokenizer
+    from .core.api import write_shard_summary
+    from .core.encoder import worth_preloading
+    from .core.plan import account_file_name, output_file_name, plan_inputs, split_shard_key
+    from .core.reader import progress_total
+    from .core.settings import EXTENSIONS
+    from .core.shards import locate_shard, summarize
+    from .core.writers import file_sha256, output_folder_problem
 
     input_path = settings.input_path()
-    problem = output_folder_problem(input_path, Path(settings.output_dir))
+    output_dir = Path(settings.output_dir)
+    problem = output_folder_problem(input_path, output_dir)
     if problem is not None:
         raise CollateError(problem)
-    if input_path.is_file():
-        files = [input_path]
-    elif input_path.is_dir() or any(c in input_path.name for c in "*?["):
-        files, clashes, warnings = scan_inputs(input_path)
-        for warning in warnings:
-            print(f"collate: warning: {_shown(input_path)}: {warning}", file=sys.stderr)
-        if not files:
-            raise CollateError(f"no input files ({INPUT_PATTERNS}) in {_shown(input_path)}")
-        # files left out for a stem clash are reported as failures by the loop below
-        folder = input_path if input_path.is_dir() else input_path.parent
-        files = sorted({*files, *(folder / c.split(" skipped: ", 1)[0] for c in clashes)})
-    else:
-        raise CollateError(f"input not found: {_shown(input_path)}")
-    from .core.encoder import worth_preloading
-
+    plan = plan_inputs(input_path, settings.shard_bytes())
+    for warning in plan.warnings:
+        print(f"collate: warning: {_shown(input_path)}: {warning}", file=sys.stderr)
+    by_file: dict[Path, list[str]] = {}  # each file's work items (its shards), in the plan's order
+    for key, path in plan.items.items():
+        by_file.setdefault(path, []).append(key)
     tokenizer = load_tokenizer(
         settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
         trust_remote_code=settings.trust_remote_code, render_limits=settings.render_limits(),
-        tokenizer_pipeline=settings.tokenizer_pipeline, preload_fast=worth_preloading(settings.encoder, files),
+        tokenizer_pipeline=settings.tokenizer_pipeline, preload_fast=worth_preloading(settings.encoder, list(by_file)),
     )
-    progress = make_progress(sum(progress_total(f) for f in files), show_progress)
-    results, failures, outputs = [], [], {}
+    progress = make_progress(sum(_readable_size(progress_total, f) for f in by_file), show_progress)
+    results, failures = [], list(plan.failures)
 
-    def one(path: Path, shard) -> dict | None:
-        """Tokenize `path` (or a shard of it) once and pack it into each format; its tokenize stats, or None."""
-        written = {}
-        for fmt in settings.formats:
-            output = output_path_for(path, Path(settings.output_dir), fmt, shard)
-            if output in outputs:
-                failures.append((path, f"not processed: its outputs would overwrite those of {_shown(outputs[output].name)}"))
-                return None
-            outputs[output] = path
-            written[fmt] = output
+    def one(key: str, path: Path) -> dict | None:
+        """Tokenize one work item once and pack it into each format; its tokenize stats, or None."""
+        outputs = {fmt: output_dir / output_file_name(key, EXTENSIONS[fmt]) for fmt in settings.formats}
         if progress is not None:
-            progress.set_postfix_str(_shown(path.name) + (shard.suffix if shard is not None else ""))
+            progress.set_postfix_str(_shown(path.name) + (f"@{key.split('@', 1)[1]}" if "@" in key else ""))
         try:
+            shard = split_shard_key(key)[1]
             stats = collate_file_formats(
-                path, written, tokenizer, settings, shard=shard,
+                path, outputs, tokenizer, settings, shard=locate_shard(path, *shard) if shard else None,
                 progress=(lambda nbytes, _lines: progress.update(nbytes)) if progress is not None else None,
             )
         except CollateError as exc:
             failures.append((path, str(exc)))
+            return None
+        except OSError as exc:
+            failures.append((path, f"cannot read: {exc.strerror or exc}"))
             return None
         except Exception as exc:  # unexpected, but still only this file's failure
             if os.environ.get("COLLATE_DEBUG"):
@@ -575,26 +537,25 @@ def _run_engine(settings, show_progress: bool):
         return stats[0].tokenize.to_dict()
 
     try:
-        for path in files:
-            try:
-                shards = plan_shards(path, settings.shard_bytes())
-            except OSError as exc:
-                failures.append((path, f"cannot read: {exc.strerror or exc}"))
-                continue
-            if shards is None:
-                one(path, None)
-                continue
-            done = [one(path, shard) for shard in shards]  # a failed shard does not stop the others
-            if all(done):
-                summary = summarize(path, done, len(shards), input_sha256=file_sha256(path),
+        for path, keys in by_file.items():
+            done = [one(key, path) for key in keys]  # a failed shard does not stop the others
+            if len(keys) > 1 and all(done):
+                summary = summarize(path, done, len(keys), input_sha256=file_sha256(path),
                                     settings_fingerprint=settings.fingerprint())
-                write_shard_summary(shard_summary_path(path, Path(settings.output_dir)), summary)
+                write_shard_summary(output_dir / account_file_name(keys[0]), summary)
                 if summary["problems"]:
                     failures.append((path, "its shards do not add up to the file: " + "; ".join(summary["problems"])))
     finally:
         if progress is not None:
             progress.close()
     return results, failures
+
+
+def _readable_size(size_of, path: Path) -> int:
+    try:
+        return size_of(path)
+    except OSError:  # gone since the plan: its run says why
+        return 0
 
 
 def run() -> None:

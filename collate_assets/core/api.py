@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .audit import supervision_problems
 from .errors import CollateError
-from .reader import input_stem, list_input_files
+from .plan import account_file_name, item_key, output_file_name
+from .reader import list_input_files
 from .settings import EXTENSIONS, CollateSettings, check_format
 from .shards import Shard
 from .stats import FileStats
@@ -26,13 +27,12 @@ from .writers import work_dir as _work_dir
 def output_path_for(input_path: Path, output_dir: Path, fmt: str, shard: Shard | None = None) -> Path:
     """`in/name.jsonl(.gz)` → `out/name.<ext>`, a shard's `out/name-00000-of-00004.<ext>` (a name too
     long for the file system is shortened)."""
-    suffix = (shard.suffix if shard is not None else "") + EXTENSIONS[fmt]
-    return Path(output_dir) / fit_name(input_stem(Path(input_path)), suffix)
+    return Path(output_dir) / output_file_name(item_key(input_path, shard), EXTENSIONS[fmt])
 
 
 def shard_summary_path(input_path: Path, output_dir: Path) -> Path:
     """`out/name.shards.json`: the account of a sharded file's shards."""
-    return Path(output_dir) / fit_name(input_stem(Path(input_path)), ".shards.json")
+    return Path(output_dir) / account_file_name(item_key(input_path))
 
 
 def write_shard_summary(path: Path, summary: dict) -> None:

@@ -99,6 +99,12 @@ class PackStats:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "PackStats":
+        """The inverse of to_dict (e.g. stats kept in a materialization's metadata)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
 
 @dataclasses.dataclass
 class FileStats:

@@ -38,6 +38,7 @@ from .audit import OUTSIDE_SAMPLE, SupervisionAudit, audit_turn_ends, count_spec
 from .chat import ChatEncoder, Rendered
 from .encoder import FIRST_CHECKED, EncoderReport
 from .errors import CollateError
+from .process import RUN
 from .reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
 from .sequences import fit, written_labels
 from .settings import IGNORE_INDEX, CollateSettings
@@ -414,11 +415,7 @@ def _init_worker(tokenizer: ChunkTokenizer) -> None:
     _die_with_parent()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     rare_collections()
-    from . import writers
-
-    # the main process's temporary files are its own to remove (on Ctrl-C), not a worker's
-    writers._LIVE_TEMPS.clear()
-    writers._TEMP_DIRS.clear()
+    RUN.in_worker()  # the main process's temporary files and pools are its own to remove (on Ctrl-C)
     _WORKER = tokenizer
 
 
@@ -438,17 +435,6 @@ def _die_with_parent() -> None:
         pass
 
 
-# The pools at work in this process: an interrupt stops their workers before the process exits
-# (see kill_workers, called by the command's signal handler).
-_LIVE_POOLS: set = set()
-
-
-def kill_workers() -> None:
-    """Stop every worker process of this process at once (Ctrl-C, SIGTERM)."""
-    for pool in list(_LIVE_POOLS):
-        pool.kill()
-
-
 def _process_in_worker(raw: RawChunk, stops: tuple[str, str]) -> ChunkResult:
     _WORKER.stop(*stops)
     return _WORKER.process(raw)
@@ -464,7 +450,7 @@ class _Pool:
         # (see _init_worker); said here, the variable keeps the library from warning about it at fork.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
         self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer,))
-        _LIVE_POOLS.add(self)
+        RUN.pools.add(self)  # an interrupt kills its workers before the process exits
 
     def submit(self, raw: RawChunk, stops: tuple[str, str] = ("", "")):
         with warnings.catch_warnings():
@@ -487,7 +473,7 @@ class _Pool:
     def close(self) -> None:
         """Chunks not started are cancelled; those under way (at most two a worker) end, then every worker
         exits and is reaped. A broken pool (a worker died) has already stopped the others."""
-        _LIVE_POOLS.discard(self)
+        RUN.pools.discard(self)
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -13,10 +13,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import pyarrow.parquet as pq
 
 from .arrays import to_numpy
 from .errors import CollateError
+from .process import RUN, host_tag, owner_tag, pid_alive
 from .settings import EXTENSIONS, OUTPUT_FORMATS, check_format
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
@@ -37,18 +36,6 @@ SPILL_COLUMNS = ("input_ids", "labels", "line")
 REJECT_FIELDS = ("file", "line", "reason", "excerpt")
 # Longest file name (bytes) on the file systems we write to (ext4, xfs, btrfs, tmpfs, APFS: 255).
 NAME_MAX = 255
-
-# Temporary files and folders this process is writing, and the folders it writes them in: removed
-# on Ctrl-C / SIGTERM (see cli.py), after which no new one is made.
-_LIVE_TEMPS: set[Path] = set()
-_TEMP_DIRS: set[Path] = set()
-_STOPPING = threading.Event()
-
-
-def _check_not_stopping() -> None:
-    if _STOPPING.is_set():
-        raise KeyboardInterrupt("collate is being interrupted: no new file is started")
-
 
 def fit_name(stem: str, suffix: str = "", prefix: str = "", limit: int = NAME_MAX) -> str:
     """`prefix + stem + suffix`, with `stem` shortened if the whole is over `limit` bytes.
@@ -188,48 +175,6 @@ def output_folder_problem(input_path: str | Path, output_dir: str | Path) -> str
     return None
 
 
-def cleanup_temps() -> None:
-    """Remove the temporary files and folders this process is writing (for an interrupted run).
-
-    From then on no new temporary is made (atomic_path and work_dir raise KeyboardInterrupt). Besides
-    the registered ones, every entry named with this process's owner tag in the folders it wrote to
-    is removed, so one made a moment before registration goes too.
-    """
-    _STOPPING.set()
-    tag = _owner_tag()
-    doomed = set(_LIVE_TEMPS)
-    for folder in list(_TEMP_DIRS):
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                if f".{tag}." in entry.name or entry.name.startswith(f"collate-{tag}-"):
-                    doomed.add(Path(entry.path))
-    for path in doomed:
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink()
-        _LIVE_TEMPS.discard(path)
-
-
-def _owner_tag() -> str:
-    """`<host>-<pid>`: who writes a temporary file (host as a short hash, so any name is safe)."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, owned by someone else
-        return True
-    return True
-
-
 def remove_stale_temps(folder: str | Path, pattern: str) -> list[Path]:
     """Remove the entries of `folder` whose name matches `pattern` and whose writer is dead.
 
@@ -239,7 +184,7 @@ def remove_stale_temps(folder: str | Path, pattern: str) -> list[Path]:
     until the next run of that target. Returns what was removed.
     """
     folder = Path(folder)
-    host = _owner_tag().split("-", 1)[0]
+    host = host_tag()
     regex = re.compile(pattern)
     removed = []
     try:
@@ -251,7 +196,7 @@ def remove_stale_temps(folder: str | Path, pattern: str) -> list[Path]:
         if match is None:
             continue
         entry_host, _, pid = match.group("tag").partition("-")
-        if entry_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if entry_host != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         path = Path(entry.path)
         try:
@@ -293,16 +238,16 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     check_replaceable(path)
-    _check_not_stopping()
+    RUN.check_not_stopping()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, temp_name_pattern(path))
-    _TEMP_DIRS.add(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path)}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
+    RUN.temp_dirs.add(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path)}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    _LIVE_TEMPS.add(Path(tmp))
-    if _STOPPING.is_set():
+    RUN.temps.add(Path(tmp))
+    if RUN.stopping.is_set():
         os.unlink(tmp)
-        _check_not_stopping()
+        RUN.check_not_stopping()
     # mkstemp makes the file private (0600); outputs get the usual permissions for this umask.
     umask = os.umask(0)
     os.umask(umask)
@@ -317,7 +262,7 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
         raise
     finally:
-        _LIVE_TEMPS.discard(Path(tmp))
+        RUN.temps.discard(Path(tmp))
 
 
 @contextlib.contextmanager
@@ -327,15 +272,15 @@ def work_dir(parent: str | Path | None = None, prefix: str = "collate-"):
     Folders of the same prefix left by dead processes in `parent` are removed first.
     """
     parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
-    _check_not_stopping()
+    RUN.check_not_stopping()
     remove_stale_temps(parent, rf"{re.escape(prefix)}(?P<tag>[0-9a-f]{{8}}-\d+)-[a-z0-9_]{{8}}")
-    _TEMP_DIRS.add(parent)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}{_owner_tag()}-", dir=parent) as tmp:
-        _LIVE_TEMPS.add(Path(tmp))
+    RUN.temp_dirs.add(parent)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{owner_tag()}-", dir=parent) as tmp:
+        RUN.temps.add(Path(tmp))
         try:
             yield Path(tmp)
         finally:
-            _LIVE_TEMPS.discard(Path(tmp))
+            RUN.temps.discard(Path(tmp))
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:

@@ -28,6 +28,7 @@ import dagster as dg
 from collate_assets.core import CollateError, CollateSettings, PackStats, file_sha256, read_packed, spill_lengths, tokenize_file
 from collate_assets.core.api import write_shard_summary
 from collate_assets.core.audit import supervision_problems, thresholds_set
+from collate_assets.core.process import RUN
 from collate_assets.core.reader import input_file_problem, progress_total
 from collate_assets.core.shards import summarize
 from collate_assets.core.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
@@ -38,7 +39,7 @@ from .files import DatasetFiles, SpillManifest, is_local, local_copy, local_path
 
 # Bump when the code that writes an asset changes what it writes (every partition becomes stale).
 TOKENIZE_CODE_VERSION = "4"  # 2: line limit; 3: tools, reasoning, flags; 4: one layout, manifest v2
-PACK_CODE_VERSION = "2"  # 2: one layout (<output>/<name>.<ext>)
+PACK_CODE_VERSION = "3"  # 2: one layout (<output>/<name>.<ext>); 3: pack_stats in the metadata
 PROGRESS_LOG_SECONDS = 15.0
 
 SPILL_COLUMNS = dg.TableSchema(
@@ -362,18 +363,12 @@ def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = 
     return account
 
 
-# Extra progress callbacks (bytes_read, lines_read) for in-process runs: the `collate` command puts
-# its progress bar here. Steps in other processes never see them.
-PROGRESS_SINKS: list = []
-
-
 def _progress_logger(context: dg.AssetExecutionContext, total_bytes: int):
     """A tokenize_file progress callback that logs at most every PROGRESS_LOG_SECONDS."""
     state = {"bytes": 0, "lines": 0, "last": time.monotonic()}
 
     def progress(bytes_read: int, lines_read: int) -> None:
-        for sink in PROGRESS_SINKS:
-            sink(bytes_read, lines_read)
+        RUN.report_progress(bytes_read, lines_read)  # the `collate` command's bar, in its own process
         state["bytes"] += bytes_read
         state["lines"] += lines_read
         now = time.monotonic()
@@ -471,6 +466,7 @@ def packed_metadata(stats: PackStats, dest, manifest: SpillManifest, settings: C
         "tokenizer_fingerprint": tokenizer["fingerprint"],
         "settings": dg.MetadataValue.json(settings.output_dict()),
         "tokenize_stats": dg.MetadataValue.json(manifest.stats),
+        "pack_stats": dg.MetadataValue.json(stats.to_dict()),  # read back whole by `collate` (defs/run.py)
     }
 
 

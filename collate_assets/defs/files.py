@@ -29,11 +29,11 @@ from upath import UPath
 
 from collate_assets.core import EXTENSIONS, CollateError, CollateSettings, PackStats, pack_spill
 from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem, input_folder_and_pattern
-from collate_assets.core.shards import Shard, locate_shard, shard_count, shard_suffix
-from collate_assets.core.writers import atomic_path, fit_name, output_folder_problem
+from collate_assets.core.shards import Shard, locate_shard, shard_count
+from collate_assets.core.writers import atomic_path, output_folder_problem
 
-from .partitions import key_to_file_name, shard_key, split_shard_key
-from .partitions import output_stem as _output_stem
+from collate_assets.core.plan import account_file_name, key_to_file_name, output_file_name, shard_key, split_shard_key
+from collate_assets.core.plan import output_stem as _output_stem
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 SPILL_FOLDER = ".collate_tokenized"
@@ -108,8 +108,8 @@ class DatasetFiles:
     def file_name(self, partition_key: str, suffix: str) -> str:
         """`<stem><suffix>` of a partition (`<stem>-00000-of-00004<suffix>` for a shard), shortened if too
         long for a file name."""
-        shard = split_shard_key(partition_key)[1]
-        return fit_name(output_stem(partition_key), (shard_suffix(*shard) if shard else "") + suffix)
+        output_stem(partition_key)  # CollateError for a key no input file could have
+        return output_file_name(partition_key, suffix)
 
     def shard(self, partition_key: str, path: Path) -> Shard | None:
         """The part of `path` a partition reads (None: all of it), as the file is now.
@@ -137,7 +137,8 @@ class DatasetFiles:
 
     def summary_path(self, partition_key: str) -> UPath:
         """`<output_dir>/<stem>.shards.json`: the account of a split file's shards."""
-        return self.output_root() / fit_name(output_stem(partition_key), ".shards.json")
+        output_stem(partition_key)  # CollateError for a key no input file could have
+        return self.output_root() / account_file_name(partition_key)
 
     def output_path(self, partition_key: str, fmt: str) -> UPath:
         """`<output_dir>/<stem><ext>`: the stem of a bare file name, so never outside output_dir."""

@@ -14,10 +14,10 @@ Which dataset:
 Then, as the input files sensor and the automation do:
 1. Every input file becomes a partition (a dynamic partition must exist before anything runs it) and
    each new or changed file is observed (its sha256 is the data version of `raw_conversations`).
-2. Dagster's own stale status (data versions and code versions, which carry the settings and the
-   tokenizer's fingerprint) says which partitions need `tokenized_conversations`, which only need
-   `packed_<format>` (a format not written yet), and which are up to date; an output that was
-   deleted counts as missing.
+2. Dagster's stale status (data versions and code versions, which carry the settings and the
+   tokenizer's fingerprint), as `is_fresh` reads it with Dagster's public APIs, says which partitions
+   need `tokenized_conversations`, which only need `packed_<format>` (a format not written yet), and
+   which are up to date; an output that was deleted counts as missing.
 3. The partitions that need work run in one in-process run per contiguous range of partition keys:
    a run costs a fixed number of event-log writes, so many small files cost little more than one.
    When a range run fails (a file that cannot be read, say), its partitions run again one by one,
@@ -40,16 +40,17 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, FileStats, PackStats, TokenizeStats
+from collate_assets.core.process import RUN, host_tag, pid_alive
 from collate_assets.core.settings import LocationSettings
-from collate_assets.core.reader import INPUT_PATTERNS, input_folder_and_pattern, list_input_files
+from collate_assets.core.plan import plan_inputs as plan_work_items, split_shard_key
 from collate_assets.core.writers import output_folder_problem, shown
 
-from .assets import PROGRESS_SINKS, Dataset
+from .assets import Dataset
 from .dataset import DEFAULT_DATASET, build_dataset_defs, default_settings
 from .files import DatasetFiles
-from .partitions import _scan, file_name_to_key, register_keys, shard_keys, split_shard_key
+from .partitions import register_keys
 from .resources import cached_tokenizer
-from .sensors import file_observations
+from .sensors import DATA_VERSION_TAG, file_observations
 
 # The command prints its own summary; the run's full event log is in the instance (and the UI).
 # The console logger stays silent (step and run failures would print their stack traces there): a
@@ -135,24 +136,10 @@ def get_instance() -> dg.DagsterInstance:
 
 
 def plan_inputs(input_path: Path, shard_bytes: int = 0) -> tuple[dict[str, Path], list[tuple[Path, str]], list[str]]:
-    """(files to run by partition key, files that cannot run with the reason, warnings); a file over
-    `shard_bytes` is one key per shard."""
-    if input_path.is_file():
-        return shard_keys({file_name_to_key(input_path.name): input_path}, shard_bytes), [], []
-    folder, pattern = input_folder_and_pattern(input_path)
-    if pattern is None and not input_path.is_dir():
-        list_input_files(input_path)  # a missing input: CollateError with the usual message
-    if pattern is not None and not folder.is_dir():
-        raise CollateError(f"input not found: {shown(folder)} (of {shown(input_path)}) is not a folder")
-    files, clashes, skipped = _scan(input_path, shard_bytes)
-    failures = []
-    for clash in clashes:
-        name, _, reason = clash.partition(" skipped: ")
-        failures.append((folder / name, f"not processed: {reason}; rename one of them"))
-    if not files and not failures:
-        why = f" ({'; '.join(skipped)})" if skipped else ""
-        raise CollateError(f"no input files ({INPUT_PATTERNS}) in {shown(input_path)}{why}")
-    return files, failures, skipped
+    """(files to run by partition key, files that cannot run with the reason, warnings): the plan
+    (`core.plan`) every front-end runs."""
+    plan = plan_work_items(input_path, shard_bytes)
+    return plan.items, plan.failures, plan.warnings
 
 
 def register_only(dataset: Dataset, input_path: Path | None = None) -> list[str]:
@@ -236,14 +223,12 @@ def run_collate(settings: CollateSettings, *, dataset: str | None = None, progre
     tags = {"collate/launched_by": "collate-cli", PID_TAG: str(os.getpid()), HOST_TAG: host_tag(),
             DATASET_TAG: name, INPUT_TAG: str(input_path.resolve()), OUTPUT_TAG: settings.output_dir}
     with get_instance() as instance, contextlib.ExitStack() as stack:
-        ACTIVE["instance"] = instance
-        stack.callback(ACTIVE.clear)
+        stack.enter_context(RUN.cancelling(lambda: cancel_dead_runs(instance, pid=os.getpid())))
         cancel_dead_runs(instance)
         register_and_observe(instance, dataset, files)
         work = plan_work(instance, defs, dataset, dataset_files, list(files))
         if progress is not None:
-            PROGRESS_SINKS.append(lambda nbytes, _lines: progress.update(nbytes))
-            stack.callback(PROGRESS_SINKS.clear)
+            stack.enter_context(RUN.reporting(lambda nbytes, _lines: progress.update(nbytes)))
             done = sum(_size(key, files[key]) for key in files if key not in {k for keys in work.values() for k in keys})
             progress.update(done)
         failed: dict[str, str] = {}
@@ -278,43 +263,79 @@ def _size(key: str, path: Path) -> int:
 
 def plan_work(instance, defs: dg.Definitions, dataset: Dataset, files: DatasetFiles, keys: list[str]) -> dict[tuple, list[str]]:
     """Asset keys to materialize -> the partitions that need exactly them (stale, missing or deleted outputs)."""
-    from dagster._core.definitions.data_version import StaleStatus
-
-    resolver = stale_status_resolver(instance, defs)
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    observed = {dataset.key("raw_conversations")}
     tokenized = dataset.key("tokenized_conversations")
     packed = {fmt: dataset.key(f"packed_{fmt}") for fmt in dataset.settings.formats}
-    fresh = StaleStatus.FRESH
     work: dict[tuple, list[str]] = {}
     for key in keys:
-        if resolver.get_status(tokenized, key) != fresh or not files.manifest_path(key).is_file():
-            selection = (tokenized, *packed.values())
+        if not is_fresh(instance, specs[tokenized], key, observed) or not files.manifest_path(key).is_file():
+            selection = (tokenized, *packed.values())  # a stale tokenized partition packs again in every format
         else:
             selection = tuple(
                 asset for fmt, asset in packed.items()
-                if resolver.get_status(asset, key) != fresh or not files.output_path(key, fmt).exists()
+                if not is_fresh(instance, specs[asset], key, observed) or not files.output_path(key, fmt).exists()
             )
         if selection:
             work.setdefault(selection, []).append(key)
     return work
 
 
-def stale_status_resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
-    """Dagster's stale-status resolver (what the UI's stale badges use) over `defs`.
+def is_fresh(instance: dg.DagsterInstance, spec: dg.AssetSpec, partition: str, observed: set[dg.AssetKey]) -> bool:
+    """Whether `partition` of the asset `spec` is up to date: what Dagster's stale status calls FRESH.
 
-    It has no public entry point in Dagster 1.13 (pinned in pyproject.toml); this is how Dagster's
-    own schedules build it for `stale_assets_only`.
+    Public Dagster APIs only: `DagsterInstance.fetch_materializations` / `fetch_observations` with an
+    `AssetRecordsFilter`, `DataProvenance.from_tags` on the tags of the latest materialization, and the
+    `AssetSpec`s of `Definitions.resolve_all_asset_specs` (`code_version`, `deps`).
+
+    Not fresh when the partition has no materialization (Dagster: MISSING) or, as Dagster's resolver
+    decides STALE: the definition's code version differs from the recorded one, the dependencies differ
+    from the recorded ones, or an input's partition has a new data version since the materialization.
+    For that last test, as Dagster does, the recorded input data version is not used (for a partitioned
+    input it is a hash over the step's partitions, of materializations only: a constant for
+    `raw_conversations`); the input's event pointer is (`input_storage_ids`: its latest event when the
+    step started): the input changed when its partition's latest data version now differs from its latest
+    at that pointer. The inputs in `observed` (observable sources) have their data versions in
+    observations, the others in materializations. Stricter than Dagster: a materialization without
+    provenance tags is not fresh, nor one whose input had no event at all when it ran, once it has one.
+    As in Dagster, staleness does not flow downstream: `plan_work` packs every partition it tokenizes.
     """
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
+    latest = _latest_record(instance, spec.key, partition)
+    if latest is None:
+        return False
+    provenance = dg.DataProvenance.from_tags(latest.asset_materialization.tags or {})
+    if provenance is None:
+        return False
+    if spec.code_version and provenance.code_version != spec.code_version:
+        return False
+    deps = {dep.asset_key for dep in spec.deps}
+    if set(provenance.input_data_versions) != deps:
+        return False
+    return not any(_input_changed(instance, dep, partition, provenance.input_storage_ids.get(dep), dep in observed)
+                   for dep in deps)
 
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance, graph, view)
+
+def _input_changed(instance, asset_key: dg.AssetKey, partition: str, pointer: int | None, observed: bool) -> bool:
+    """Whether the input partition's latest data version differs from its latest at event `pointer`
+    (no pointer: the input had no event then, so any data version now is a change)."""
+    now = _latest_record(instance, asset_key, partition, observed)
+    if now is None or (pointer is not None and now.storage_id <= pointer):
+        return False
+    then = None if pointer is None else _latest_record(instance, asset_key, partition, observed, before=pointer + 1)
+    return _data_version(then) != _data_version(now)
+
+
+def _latest_record(instance, asset_key: dg.AssetKey, partition: str, observed: bool = False, before: int | None = None):
+    """The latest materialization (or observation) record of an asset partition, before storage id `before`."""
+    fetch = instance.fetch_observations if observed else instance.fetch_materializations
+    records = fetch(dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition], before_storage_id=before),
+                    limit=1).records
+    return records[0] if records else None
+
+
+def _data_version(record) -> str | None:
+    event = record and (record.asset_observation or record.asset_materialization)
+    return (event.tags or {}).get(DATA_VERSION_TAG) if event else None
 
 
 def contiguous_ranges(order: list[str], keys: list[str]) -> list[list[str]]:
@@ -365,21 +386,9 @@ def _materialize(instance, defs: dg.Definitions, selection: tuple, where: dict, 
     )
 
 
-# The instance of the run in progress, for the signal handler of the `collate` command.
-ACTIVE: dict = {}
-
-
-def host_tag() -> str:
-    from collate_assets.core.writers import _owner_tag
-
-    return _owner_tag().split("-", 1)[0]
-
-
 def cancel_dead_runs(instance: dg.DagsterInstance, pid: int | None = None) -> int:
     """Mark as canceled the runs `collate` started on this host that are still open but whose process
     is gone (killed), or, with `pid`, the open runs of that process (an interrupted `collate`)."""
-    from collate_assets.core.writers import _pid_alive
-
     open_statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
     tags = {HOST_TAG: host_tag()}
     if pid is not None:
@@ -387,7 +396,7 @@ def cancel_dead_runs(instance: dg.DagsterInstance, pid: int | None = None) -> in
     count = 0
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=open_statuses, tags=tags), limit=100):
         run_pid = run.tags.get(PID_TAG, "")
-        if pid is None and (not run_pid.isdigit() or _pid_alive(int(run_pid))):
+        if pid is None and (not run_pid.isdigit() or pid_alive(int(run_pid))):
             continue
         instance.report_run_canceled(run, message="collate was interrupted")
         count += 1
@@ -421,7 +430,8 @@ def _failure_message(result: dg.ExecuteInProcessResult, path=None) -> str:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             message = _error_text(error)
-            if error.cause is not None and "dagster._core.errors" in (error.cls_name or "") + (error.message or ""):
+            # a Dagster error wrapping the user's: its cause says why (the module of Dagster's errors, by a public one)
+            if error.cause is not None and dg.DagsterExecutionStepExecutionError.__module__ in (error.cls_name or "") + (error.message or ""):
                 message = _error_text(error.cause) or message
             return _one_line(message) if message else f"step {event.step_key} failed"
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
@@ -446,20 +456,11 @@ def _latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, parti
 
 
 def _file_stats(instance, dataset: Dataset, key: str, seconds: float) -> list[FileStats]:
-    """The statistics of one partition's outputs, one per format, from its latest materializations."""
+    """The statistics of one partition's outputs, one per format: the engine's own, as its latest
+    materializations recorded them (`tokenize_stats`, `pack_stats`)."""
     out = []
-    tokenize = None
     for fmt in dataset.settings.formats:
         meta = _latest_metadata(instance, dataset.key(f"packed_{fmt}"), key)
-        if not meta:
-            continue
-        if tokenize is None:
-            tokenize = TokenizeStats.from_dict(meta["tokenize_stats"])
-        pack = PackStats(
-            output=meta["dagster/uri"], format=fmt, max_length=meta["max_length"], packing=meta["packing"],
-            rows=meta["rows"], sequences=meta["sequences"], tokens=meta["tokens"],
-            trained_tokens=meta["trained_tokens"], lower_bound=meta["lower_bound_rows"], fill=meta["fill"],
-            sequences_per_row=meta["sequences_per_row"], max_row_tokens=meta["max_row_tokens"],
-        )
-        out.append(FileStats(tokenize, pack, seconds=seconds))
+        if meta:
+            out.append(FileStats(TokenizeStats.from_dict(meta["tokenize_stats"]), PackStats.from_dict(meta["pack_stats"]), seconds=seconds))
     return out

@@ -60,9 +60,9 @@ def register_folder(instance, input_dir, name="input_files") -> list[str]:
     import logging
 
     from collate_assets.core import CollateError
-    from collate_assets.defs.partitions import _scan
+    from collate_assets.core.plan import scan
 
-    files, clashes, skipped = _scan(input_dir)
+    files, clashes, skipped = scan(input_dir)
     if clashes:
         raise CollateError("; ".join(clashes) + ": outputs would overwrite each other")
     for warning in skipped:

@@ -1,5 +1,6 @@
 """The command's runs: only stale partitions run, several per run; an unchanged rerun launches nothing."""
 
+import os
 import shutil
 
 import dagster as dg
@@ -84,6 +85,22 @@ def test_new_settings_rerun_everything(folder, tmp_path):
     result = run_collate(demo_settings(folder, out, formats=("arrow",), max_length=512))
     assert result.runs == 1 and not result.up_to_date
     assert all(s.pack.max_row_tokens <= 512 for s in result.results)
+
+
+def test_a_touched_file_runs_nothing_and_a_new_pack_code_version_only_packs(folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    settings = demo_settings(folder, out, formats=("arrow",))
+    run_collate(settings)
+    path = folder / "part0.jsonl"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+    assert run_collate(settings).runs == 0  # observed again after its materialization, with the same data version
+    with get_instance() as instance:
+        raw = dg.AssetKey([cli_dataset_name(out), "raw_conversations"])
+        assert len(instance.fetch_observations(dg.AssetRecordsFilter(asset_key=raw, asset_partitions=["part0.jsonl"]), limit=5).records) == 2
+    monkeypatch.setattr("collate_assets.defs.assets.PACK_CODE_VERSION", "2-test")  # the packed assets' code only
+    result = run_collate(settings)
+    assert result.runs == 1 and not result.up_to_date
+    assert all(materialized(out, p.name) == 1 and materialized(out, p.name, "packed_arrow") == 2 for p in folder.iterdir())
 
 
 def test_a_bad_file_in_a_range_fails_alone(folder, tmp_path):

@@ -10,13 +10,8 @@ from hypothesis import strategies as st
 from collate_assets.core import CollateError
 from collate_assets.defs.assets import Dataset
 from collate_assets.defs.run import get_instance, register_only
-from collate_assets.defs.partitions import (
-    INPUT_FILES,
-    file_name_to_key,
-    key_to_file_name,
-    output_stem,
-    scan_input_folder,
-)
+from collate_assets.core.plan import file_name_to_key, key_to_file_name, output_stem
+from collate_assets.defs.partitions import INPUT_FILES, scan_input_folder
 
 TABLE = [
     ("demo.jsonl", "demo.jsonl"),

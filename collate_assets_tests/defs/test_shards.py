@@ -7,14 +7,13 @@ import shutil
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.data_version import StaleStatus
 
 from collate_assets.core import CollateError, collate_file_formats, file_sha256, load_tokenizer
 from collate_assets.core.shards import locate_shard
 from collate_assets.defs.assets import Dataset
 from collate_assets.defs.dataset import build_dataset_defs
 from collate_assets.defs.files import DatasetFiles
-from collate_assets.defs.run import stale_status_resolver
+from collate_assets.defs.run import is_fresh
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 
 from .helpers import demo_settings, materialize, sensor_tick
@@ -76,8 +75,8 @@ def test_a_big_file_becomes_shard_partitions_that_add_up_to_it(tmp_path):
         lines[10] = lines[11]
         big.write_bytes(b"".join(lines))
         sensor_tick(instance, Dataset(settings))
-        resolver = stale_status_resolver(instance, defs)
-        stale = {key: resolver.get_status(dg.AssetKey("tokenized_conversations"), key) != StaleStatus.FRESH
+        specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+        stale = {key: not is_fresh(instance, specs[dg.AssetKey("tokenized_conversations")], key, {dg.AssetKey("raw_conversations")})
                  for key in instance.get_dynamic_partitions("input_files")}
         assert stale == {**dict.fromkeys(shard_keys, True), "demo_small.jsonl": False}
 

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from collate_assets.defs.partitions import key_to_file_name
+from collate_assets.core.plan import key_to_file_name
 
 from .conftest import ASSET_JOB, COLLATE, REPOSITORY_NAME, RUN_QUERY, SENSOR_SECONDS, DagsterDev, open_instance, record_timing
 from .conftest import run as run_command

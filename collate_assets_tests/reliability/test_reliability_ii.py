@@ -25,7 +25,7 @@ import pytest
 
 from collate_assets.core import CollateError, CollateSettings, collate_file, load_tokenizer, packing
 from collate_assets.defs.resources import CollateConfig
-from collate_assets.defs.partitions import file_name_to_key
+from collate_assets.core.plan import file_name_to_key
 from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow
 from collate_assets.sample import DEMO_INPUT_DIR, DEMO_TOKENIZER_DIR
 

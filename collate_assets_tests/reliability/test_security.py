@@ -27,7 +27,8 @@ from collate_assets.cli import build_parser
 from collate_assets.core import CollateError, CollateSettings, collate_file, list_input_files, load_tokenizer
 from collate_assets.core import CollateSettings
 from collate_assets.defs.files import DatasetFiles
-from collate_assets.defs.partitions import INPUT_FILES, file_name_to_key, scan_input_folder
+from collate_assets.core.plan import file_name_to_key
+from collate_assets.defs.partitions import INPUT_FILES, scan_input_folder
 from collate_assets.defs.resources import CollateConfig
 from collate_assets.defs.run import _failure_message
 from collate_assets_tests.defs.helpers import ALL_FORMATS, arrow_defs, materialize, register_folder
