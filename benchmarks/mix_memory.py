@@ -1,4 +1,4 @@
-"""Peak memory of mixing a training set, against the size of the mix (core/mix.py).
+"""Peak memory of mixing a training set, against the size of the mix (core/pack/mix.py).
 
     python benchmarks/mix_memory.py --size 1GB          # the README's figure (tokenizing takes ~5 min)
     python benchmarks/mix_memory.py --size 100MB        # a quick look
@@ -45,7 +45,7 @@ def tokenize(files: list[Path], spills: Path, tokenizer: str, max_length: int) -
 
 
 def mix_child(spills: list[str], output: str, max_length: int) -> None:
-    from collate_assets.core.mix import MixSettings, MixSource, build_mix
+    from collate_assets.core.pack.mix import MixSettings, MixSource, build_mix
 
     half = len(spills) // 2
     sources = [MixSource("a", 1.0, spills[:half] or spills), MixSource("b", 2.5, spills[half:])]

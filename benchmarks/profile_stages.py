@@ -112,11 +112,11 @@ def profile_engine_stages(args, corpus: Path, work: Path, report: Report) -> dic
     from transformers.utils import chat_template_utils as ctu
 
     from collate_assets.core import CollateSettings, load_tokenizer, pack_spill
-    from collate_assets.core.chat import ChatEncoder, Rendered
-    from collate_assets.core.formats import normalize_record
+    from collate_assets.core.tokens.chat import ChatEncoder, Rendered
+    from collate_assets.core.read.formats import normalize_record
     from collate_assets.core.settings import IGNORE_INDEX
-    from collate_assets.core.spill import SPILL_SCHEMA
-    from collate_assets.core.template_limits import BoundedSandbox
+    from collate_assets.core.pack.spill import SPILL_SCHEMA
+    from collate_assets.core.tokens.template_limits import BoundedSandbox
 
     extra: dict = {}
     wall0 = time.perf_counter()
@@ -139,7 +139,7 @@ def profile_engine_stages(args, corpus: Path, work: Path, report: Report) -> dic
     wall, cpu, conversations = timed(lambda: [normalize_record(r) for r in records], args.reps)
     report.add("a.normalize", "formats.normalize_record", wall, cpu, True)
     try:  # the reader as the engine calls it (its API may move: skipped then)
-        from collate_assets.core.reader import iter_raw_chunks, parse_chunk
+        from collate_assets.core.read.reader import iter_raw_chunks, parse_chunk
 
         def reader():
             return sum(len(parse_chunk(raw).conversations) for raw in iter_raw_chunks(corpus, chunk_lines=args.chunk))

@@ -22,7 +22,7 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
 from collate_assets.core import CollateSettings, collate_file, load_tokenizer  # noqa: E402
-from collate_assets.core.formats import normalize_record  # noqa: E402
+from collate_assets.core.read.formats import normalize_record  # noqa: E402
 
 DATA = [SHARED / "data/fastchat_dummy_conversation/dummy_conversation.json",
         SHARED / "data/llamafactory_kto_en_demo/kto_en_demo.json"]

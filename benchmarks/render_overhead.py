@@ -1,4 +1,4 @@
-"""Time chat-template rendering with and without the bounded sandbox (core/template_limits.py).
+"""Time chat-template rendering with and without the bounded sandbox (core/tokens/template_limits.py).
 
     python benchmarks/render_overhead.py [--tokenizer DIR [DIR ...] | --all] [--size 20MB] [--rounds 5]
     python benchmarks/render_overhead.py --instructions [--tokenizer DIR [DIR ...] | --all] [--conversations 2048]
@@ -88,7 +88,7 @@ def use_sandbox(name: str) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils import chat_template_utils as ctu
 
-    from collate_assets.core import template_limits
+    from collate_assets.core.tokens import template_limits
 
     ctu.ImmutableSandboxedEnvironment = (
         ImmutableSandboxedEnvironment if name == "transformers" else template_limits.BoundedSandbox
@@ -210,7 +210,7 @@ def measure(folder: str, conversations: list, rounds: int) -> None:
     from transformers.utils import chat_template_utils as ctu
 
     from collate_assets.core import load_tokenizer
-    from collate_assets.core import template_limits
+    from collate_assets.core.tokens import template_limits
 
     tokenizer = load_tokenizer(folder)
     batches = [conversations[i : i + 1024] for i in range(0, len(conversations), 1024)]

@@ -257,7 +257,7 @@ def settings_from_args(args: argparse.Namespace) -> CollateSettings:
 
 
 def _shown(value) -> str:
-    from .core.writers import shown
+    from .core.fs import shown
 
     return shown(value)
 
@@ -274,15 +274,15 @@ def format_stats(stats) -> str:
     ]
     supervision = getattr(t, "supervision", None)
     if supervision:
-        from .core.audit import SupervisionAudit
+        from .core.tokens.audit import SupervisionAudit
 
         lines.append(f"  {SupervisionAudit.from_dict(supervision).summary()}")
-    from .core.tokenizer import drift_line
+    from .core.tokens.tokenizer import drift_line
 
     drift = drift_line(getattr(t, "tokenizer_drift", None))
     if drift:
         lines.append(f"  {drift}")
-    from .core.encoder import encoder_line
+    from .core.tokens.encoder import encoder_line
 
     encoder = encoder_line(getattr(t, "encoder", None))
     if encoder:
@@ -331,9 +331,9 @@ def make_progress(total: int, enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .core.tokenizer import own_process
+    from .core.tokens.tokenizer import own_process
 
-    own_process()  # tokenizers load without PyTorch here (see core.tokenizer)
+    own_process()  # tokenizers load without PyTorch here (see core.tokens.tokenizer)
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = install_signal_handlers()
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .core.writers import output_folder_problem
+    from .core.fs import output_folder_problem
 
     if args.dataset is not None or args.register_only:
         given = sorted(f"--{flag.replace('_', '-')}" for flag in FLAG_FIELDS if getattr(args, flag) is not None and flag != "input")
@@ -424,7 +424,7 @@ def _work(args, settings):
 
     if args.check_template:
         from .core import load_tokenizer
-        from .core.report import template_report
+        from .core.tokens.report import template_report
 
         tokenizer = load_tokenizer(
             settings.tokenizer_name(), revision=settings.tokenizer_revision, chat_template=settings.chat_template,
@@ -446,7 +446,7 @@ def _work(args, settings):
     if args.no_dagster:
         results, failures = _run_engine(settings, show_progress)
         return "stats", (results, failures, None)
-    from .core.reader import progress_total
+    from .core.read.reader import progress_total
     from .defs.run import run_collate
 
     total = sum(progress_total(f) for f in _input_files_quietly(settings.input_path()))
@@ -473,7 +473,7 @@ def _work(args, settings):
 
 def _input_files_quietly(input_path: Path) -> list[Path]:
     """The input files, for the progress total (warnings are printed once, by the run)."""
-    from .core.reader import scan_inputs
+    from .core.read.reader import scan_inputs
 
     if input_path.is_file():
         return [input_path]
@@ -485,12 +485,12 @@ def _run_engine(settings, show_progress: bool):
     `core.plan`); a failed file does not stop the others."""
     from .core import CollateError, collate_file_formats, load_tokenizer
     from .core.api import write_shard_summary
-    from .core.encoder import worth_preloading
+    from .core.tokens.encoder import worth_preloading
     from .core.plan import account_file_name, output_file_name, plan_inputs, split_shard_key
-    from .core.reader import progress_total
+    from .core.read.reader import progress_total
     from .core.settings import EXTENSIONS
-    from .core.shards import locate_shard, summarize
-    from .core.writers import file_sha256, output_folder_problem
+    from .core.read.shards import locate_shard, summarize
+    from .core.fs import file_sha256, output_folder_problem
 
     input_path = settings.input_path()
     output_dir = Path(settings.output_dir)

@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core.settings import LocationSettings
-from collate_assets.core.tokenizer import own_process
+from collate_assets.core.tokens.tokenizer import own_process
 from collate_assets.defs.dataset import build_dataset_defs, default_settings
 from collate_assets.executors import executor
 
 # This module is the code location: its processes (code server, run workers) are collate's own, so
-# tokenizers load there without PyTorch (see core.tokenizer).
+# tokenizers load there without PyTorch (see core.tokens.tokenizer).
 own_process()
 
 # Each run is one process with its steps in it: the tokenizer loads once per run, and a run of one

@@ -33,12 +33,12 @@ A Celery worker's pool makes each process that runs tasks a daemonic process, an
 start processes from one ("daemonic processes are not allowed to have children"), while the
 tokenize step starts its worker processes (COLLATE_WORKERS) for any file of more than one chunk. The
 Celery settings below make every worker import this module (`include`), whose `worker_process_init`
-handler lets its pool processes start them: they die with the pool process (core.tokenize,
+handler lets its pool processes start them: they die with the pool process (core.tokens.tokenize,
 PR_SET_PDEATHSIG), so nothing outlives a killed worker.
 
 Every rerun writes the same bytes: outputs appear by an atomic rename, and the (hidden) temporary files
 of the killed attempt are removed when the rerun writes the same target on the same machine
-(core.writers.atomic_path); one left by a lost machine stays until that machine writes it again.
+(core.fs.atomic_path); one left by a lost machine stays until that machine writes it again.
 """
 
 from __future__ import annotations

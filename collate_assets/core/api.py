@@ -11,17 +11,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .audit import supervision_problems
+from .tokens.audit import supervision_problems
 from .errors import CollateError
 from .plan import account_file_name, item_key, output_file_name
-from .reader import list_input_files
+from .read.reader import list_input_files
 from .settings import EXTENSIONS, CollateSettings, check_format
-from .shards import Shard
+from .read.shards import Shard
 from .stats import FileStats
-from .spill import pack_spill
-from .tokenize import Progress, tokenize_file
-from .writers import fit_name, output_folder_problem
-from .writers import work_dir as _work_dir
+from .pack.spill import pack_spill
+from .tokens.tokenize import Progress, tokenize_file
+from .fs import fit_name, output_folder_problem
+from .fs import work_dir as _work_dir
 
 
 def output_path_for(input_path: Path, output_dir: Path, fmt: str, shard: Shard | None = None) -> Path:
@@ -38,7 +38,7 @@ def shard_summary_path(input_path: Path, output_dir: Path) -> Path:
 def write_shard_summary(path: Path, summary: dict) -> None:
     import json
 
-    from .writers import atomic_path
+    from .fs import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")

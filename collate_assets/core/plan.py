@@ -34,9 +34,9 @@ import re
 from pathlib import Path
 
 from .errors import CollateError
-from .reader import INPUT_PATTERNS, input_folder_and_pattern, input_stem, list_input_files, scan_inputs
-from .shards import Shard, shard_count, shard_suffix
-from .writers import fit_name, shown
+from .read.reader import INPUT_PATTERNS, input_folder_and_pattern, input_stem, list_input_files, scan_inputs
+from .read.shards import Shard, shard_count, shard_suffix
+from .fs import fit_name, shown
 
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _DOT = ord(".")

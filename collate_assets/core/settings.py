@@ -55,7 +55,7 @@ DEFAULT_MAX_LINE_BYTES = 8 << 20
 # The largest max_length accepted: 16 Mi tokens, far above any model's context today. Larger values
 # are a typo (or an attempt to exhaust memory), refused with an argument error.
 MAX_LENGTH_CEILING = 1 << 24
-# Chat-template rendering bounds, per conversation (see core/template_limits.py). A normal render
+# Chat-template rendering bounds, per conversation (see core/tokens/template_limits.py). A normal render
 # takes well under a millisecond per conversation, a 8 MiB one a fraction of a second.
 DEFAULT_RENDER_SECONDS = 5.0
 DEFAULT_RENDER_MAX_CHARS = 32 << 20
@@ -111,7 +111,7 @@ class CollateSettings:
     tokenizer_pipeline: TokenizerPipeline = _field(
         "file", "file: encode with the model's own tokenizer.json (what it was pretrained with); "
         "transformers: with the pipeline transformers builds from the tokenizer's class.", choices=TOKENIZER_PIPELINES, flags=("--tokenizer-pipeline",))
-    # Which encoder turns rendered text into ids (core/encoder.py). Both give the same ids: the fast one is
+    # Which encoder turns rendered text into ids (core/tokens/encoder.py). Both give the same ids: the fast one is
     # checked against the reference at load and on a sample of every file, so it is not in fingerprint().
     encoder: EncoderChoice = _field(
         "auto", "auto: the fast encoder (fastokens) for files of more than one chunk when it loads this "
@@ -150,7 +150,7 @@ class CollateSettings:
     unshown_reasoning: UnshownReasoning = _field(
         "reject", "Reasoning the chat template cannot show (even as the last turn): reject the record, or drop "
         "the reasoning and train the turn without it (counted as reasoning_unshown).", choices=UNSHOWN_REASONING, flags=("--unshown-reasoning",))
-    # The supervision audit (core/audit.py). truncated_turns changes what is written; the thresholds
+    # The supervision audit (core/tokens/audit.py). truncated_turns changes what is written; the thresholds
     # only decide whether a file passes (the command fails it, the Dagster checks block it).
     truncated_turns: TruncatedTurns = _field(
         "keep", "overlong=truncate: keep or drop (reject) conversations whose truncation cuts off the end of "
@@ -263,7 +263,7 @@ class CollateSettings:
         return self.workers or available_cpus()
 
     def render_limits(self):
-        from .template_limits import RenderLimits
+        from .tokens.template_limits import RenderLimits
 
         return RenderLimits(seconds=self.render_timeout, max_chars=self.render_max_chars)
 

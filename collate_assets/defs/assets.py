@@ -27,12 +27,12 @@ import dagster as dg
 
 from collate_assets.core import CollateError, CollateSettings, PackStats, file_sha256, read_packed, spill_lengths, tokenize_file
 from collate_assets.core.api import write_shard_summary
-from collate_assets.core.audit import supervision_problems, thresholds_set
+from collate_assets.core.tokens.audit import supervision_problems, thresholds_set
 from collate_assets.core.process import RUN
-from collate_assets.core.reader import input_file_problem, progress_total
-from collate_assets.core.shards import summarize
-from collate_assets.core.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
-from collate_assets.core.writers import shown
+from collate_assets.core.read.reader import input_file_problem, progress_total
+from collate_assets.core.read.shards import summarize
+from collate_assets.core.tokens.tokenizer import tokenizer_files_fingerprint, tokenizer_fingerprint
+from collate_assets.core.fs import shown
 
 from . import checks
 from .files import DatasetFiles, SpillManifest, is_local, local_copy, local_path, write_packed
@@ -330,7 +330,7 @@ def _summary_text(account: dict) -> str:
 
 
 def file_account(files: DatasetFiles, manifest: SpillManifest, *, write: bool = False) -> dict:
-    """The account of a shard's file: `core.shards.summarize` over every shard's manifest once all are
+    """The account of a shard's file: `core.read.shards.summarize` over every shard's manifest once all are
     tokenized from the same file and settings, else how many are (`shards_done`, `shard_count`).
 
     With `write`, a complete account is written to `<output_dir>/<stem>.shards.json` (by whichever

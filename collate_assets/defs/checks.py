@@ -100,7 +100,7 @@ def check_results(
 ) -> Iterator[tuple[str, bool, dict]]:
     """(check name, passed, metadata) of the checks for one packed file.
 
-    `file_account`, for a shard: the summary of its file's shards (`core.shards.summarize`) once every
+    `file_account`, for a shard: the summary of its file's shards (`core.read.shards.summarize`) once every
     shard is tokenized, or `{"shards_done": k, "shard_count": n}` before.
     """
     max_length = spill.settings["max_length"]
@@ -202,7 +202,7 @@ def supervision_check_results(per_partition: dict[str, dict], settings) -> list[
     The description says the figure and the threshold (the `collate` command prints it when one fails);
     a step of several partitions reports whether every partition passed, and which did not, with why.
     """
-    from collate_assets.core.audit import SupervisionAudit, supervision_problems
+    from collate_assets.core.tokens.audit import SupervisionAudit, supervision_problems
 
     outcomes: dict[str, dict[str, tuple[bool, str, dict]]] = {name: {} for name, _ in SUPERVISION_CHECKS.values()}
     for key, supervision in per_partition.items():
@@ -243,7 +243,7 @@ def table(columns: list[tuple[str, str]], rows: list[dict]) -> dg.TableMetadataV
 def supervision_metadata(supervision: dict) -> dict:
     """The audit's figures as tokenized_conversations metadata: numbers as int/float (plotted per partition),
     the trained special tokens as a table, the whole audit as JSON."""
-    from collate_assets.core.audit import SupervisionAudit
+    from collate_assets.core.tokens.audit import SupervisionAudit
 
     audit = SupervisionAudit.from_dict(supervision)
     meta: dict = {

@@ -28,9 +28,9 @@ from typing import Any
 from upath import UPath
 
 from collate_assets.core import EXTENSIONS, CollateError, CollateSettings, PackStats, pack_spill
-from collate_assets.core.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem, input_folder_and_pattern
-from collate_assets.core.shards import Shard, locate_shard, shard_count
-from collate_assets.core.writers import atomic_path, output_folder_problem
+from collate_assets.core.read.reader import INPUT_PATTERNS, INPUT_SUFFIXES, input_file_problem, input_folder_and_pattern
+from collate_assets.core.read.shards import Shard, locate_shard, shard_count
+from collate_assets.core.fs import atomic_path, output_folder_problem
 
 from collate_assets.core.plan import account_file_name, key_to_file_name, output_file_name, shard_key, split_shard_key
 from collate_assets.core.plan import output_stem as _output_stem

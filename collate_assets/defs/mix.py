@@ -1,4 +1,4 @@
-"""`training_set`: one training set from several datasets, as an asset (the engine: core/mix.py).
+"""`training_set`: one training set from several datasets, as an asset (the engine: core/pack/mix.py).
 
 A mix is defined by a `CollateMix` Component (component.py): its sources are datasets of the code
 location by name (`default` is the one of the COLLATE_* variables), each with a weight. Its asset,
@@ -21,9 +21,9 @@ import warnings
 import dagster as dg
 
 from collate_assets.core import CollateError, read_packed
-from collate_assets.core.audit import SupervisionAudit
-from collate_assets.core.mix import MANIFEST_NAME, MixSettings, MixSource, build_mix
-from collate_assets.core.writers import shown
+from collate_assets.core.tokens.audit import SupervisionAudit
+from collate_assets.core.pack.mix import MANIFEST_NAME, MixSettings, MixSource, build_mix
+from collate_assets.core.fs import shown
 
 from . import checks
 from .assets import Dataset, manifest_for

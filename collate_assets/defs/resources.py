@@ -27,7 +27,7 @@ import pydantic
 from pydantic import Field
 
 from collate_assets.core import CollateError, CollateSettings, load_tokenizer
-from collate_assets.core.encoder import worth_preloading
+from collate_assets.core.tokens.encoder import worth_preloading
 from collate_assets.core.settings import env_name, field_type, settings_fields
 
 from .files import DatasetFiles

@@ -43,7 +43,7 @@ from collate_assets.core import CollateError, CollateSettings, FileStats, PackSt
 from collate_assets.core.process import RUN, host_tag, pid_alive
 from collate_assets.core.settings import LocationSettings
 from collate_assets.core.plan import plan_inputs as plan_work_items, split_shard_key
-from collate_assets.core.writers import output_folder_problem, shown
+from collate_assets.core.fs import output_folder_problem, shown
 
 from .assets import Dataset
 from .dataset import DEFAULT_DATASET, build_dataset_defs, default_settings
@@ -255,7 +255,7 @@ def run_collate(settings: CollateSettings, *, dataset: str | None = None, progre
 
 def _size(key: str, path: Path) -> int:
     """The bytes a partition reads, about (a shard: its share of the file)."""
-    from collate_assets.core.reader import progress_total
+    from collate_assets.core.read.reader import progress_total
 
     shard = split_shard_key(key)[1]
     return progress_total(path) // (shard[1] if shard else 1)

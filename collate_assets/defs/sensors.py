@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from collate_assets.core import file_sha256
-from collate_assets.core.reader import input_folder_and_pattern
+from collate_assets.core.read.reader import input_folder_and_pattern
 
 from .assets import Dataset
 from .partitions import scan_input_folder

@@ -263,7 +263,7 @@ def test_every_format_reads_back_the_same_rows(shared_tokenizer_name, spill_2048
     assert dataset.to_list() == rows["arrow"]
 
     # Written in many small batches instead of one: same rows in every format.
-    monkeypatch.setattr("collate_assets.core.spill.WRITE_BATCH_TOKENS", 5000)
+    monkeypatch.setattr("collate_assets.core.pack.spill.WRITE_BATCH_TOKENS", 5000)
     for fmt in OUTPUT_FORMATS:
         path = tmp_path / f"small-batches.{fmt}"
         pack_spill(spill, path, fmt, settings)

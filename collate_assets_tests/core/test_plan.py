@@ -9,7 +9,7 @@ import pytest
 from collate_assets.core import CollateError
 from collate_assets.core.api import output_path_for, shard_summary_path
 from collate_assets.core.plan import item_key, output_file_name, plan_inputs
-from collate_assets.core.shards import locate_shard
+from collate_assets.core.read.shards import locate_shard
 from collate_assets.sample import DEMO_TOKENIZER_DIR
 from collate_assets_tests.helpers import subprocess_env
 

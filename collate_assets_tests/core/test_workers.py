@@ -18,7 +18,7 @@ import pytest
 
 from collate_assets.core import CollateError, CollateSettings, pack_spill, tokenize_file
 from collate_assets.core.settings import _cgroup_cpu_quota, available_cpus
-from collate_assets.core.tokenize import ChunkTokenizer
+from collate_assets.core.tokens.tokenize import ChunkTokenizer
 from collate_assets.sample import DEMO_INPUT_DIR
 from collate_assets_tests.helpers import collate_command, demo_tokenizer, subprocess_env
 
@@ -127,7 +127,7 @@ _ERRORS_THEN_EXIT = """
 import os, signal, sys, tempfile
 from pathlib import Path
 from collate_assets.core import CollateError, CollateSettings, tokenize_file
-from collate_assets.core.tokenize import ChunkTokenizer
+from collate_assets.core.tokens.tokenize import ChunkTokenizer
 from collate_assets_tests.core.test_workers import CHUNK_LINES, mixed_input
 from collate_assets_tests.helpers import demo_tokenizer
 

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from collate_assets.core import CollateError, collate_file_formats, file_sha256, load_tokenizer
-from collate_assets.core.shards import locate_shard
+from collate_assets.core.read.shards import locate_shard
 from collate_assets.defs.assets import Dataset
 from collate_assets.defs.dataset import build_dataset_defs
 from collate_assets.defs.files import DatasetFiles

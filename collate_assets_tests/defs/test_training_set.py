@@ -8,7 +8,7 @@ import textwrap
 import dagster as dg
 import pytest
 
-from collate_assets.core.mix import MANIFEST_NAME
+from collate_assets.core.pack.mix import MANIFEST_NAME
 from collate_assets.defs.assets import Dataset
 from collate_assets.defs.component import load_datasets
 from collate_assets.defs.dataset import build_dataset_defs

@@ -36,7 +36,7 @@ from collate_assets.core import (
     tokenize_file,
 )
 from collate_assets.core import DEFAULT_MAX_LINE_BYTES
-from collate_assets.core.chat import ChatEncoder
+from collate_assets.core.tokens.chat import ChatEncoder
 from collate_assets.defs.partitions import INPUT_FILES
 from collate_assets.defs.run import _failure_message
 from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow

@@ -30,8 +30,8 @@ from collate_assets.core import (
     read_packed,
     tokenize_file,
 )
-from collate_assets.core.reader import scan_input_files
-from collate_assets.core.writers import atomic_path, temp_name_pattern, work_dir
+from collate_assets.core.read.reader import scan_input_files
+from collate_assets.core.fs import atomic_path, temp_name_pattern, work_dir
 from collate_assets.sample import DEMO_INPUT_DIR
 
 from collate_assets_tests.helpers import collate_command, subprocess_env

@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from collate_assets.core import CollateError, CollateSettings, collate_file, load_tokenizer, packing
+from collate_assets.core import CollateError, CollateSettings, collate_file, load_tokenizer
+from collate_assets.core.pack import packing
 from collate_assets.defs.resources import CollateConfig
 from collate_assets.core.plan import file_name_to_key
 from collate_assets_tests.defs.helpers import arrow_defs, register_folder, run_arrow
@@ -100,7 +101,7 @@ def test_an_output_folder_in_the_input_folder_is_refused(tmp_path, engine, fmt, 
 FOREIGN = [("jsonl", "x.jsonl"), ("arrow", "x.rejects.jsonl"), ("parquet", "x.parquet"), ("msgpack", "x.msgpack")]
 
 
-# Both paths write through the same engine writers (core/writers.py): every format on the engine
+# Both paths write through the same engine writers (core/write/writers.py): every format on the engine
 # path, the data-loss case of the issue (an input-like x.jsonl) through Dagster too (~15 s a case).
 @pytest.mark.parametrize(
     "engine, fmt, name",
@@ -202,7 +203,7 @@ def test_a_conversation_over_a_render_limit_is_rejected_with_its_reason(tmp_path
 @pytest.mark.parametrize("kind", list(TRIGGERED))
 def test_limits_hold_for_any_apply_chat_template_call(tmp_path, kind):
     """Batches and single conversations, with tools= and add_generation_prompt=: the one over the limit raises."""
-    from collate_assets.core.template_limits import RenderLimits, TemplateLimitError
+    from collate_assets.core.tokens.template_limits import RenderLimits, TemplateLimitError
 
     tokenizer = load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=trigger_template(tmp_path, kind),
                                render_limits=RenderLimits(seconds=1, max_chars=100000))
@@ -240,7 +241,7 @@ def test_the_bounded_sandbox_renders_like_transformers_sandbox():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils import chat_template_utils as ctu
 
-    from collate_assets.core import template_limits
+    from collate_assets.core.tokens import template_limits
 
     data = Path(__file__).resolve().parents[3] / "shared" / "data"
     conversations = []
@@ -338,7 +339,7 @@ NAMES = {
 }
 
 
-# The names are shortened and escaped by one function for both paths (core/writers.py fit_name,
+# The names are shortened and escaped by one function for both paths (core/write/writers.py fit_name,
 # shown); through Dagster the two that need both (long and not UTF-8, long and multi-byte).
 @pytest.mark.parametrize(
     "engine, name",
@@ -505,7 +506,7 @@ def test_packing_memory_does_not_grow_with_max_length():
 def test_best_fit_at_any_max_length_is_best_fit():
     """Large max_length (where a structure sized by max_length would not fit memory) packs as the
     quadratic reference best-fit does."""
-    from collate_assets_tests.core.test_packing import reference_bfd
+    from collate_assets_tests.core.pack.test_packing import reference_bfd
 
     rng = np.random.default_rng(1)
     for _ in range(100):

@@ -101,7 +101,7 @@ def test_a_template_shipped_with_the_tokenizer_is_checked_too(tmp_path):
 
 
 def test_underscore_dict_keys_are_still_allowed():
-    from collate_assets.core.tokenizer import check_chat_template
+    from collate_assets.core.tokens.tokenizer import check_chat_template
 
     check_chat_template("{% for m in messages %}{{ m._meta }}{{ m['_source'] }}{% endfor %}")  # plain keys
 

@@ -1,0 +1,1 @@
+"""Tests of collate_assets.core.tokens."""
