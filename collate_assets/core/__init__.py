@@ -30,7 +30,7 @@ _WHERE = {
     "PACKING_STRATEGIES": "settings",
     "PackStats": "stats",
     "REASONING_TURNS": "settings",
-    "SPILL_SCHEMA": "pack.spill",
+    "SPILL_SCHEMA": "tokens.sequences",
     "TokenizeStats": "stats",
     "atomic_path": "fs",
     "collate_file": "api",

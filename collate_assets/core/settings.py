@@ -262,10 +262,22 @@ class CollateSettings:
         """The number of worker processes: the setting, or (0) the cores this process may use."""
         return self.workers or available_cpus()
 
-    def render_limits(self):
-        from .tokens.template_limits import RenderLimits
-
+    def render_limits(self) -> "RenderLimits":
         return RenderLimits(seconds=self.render_timeout, max_chars=self.render_max_chars)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderLimits:
+    """Per conversation: wall time of one render, and characters (or items) of anything it makes."""
+
+    seconds: float = DEFAULT_RENDER_SECONDS
+    max_chars: int = DEFAULT_RENDER_MAX_CHARS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seconds, (int, float)) or not self.seconds > 0:
+            raise ValueError(f"render time limit must be a positive number of seconds, got {self.seconds!r}")
+        if not isinstance(self.max_chars, int) or self.max_chars < 1024:
+            raise ValueError(f"render size limit must be an integer >= 1024 characters, got {self.max_chars!r}")
 
 
 def available_cpus() -> int:

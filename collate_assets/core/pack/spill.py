@@ -28,15 +28,9 @@ from ..write.arrays import to_arrow, to_numpy
 from ..errors import CollateError
 from ..settings import IGNORE_INDEX, CollateSettings, check_format
 from ..stats import PackStats
+from ..tokens.sequences import SPILL_SCHEMA
 from ..write.writers import PACKED_SCHEMA, packed_writer
 
-SPILL_SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("line", pa.int64()),
-    ]
-)
 # Rows are gathered and written in batches of about this many tokens (bounded memory).
 WRITE_BATCH_TOKENS = 1 << 22
 # At most about this many bytes of the spill are mapped into memory at once (see _batches).

@@ -32,6 +32,7 @@ from jinja2.exceptions import SecurityError
 from ..errors import CollateError
 from .encoder import TextEncoder
 from . import sequences
+from .probes import PROBE_CALL_ID, probe_record
 from ..read.formats import Conversation, TextParts, normalize_record
 from ..settings import IGNORE_INDEX
 
@@ -150,7 +151,7 @@ def _opener_at(gap: str, openers: list[str]) -> int:
 
 # What a tool call's arguments end with before the template's own closing text (`{"a": 1}}\n]`).
 _ARGUMENT_CLOSERS = "}]) \n\t\"'"
-PROBE_CALL_ID = "probe0001"  # nine alphanumerics: Mistral's templates raise on any other form
+
 # A role token written as a bracketed marker (`<|user|>`, `<|observation|>`, `[INST]`).
 _MARKER_RE = re.compile(r"<\|?[\w.:-]{1,40}\|?>|\[[A-Z_]{1,40}\]")
 
@@ -206,7 +207,6 @@ class ChatEncoder:
         """Render through a DirectRenderer (render.py) from now on, once it renders the probe conversations
         as apply_chat_template does."""
         from .render import DirectRenderer
-        from .report import probe_record
         from .template_limits import PROBE_CONVERSATIONS
 
         renderer = DirectRenderer(self.tokenizer)

@@ -230,7 +230,7 @@ def _load_fast(tokenizer, make) -> FastBackend:
         return FastBackend(None, f"fastokens cannot load this tokenizer: {_one_line(exc)}")
     lengths, nfc, why = byte_lengths(reference)
     backend = FastBackend(fast, "", lengths, nfc, why)
-    from .tokenizer import pipeline_probes
+    from .probes import pipeline_probes
 
     texts = [*pipeline_probes(tokenizer), *FAST_PROBES]
     texts += [f"{a}{b}" for a, b in zip(texts, texts[1:])]

@@ -10,43 +10,15 @@ import dataclasses
 
 import numpy as np
 
-from .chat import PROBE_CALL_ID, ChatEncoder
+from .chat import ChatEncoder
 from .encoder import fast_encoder_facts
+from .probes import probe_record
 from ..errors import CollateError
 from ..read.formats import normalize_record
 from ..settings import IGNORE_INDEX, CollateSettings
 from .tokenizer import compare_pipelines, drift_summary
 
 TRAINED_OPEN, TRAINED_CLOSE = "«", "»"
-_PROBE_TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-
-
-def probe_record(encoder: ChatEncoder) -> dict:
-    """A short conversation using every feature the template shows (system, tools, reasoning)."""
-    info = encoder.info
-    messages = [{"role": "user", "content": "Hello, who are you?"},
-                {"role": "assistant", "content": "I am a helpful assistant."}]
-    if info.system:
-        messages.insert(0, {"role": "system", "content": "You are a helpful assistant."})
-    record: dict = {"messages": messages}
-    messages.append({"role": "user", "content": "What is the weather in Paris?"})
-    if info.tools is not False and info.tool_calls is not False and info.tool_results is not False:
-        record["tools"] = _PROBE_TOOLS
-        call = {"id": PROBE_CALL_ID, "type": "function",
-                "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        calling = {"role": "assistant", "content": None, "tool_calls": [call]}
-        if info.reasoning_key and info.reasoning_shown == "tool-call turns":
-            calling["reasoning_content"] = "The user asks for the weather; call the tool."
-        messages += [calling, {"role": "tool", "tool_call_id": PROBE_CALL_ID, "content": "{\"temperature_c\": 21}"}]
-    elif info.needs_tools:
-        record["tools"] = _PROBE_TOOLS
-    answer = {"role": "assistant", "content": "It is 21 °C in Paris."}
-    if info.reasoning_key and info.reasoning_shown == "every turn":
-        answer["reasoning_content"] = "The user asks for the weather; answer briefly."
-    messages.append(answer)
-    return record
 
 
 @dataclasses.dataclass

@@ -11,8 +11,19 @@ change a label (spill.rows_batch).
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from ..settings import IGNORE_INDEX
+
+
+# The spill (an Arrow IPC file the tokenize step writes and pack/ reads): one record per sequence.
+SPILL_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("line", pa.int64()),
+    ]
+)
 
 
 def start(labels: np.ndarray) -> np.ndarray:

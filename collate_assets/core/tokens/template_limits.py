@@ -30,7 +30,6 @@ by anyone else in the process get `DEFAULT_LIMITS`.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import re
 import sys
@@ -45,7 +44,7 @@ from jinja2.compiler import CodeGenerator, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..settings import DEFAULT_RENDER_MAX_CHARS, DEFAULT_RENDER_SECONDS
+from ..settings import DEFAULT_RENDER_MAX_CHARS, RenderLimits
 
 # Attributes no chat template has a use for: the ways out of a Jinja sandbox go through these.
 _FORBIDDEN_ATTRIBUTES = frozenset(
@@ -62,20 +61,6 @@ def forbidden_attribute(attribute: object) -> bool:
     return attribute.startswith("__") or (attribute.startswith("_") and "__" in attribute) or (
         attribute in _FORBIDDEN_ATTRIBUTES
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class RenderLimits:
-    """Per conversation: wall time of one render, and characters (or items) of anything it makes."""
-
-    seconds: float = DEFAULT_RENDER_SECONDS
-    max_chars: int = DEFAULT_RENDER_MAX_CHARS
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.seconds, (int, float)) or not self.seconds > 0:
-            raise ValueError(f"render time limit must be a positive number of seconds, got {self.seconds!r}")
-        if not isinstance(self.max_chars, int) or self.max_chars < 1024:
-            raise ValueError(f"render size limit must be an integer >= 1024 characters, got {self.max_chars!r}")
 
 
 DEFAULT_LIMITS = RenderLimits()

@@ -40,10 +40,9 @@ from .encoder import FIRST_CHECKED, EncoderReport
 from ..errors import CollateError
 from ..process import RUN
 from ..read.reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
-from .sequences import fit, written_labels
+from .sequences import SPILL_SCHEMA, fit, written_labels
 from ..settings import IGNORE_INDEX, CollateSettings
 from ..read.shards import Shard
-from ..pack.spill import SPILL_SCHEMA
 from ..stats import TokenizeStats, length_histogram
 from .tokenizer import compare_pipelines, drift_summary, give_back_memory, rare_collections
 from ..fs import atomic_path, shown

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import CollateError
 from ..settings import TOKENIZER_PIPELINES
+from .probes import PROBE_TEXT, pipeline_probes
 from .template_limits import PROBE_CONVERSATIONS, RenderLimits, TemplateLimitError, forbidden_attribute, install, set_limits
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,6 @@ def load_tokenizer(
     return tokenizer
 
 
-# Ordinary text every tokenizer for chat data must encode: letters, digits, punctuation, accents.
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789, naïve café! Hello world?"
 MAX_UNKNOWN_SHARE = 0.1
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
 
@@ -294,14 +293,6 @@ def _looks_like_path(name: str) -> bool:
 # Texts on which the two pipelines are compared at load (each added token is also tried in context):
 # the places where they have been seen to differ (digit runs, newline runs, text after a special token,
 # Unicode that a normalizer changes) and ordinary text.
-PIPELINE_PROBES = (
-    "\n\n1. First\n2. Second", "Hello world", " Hello", "  two spaces", "a  b   c\t\td", "\n\n\n\nend",
-    "line\r\nnext", "trailing   \n", "12345 67890 3.14159 1,000,000 2024-12-31", "x1y22z333",
-    "café cafe\u0301 Å \u212b ﬁ Ｆｕｌｌ ① ½", "naïve 你好，世界 안녕하세요 👩‍💻", PROBE_TEXT,
-)
-MAX_PROBED_TOKENS = 1000  # added tokens tried in context (Llama-3 has 256, gpt-oss a few dozen)
-
-
 @dataclasses.dataclass
 class TokenizerDrift:
     """How the pipeline in use (`pipeline`) and the other one segment the same texts.
@@ -408,18 +399,6 @@ def _file_backend(tokenizer, name: str, revision: str | None):
                         name, path, wrong[:3])
             return None, None
     return backend, str(path) if not missing and not built.encode_special_tokens else None
-
-
-def pipeline_probes(tokenizer) -> list[str]:
-    """PIPELINE_PROBES, and each added token (special or not) in context: before a newline and a word,
-    between words, after a word."""
-    backend = tokenizer.backend_tokenizer
-    texts = list(PIPELINE_PROBES)
-    added = sorted(backend.get_added_tokens_decoder().items())[:MAX_PROBED_TOKENS]
-    for _, token in added:
-        t = token.content
-        texts += [f"{t}\nHello 12 world", f"Hi {t} there\n\n1.", f"end.{t}"]
-    return texts
 
 
 def other_backend(tokenizer):

@@ -19,7 +19,7 @@ import pytest
 from collate_assets.core import CollateSettings, CollateError, load_tokenizer, tokenize_file
 from collate_assets.core.tokens import encoder as encoder_module
 from collate_assets.core.tokens.encoder import FAST_PROBES, FastBackend, TextEncoder, byte_lengths, char_offsets, load_fast
-from collate_assets.core.tokens.tokenizer import pipeline_probes
+from collate_assets.core.tokens.probes import pipeline_probes
 from collate_assets_tests.helpers import SHARED_DATA_FILES, collate_command, run, subprocess_env
 
 fastokens = pytest.importorskip("fastokens", reason="fastokens has no wheel for this platform")
