@@ -114,7 +114,7 @@ def slice_matches(trained_text: str, expected: str) -> bool:
 
 # -- the bad-input corpus and the demo tokenizer (reliability tests) ----------------------------------
 
-CORPUS_DIR = Path(__file__).resolve().parent / "data" / "bad_input"
+CORPUS_DIR = Path(__file__).resolve().parent / "reliability" / "bad_input"  # beside its test, test_bad_input.py
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The bad-input corpus (collate_assets_tests/data/bad_input): each case gives the outcome its manifest says.
+"""The bad-input corpus (collate_assets_tests/reliability/bad_input): each case gives the outcome its manifest says.
 
 Every bad line goes to the rejects file beside the output (file, line, reason, start of the line) and is
 counted, good lines of the same file are still packed, and lines read = written + rejected + blank. Strict
