@@ -1,7 +1,8 @@
 """Declarative automation: new and edited files run by themselves, and nothing else does.
 
-Evaluated with Dagster's own `evaluate_automation_conditions` against a real instance, tick after
-tick, with real runs between ticks, as the automation sensor of `dagster dev` does.
+Evaluated with Dagster's own `evaluate_automation_conditions` against a real instance (Dagster's
+SQL storages, on in-memory SQLite: see helpers.instance_in_memory), tick after tick, with real runs
+between ticks, as the automation sensor of `dagster dev` does.
 """
 
 import shutil
@@ -11,7 +12,7 @@ import dagster as dg
 from collate_assets.core import file_sha256
 from collate_assets.sample import DEMO_INPUT_DIR
 
-from .helpers import build_dataset_defs, demo_settings, materialize
+from .helpers import build_dataset_defs, demo_settings, instance_in_memory, materialize
 from .test_sensor import tick as sensor_tick
 
 EXTRA = ('{"messages": [{"role": "user", "content": "one more"}, '
@@ -54,7 +55,7 @@ def test_new_and_edited_files_run_by_themselves_and_nothing_else(tmp_path):
     for name in ("demo.jsonl", "demo_small.jsonl"):
         shutil.copyfile(DEMO_INPUT_DIR / name, folder / name)
     defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow", "parquet")))
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         start = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor's first tick
         assert requested(start) == {}
         sensor_tick(instance, folder)
@@ -82,7 +83,7 @@ def test_new_and_edited_files_run_by_themselves_and_nothing_else(tmp_path):
 
 
 def test_new_settings_rebuild_every_partition(tmp_path):
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         folder, defs, first = one_file_built(tmp_path, instance)
         again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert requested(again) == {}
@@ -107,7 +108,7 @@ def test_formats_not_asked_for_carry_no_condition(tmp_path):
 def test_an_edit_observed_as_the_previous_run_ends_is_not_lost(tmp_path):
     """eager() alone drops an edit observed in the same evaluation as the partition's own update
     (its since-last-handled reset wins); input_changed keeps the partition requested until it is current."""
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         folder, defs, first = one_file_built(tmp_path, instance)
         # Edited and observed right after the run, before the next evaluation sees the run's update.
         with open(folder / "demo_small.jsonl", "a") as f:
@@ -130,7 +131,7 @@ def test_an_edit_observed_as_the_previous_run_ends_is_not_lost(tmp_path):
 def test_a_touched_file_runs_nothing(tmp_path):
     import os
 
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         folder, defs, first = one_file_built(tmp_path, instance)
         settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         path = folder / "demo_small.jsonl"
@@ -149,7 +150,7 @@ def test_files_there_before_the_first_evaluation_are_built(tmp_path):
     for name in ("demo.jsonl", "demo_small.jsonl"):
         shutil.copyfile(DEMO_INPUT_DIR / name, folder / name)
     defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         sensor_tick(instance, folder)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # no cursor: the first evaluation
         both = {"demo.jsonl", "demo_small.jsonl"}
@@ -169,7 +170,7 @@ def test_a_missing_partition_whose_run_failed_is_not_requested_again(tmp_path):
     folder.mkdir()
     (folder / "broken.json").write_text("[ not json")
     defs = build_dataset_defs(demo_settings(folder, tmp_path / "out", formats=("arrow",)))
-    with dg.instance_for_test() as instance:
+    with instance_in_memory() as instance:
         sensor_tick(instance, folder)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert requested(first) == {"tokenized_conversations": {"broken.json"}, "packed_arrow": {"broken.json"}}

@@ -7,7 +7,7 @@ workers as separate process groups (`dagster-celery worker start -A dagster_cele
 celery.yaml -n w1|w2 -- --concurrency=1`, the command docs/cluster.md gives) and a `dagster-daemon`
 whose run queue launches the runs of `dagster job backfill`.
 
-- a backfill of 8 partitions: every run succeeds, every step ran exactly once, both workers ran steps
+- a backfill of 4 partitions: every run succeeds, every step ran exactly once, both workers ran steps
   (the Celery hostname Dagster records for each step, and each worker's own log), and the files are
   byte-identical to those of `collate --no-dagster`;
 - kill -9 of the process running a step (what the OOM killer does): the worker's main process sends the
@@ -43,7 +43,10 @@ from collate_assets_tests.e2e.conftest import COLLATE, DAGSTER, WORKSPACE_YAML, 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BIN = Path(sys.executable).parent
 WORKERS = ("w1", "w2")
-BACKFILL_PARTITIONS = 8
+# 4 runs at once put 4 tokenize tasks on the queue together for 2 workers of one process each: each
+# worker must take some (a worker that did not consume would leave all 8 steps to the other), and 8
+# steps show "each step once, never handed out twice". 8 partitions (16 steps) proved no more.
+BACKFILL_PARTITIONS = 4
 PARTS = "part-*.jsonl"  # the backfill's input files
 SLOW = "slow-*.jsonl"  # the kill tests' input files
 LINES_PER_PARTITION = 15
@@ -330,16 +333,16 @@ def test_celery_executor_is_chosen_by_the_environment(monkeypatch, tmp_path):
         executors.celery_config()
 
 
-def test_celery_backfill_of_8_partitions_spreads_over_both_workers(celery_cluster, tmp_path):
-    """`dagster job backfill` of 8 partitions through the daemon's queue, steps on two Celery workers:
+def test_celery_backfill_spreads_over_both_workers(celery_cluster, tmp_path):
+    """`dagster job backfill` of BACKFILL_PARTITIONS partitions through the daemon's queue, steps on two Celery workers:
     every run succeeds with its blocking checks, every step ran once, on one worker or the other and
     both took some, and the files are the bytes `collate --no-dagster` writes."""
     cluster = celery_cluster
     cluster.ensure_workers()
     before = {name: worker.succeeded() for name, worker in cluster.workers.items()}
+    cluster.start_alone(PARTS)  # the engine alone (another folder, no Dagster) while the backfill command loads
     started = time.perf_counter()
     backfill_id = cluster.backfill(cluster.parts)
-    cluster.start_alone(PARTS)
     with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
         runs = cluster.wait_for_runs(instance, {"dagster/backfill": backfill_id}, BACKFILL_PARTITIONS, timeout=240)
         seconds = time.perf_counter() - started

@@ -3,9 +3,10 @@
 The module starts its own throwaway cluster (initdb + pg_ctl from Debian's postgresql package, which
 .ci/run installs when missing), with one database a test. One test points a DAGSTER_HOME at it, runs
 two `collate` commands on two files at the same time (SQLite storage would say "database is locked"
-here) and reads the runs and materializations back from Postgres. The other backfills 20 partitions
-through the run queue of a real `dagster-daemon` with a limit on concurrent runs and a limit of one
-run at a time per partition, and checks the limits held, nothing was lost and nothing ran twice.
+here) and reads the runs and materializations back from Postgres. The other backfills 7 partitions
+(and 2 of them again) through the run queue of a real `dagster-daemon` with a limit on concurrent runs
+and a limit of one run at a time per partition, and checks the limits held, nothing was lost and
+nothing ran twice.
 """
 
 import json
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -78,13 +80,22 @@ def test_collate_runs_record_into_postgres_storage(postgres, tmp_path):
 
 QUEUE_LIMIT = 3  # max_concurrent_runs
 CHECK_NAMES = {"rows_fit_max_length", "sequence_boundaries", "labels_masked_at_starts", "tokens_conserved", "lines_accounted"}
-BACKFILL_PARTITIONS = 20
+# How many runs it takes to test the limits: the daemon starts on a queue that already holds both
+# backfills, BACKFILL_PARTITIONS + AGAIN = 9 runs, three times QUEUE_LIMIT. Its launches run on threads,
+# so a queue that ignored max_concurrent_runs would launch all 9 at its first tick (3x the limit, not one
+# over it), and the limit is refilled twice as runs end (freed slots are accounted, not only the first
+# wave). The 20 partitions this test used to have added runs, not a case the limits could fail on.
+BACKFILL_PARTITIONS = 7
 AGAIN = 2  # partitions the second backfill asks for again
 
 
-def _queue_yaml(limit: int) -> str:
+def _queue_yaml(limit: int, launch_threads: int) -> str:
     """The run queue a team sets: at most `limit` runs at once, and one run at a time per partition (a
-    backfill and automation, or two backfills, never write the same partition's files together)."""
+    backfill and automation, or two backfills, never write the same partition's files together).
+    The daemon launches on `launch_threads` threads, as many as there are runs: launches no longer come
+    one after another (each takes a few seconds, about a run's length), so only the limits keep more
+    than `limit` runs from overlapping and a broken limit shows as an overlap instead of hiding behind
+    slow launches."""
     return textwrap.dedent(f"""\
         run_coordinator:
           module: dagster.core.run_coordinator
@@ -92,6 +103,8 @@ def _queue_yaml(limit: int) -> str:
           config:
             max_concurrent_runs: {limit}
             dequeue_interval_seconds: 1
+            dequeue_use_threads: true
+            dequeue_num_workers: {launch_threads}
             tag_concurrency_limits:
               - key: dagster/partition
                 value:
@@ -110,15 +123,21 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(postgres, tmp_path):
-    """`dagster job backfill` of 20 partitions, then at once a second, higher-priority backfill of 2 of
-    them, through a real daemon's run queue on Postgres: every run succeeds, each backfill runs each of
-    its partitions exactly once, never more than QUEUE_LIMIT runs at once, never two runs of a partition
-    at once (the priority puts the second backfill's runs beside the first's), and the files are the
-    ones the engine writes alone."""
+def test_a_queued_backfill_on_postgres_keeps_the_run_limits(postgres, tmp_path):
+    """`dagster job backfill` of BACKFILL_PARTITIONS partitions and at once a second, higher-priority
+    backfill of 2 of them, through a real daemon's run queue on Postgres: every run succeeds, each
+    backfill runs each of its partitions exactly once, never more than QUEUE_LIMIT runs at once, never two
+    runs of a partition at once, and the files are the ones the engine writes alone.
+
+    Both backfills are queued before the daemon starts, so its first tick sees the second backfill's
+    runs of part-00 and part-01 first (priority) and the first backfill's runs of the same partitions
+    right behind them (FIFO): only the partition limit keeps it from launching two runs of part-00 side
+    by side. (With the daemon already running, the first backfill's part-00 usually ended before the
+    second backfill was queued, and the partition limit went untested.)"""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(_storage_yaml(postgres, _database(postgres, "queued")) + _queue_yaml(QUEUE_LIMIT))
+    queue = _queue_yaml(QUEUE_LIMIT, launch_threads=BACKFILL_PARTITIONS + AGAIN)
+    (home / "dagster.yaml").write_text(_storage_yaml(postgres, _database(postgres, "queued")) + queue)
     input_dir = tmp_path / "input"
     input_dir.mkdir()
     lines = (DEMO_INPUT_DIR / "demo.jsonl").read_bytes().splitlines(keepends=True)
@@ -130,7 +149,19 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
     # every run here is one of the two backfills.
     env = make_env(home, input_dir=input_dir, output_dir=output_dir, tokenizer=DEMO_TOKENIZER_DIR, max_length=1024,
                    sensor_seconds=86400, automation="false")
-    run([*COLLATE, "-i", str(input_dir), "--register-only"], env=env, cwd=tmp_path, check=True, timeout=120)
+    alone = tmp_path / "alone"
+    with ThreadPoolExecutor(2) as pool:  # the reference files (no Dagster, another folder) beside the queueing
+        alone_result = pool.submit(run, [*COLLATE, "-i", str(input_dir), "-o", str(alone), "-t", str(DEMO_TOKENIZER_DIR),
+                                         "-m", "1024", "-q", "--no-dagster"], env=env, cwd=tmp_path, timeout=300)
+        run([*COLLATE, "-i", str(input_dir), "--register-only"], env=env, cwd=tmp_path, check=True, timeout=120)
+        backfill = [*DAGSTER, "job", "backfill", "-w", str(WORKSPACE_YAML), "-j", "collate_job", "--noprompt"]
+        first = pool.submit(run, [*backfill, "--partitions", ",".join(names)], env=env, cwd=tmp_path, timeout=300)
+        second = run([*backfill, "--partitions", ",".join(names[:AGAIN]), "--tags", json.dumps({"dagster/priority": "10"})],
+                     env=env, cwd=tmp_path, timeout=300)
+        first = first.result()
+        alone_result = alone_result.result()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
 
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
@@ -139,13 +170,6 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
             cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        backfill = [*DAGSTER, "job", "backfill", "-w", str(WORKSPACE_YAML), "-j", "collate_job", "--noprompt"]
-        first = run([*backfill, "--partitions", ",".join(names)], env=env, cwd=tmp_path, timeout=300)
-        assert first.returncode == 0, first.stderr[-3000:]
-        second = run([*backfill, "--partitions", ",".join(names[:AGAIN]), "--tags", json.dumps({"dagster/priority": "10"})],
-                     env=env, cwd=tmp_path, timeout=300)
-        assert second.returncode == 0, second.stderr[-3000:]
-
         instance = dg.DagsterInstance.from_config(str(home))
         try:
             deadline = time.monotonic() + 400
@@ -158,7 +182,7 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
                     f"{sum(r.dagster_run.is_finished for r in records)} of {len(records)} runs finished\n"
                     + log_path.read_text()[-3000:]
                 )
-                time.sleep(1)
+                time.sleep(0.5)
             evaluations = {r.dagster_run.run_id: check_evaluations(instance, r.dagster_run.run_id) for r in records}
         finally:
             instance.dispose()
@@ -189,10 +213,7 @@ def test_a_queued_backfill_of_20_partitions_on_postgres_keeps_the_run_limits(pos
         twice = [(r.start_time, r.end_time) for r in records if r.dagster_run.tags["dagster/partition"] == name]
         assert len(twice) == 2 and _most_at_once(twice) == 1, (name, twice)
 
-    alone = tmp_path / "alone"
-    result = run([*COLLATE, "-i", str(input_dir), "-o", str(alone), "-t", str(DEMO_TOKENIZER_DIR), "-m", "1024", "-q",
-                  "--no-dagster"], env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert alone_result.returncode == 0, alone_result.stderr
     for name in names:
         stem = name.removesuffix(".jsonl")
         assert (output_dir / f"{stem}.arrow").read_bytes() == (alone / f"{stem}.arrow").read_bytes(), stem

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -77,14 +78,45 @@ def failure_text(result) -> str:
 
 
 PATHS = pytest.mark.parametrize("engine", [[], ["--no-dagster"]], ids=["dagster", "no-dagster"])
+ENGINES = [[], ["--no-dagster"]]  # PATHS's values, for the case lists of `side_by_side`
+
+
+def case_key(*params) -> tuple:
+    """A case's parameters as a dict key (the engine's argument list as a tuple)."""
+    return tuple(tuple(p) if isinstance(p, list) else p for p in params)
+
+
+def side_by_side(tmp_path_factory, run_case, cases) -> dict[tuple, Future]:
+    """Run `run_case(folder, *case)` for every case, two at a time, and return {case_key(*case): future}.
+
+    A case is one to three `collate` subprocesses, each most of its time importing on one core: one
+    after the other they left this machine's second core idle. Each case runs exactly the commands and
+    the assertions its test ran (the case function is the test's former body, `tmp_path` a folder of
+    its own); the parametrized test of the case takes its future's result(), so the case's own
+    assertion errors (or skip) are raised there, under its own test id. Cases share no folder and no
+    DAGSTER_HOME."""
+    seed_dagster_home(tmp_path_factory.mktemp("seed"))  # the session's template instance, before the threads
+    with ThreadPoolExecutor(2) as pool:  # waits for every case
+        return {case_key(*case): pool.submit(run_case, tmp_path_factory.mktemp("case"), *case) for case in cases}
+
 
 # -- 1. never write where an input could be read or overwritten -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def output_folder_cases(tmp_path_factory) -> dict:
+    cases = [(engine, fmt, where) for engine in ENGINES for fmt in ("jsonl", "arrow") for where in ("same", "inside")]
+    return side_by_side(tmp_path_factory, _an_output_folder_in_the_input_folder_is_refused, cases)
 
 
 @PATHS
 @pytest.mark.parametrize("fmt", ["jsonl", "arrow"])
 @pytest.mark.parametrize("where", ["same", "inside"])
-def test_an_output_folder_in_the_input_folder_is_refused(tmp_path, engine, fmt, where):
+def test_an_output_folder_in_the_input_folder_is_refused(output_folder_cases, engine, fmt, where):
+    output_folder_cases[case_key(engine, fmt, where)].result()  # the case's run and assertions, just below
+
+
+def _an_output_folder_in_the_input_folder_is_refused(tmp_path, engine, fmt, where):
     inputs = tmp_path / "D"
     write(inputs / "x.jsonl", GOOD)
     before = tree(inputs)
@@ -103,12 +135,22 @@ FOREIGN = [("jsonl", "x.jsonl"), ("arrow", "x.rejects.jsonl"), ("parquet", "x.pa
 
 # Both paths write through the same engine writers (core/write/writers.py): every format on the engine
 # path, the data-loss case of the issue (an input-like x.jsonl) through Dagster too (~15 s a case).
+FOREIGN_CASES = [([], *FOREIGN[0])] + [(["--no-dagster"], *case) for case in FOREIGN]
+
+
+@pytest.fixture(scope="module")
+def foreign_file_cases(tmp_path_factory) -> dict:
+    return side_by_side(tmp_path_factory, _a_file_this_tool_did_not_write_is_never_replaced, FOREIGN_CASES)
+
+
 @pytest.mark.parametrize(
-    "engine, fmt, name",
-    [([], *FOREIGN[0])] + [(["--no-dagster"], *case) for case in FOREIGN],
-    ids=["dagster-jsonl"] + [f"no-dagster-{fmt}" for fmt, _ in FOREIGN],
+    "engine, fmt, name", FOREIGN_CASES, ids=["dagster-jsonl"] + [f"no-dagster-{fmt}" for fmt, _ in FOREIGN],
 )
-def test_a_file_this_tool_did_not_write_is_never_replaced(tmp_path, engine, fmt, name):
+def test_a_file_this_tool_did_not_write_is_never_replaced(foreign_file_cases, engine, fmt, name):
+    foreign_file_cases[case_key(engine, fmt, name)].result()  # the case's run and assertions, just below
+
+
+def _a_file_this_tool_did_not_write_is_never_replaced(tmp_path, engine, fmt, name):
     write(tmp_path / "in" / "x.jsonl", GOOD)
     mine = write(tmp_path / "out" / name, b'{"notes": "my own file, not an output"}\n')
     result = collate("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-f", fmt, "-q", *engine, home=tmp_path / "home")
@@ -152,8 +194,17 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(scope="module")
+def hostile_template_cases(tmp_path_factory) -> dict:
+    return side_by_side(tmp_path_factory, _a_hostile_template_is_refused_at_load, [(name,) for name in HOSTILE])
+
+
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_a_hostile_template_is_refused_at_load(tmp_path, name):
+def test_a_hostile_template_is_refused_at_load(hostile_template_cases, name):
+    hostile_template_cases[case_key(name)].result()  # the case's run and assertions, just below
+
+
+def _a_hostile_template_is_refused_at_load(tmp_path, name):
     template = template_file(tmp_path, HOSTILE[name])
     write(tmp_path / "in" / "x.jsonl", GOOD)
     result = collate("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--chat-template", str(template),
@@ -184,9 +235,19 @@ def conversation(content: str) -> list[dict]:
     return [{"role": "user", "content": content}, {"role": "assistant", "content": "An answer."}]
 
 
+@pytest.fixture(scope="module")
+def render_limit_cases(tmp_path_factory) -> dict:
+    cases = [(engine, kind) for engine in ENGINES for kind in TRIGGERED]
+    return side_by_side(tmp_path_factory, _a_conversation_over_a_render_limit_is_rejected_with_its_reason, cases)
+
+
 @PATHS
 @pytest.mark.parametrize("kind", list(TRIGGERED))
-def test_a_conversation_over_a_render_limit_is_rejected_with_its_reason(tmp_path, engine, kind):
+def test_a_conversation_over_a_render_limit_is_rejected_with_its_reason(render_limit_cases, engine, kind):
+    render_limit_cases[case_key(engine, kind)].result()  # the case's run and assertions, just below
+
+
+def _a_conversation_over_a_render_limit_is_rejected_with_its_reason(tmp_path, engine, kind):
     lines = [conversation("Hello there."), conversation("HOSTILE " + "y" * 400), conversation("Bye now.")]
     write(tmp_path / "in" / "x.jsonl", b"".join(orjson.dumps({"messages": c}) + b"\n" for c in lines))
     template = trigger_template(tmp_path, kind)
@@ -205,8 +266,10 @@ def test_limits_hold_for_any_apply_chat_template_call(tmp_path, kind):
     """Batches and single conversations, with tools= and add_generation_prompt=: the one over the limit raises."""
     from collate_assets.core.tokens.template_limits import RenderLimits, TemplateLimitError
 
+    # A 0.3 s time limit (was 1 s): each of the six renders over it waits the whole limit, and the good
+    # ones, a few short messages, render in well under a millisecond, so 0.3 s leaves them a wide margin.
     tokenizer = load_tokenizer(DEMO_TOKENIZER_DIR, chat_template=trigger_template(tmp_path, kind),
-                               render_limits=RenderLimits(seconds=1, max_chars=100000))
+                               render_limits=RenderLimits(seconds=0.3, max_chars=100000))
     tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
     good = conversation("Hello.")
     for call in (
@@ -313,8 +376,21 @@ def test_a_tokenizer_that_maps_text_to_unknown_tokens_is_refused(tmp_path):
 # -- 4. one bad file does not stop the folder -------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def engine_cases(tmp_path_factory) -> dict:
+    """The cases of the small tests run on both paths (sections 4 and 8), side by side: {(case function, engine): future}."""
+    functions = (_every_other_file_is_processed_and_each_failed_one_named, _json_and_non_tty_stderr_get_no_progress_bar,
+                 _skipped_subfolders_are_counted, _two_inputs_with_the_same_stem_the_others_still_run)
+    return side_by_side(tmp_path_factory, lambda folder, function, engine: function(folder, engine),
+                        [(function, engine) for function in functions for engine in ENGINES])
+
+
 @PATHS
-def test_every_other_file_is_processed_and_each_failed_one_named(tmp_path, engine):
+def test_every_other_file_is_processed_and_each_failed_one_named(engine_cases, engine):
+    engine_cases[case_key(_every_other_file_is_processed_and_each_failed_one_named, engine)].result()  # just below
+
+
+def _every_other_file_is_processed_and_each_failed_one_named(tmp_path, engine):
     inputs = tmp_path / "in"
     write(inputs / "a_binary.jsonl", bytes(range(256)) * 64)
     write(inputs / "b_good.jsonl", GOOD)
@@ -341,12 +417,23 @@ NAMES = {
 
 # The names are shortened and escaped by one function for both paths (core/write/writers.py fit_name,
 # shown); through Dagster the two that need both (long and not UTF-8, long and multi-byte).
+NAME_CASES = [([], "250-bytes-utf8"), ([], "non-utf8-long")] + [(["--no-dagster"], name) for name in NAMES]
+
+
+@pytest.fixture(scope="module")
+def file_name_cases(tmp_path_factory) -> dict:
+    return side_by_side(tmp_path_factory, _any_legal_file_name_works_in_the_cli, NAME_CASES)
+
+
 @pytest.mark.parametrize(
-    "engine, name",
-    [([], "250-bytes-utf8"), ([], "non-utf8-long")] + [(["--no-dagster"], name) for name in NAMES],
+    "engine, name", NAME_CASES,
     ids=["dagster-250-bytes-utf8", "dagster-non-utf8-long"] + [f"no-dagster-{name}" for name in NAMES],
 )
-def test_any_legal_file_name_works_in_the_cli(tmp_path, engine, name):
+def test_any_legal_file_name_works_in_the_cli(file_name_cases, engine, name):
+    file_name_cases[case_key(engine, name)].result()  # the case's run and assertions, just below
+
+
+def _any_legal_file_name_works_in_the_cli(tmp_path, engine, name):
     raw = NAMES[name]
     folder = tmp_path / "in"
     folder.mkdir()
@@ -519,7 +606,11 @@ def test_best_fit_at_any_max_length_is_best_fit():
 
 
 @PATHS
-def test_json_and_non_tty_stderr_get_no_progress_bar(tmp_path, engine):
+def test_json_and_non_tty_stderr_get_no_progress_bar(engine_cases, engine):
+    engine_cases[case_key(_json_and_non_tty_stderr_get_no_progress_bar, engine)].result()  # just below
+
+
+def _json_and_non_tty_stderr_get_no_progress_bar(tmp_path, engine):
     write(tmp_path / "in" / "x.jsonl", GOOD)
     result = collate("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json", *engine, home=tmp_path / "home")
     assert result.returncode == 0 and json.loads(result.stdout)
@@ -532,7 +623,11 @@ def test_json_and_non_tty_stderr_get_no_progress_bar(tmp_path, engine):
 
 
 @PATHS
-def test_skipped_subfolders_are_counted(tmp_path, engine):
+def test_skipped_subfolders_are_counted(engine_cases, engine):
+    engine_cases[case_key(_skipped_subfolders_are_counted, engine)].result()  # just below
+
+
+def _skipped_subfolders_are_counted(tmp_path, engine):
     write(tmp_path / "in" / "x.jsonl", GOOD)
     for sub in ("part1", "part2"):
         write(tmp_path / "in" / sub / "y.jsonl", GOOD)
@@ -549,7 +644,11 @@ def test_the_offline_hub_error_mentions_hf_hub_offline(tmp_path):
 
 
 @PATHS
-def test_two_inputs_with_the_same_stem_the_others_still_run(tmp_path, engine):
+def test_two_inputs_with_the_same_stem_the_others_still_run(engine_cases, engine):
+    engine_cases[case_key(_two_inputs_with_the_same_stem_the_others_still_run, engine)].result()  # just below
+
+
+def _two_inputs_with_the_same_stem_the_others_still_run(tmp_path, engine):
     write(tmp_path / "in" / "x.jsonl", GOOD)
     write(tmp_path / "in" / "x.jsonl.gz", gzip.compress(GOOD))
     write(tmp_path / "in" / "y.jsonl", GOOD)
