@@ -262,16 +262,30 @@ def _shown(value) -> str:
     return shown(value)
 
 
+def balance_line(report: dict) -> str:
+    """One line of a balance_ranks report (core/pack/balance.py)."""
+    before, after = report["before"], report["after"]
+    return (f"rank balance {report['world_size']}x{report['micro_batch']} ({report['layout']}, read unshuffled): "
+            f"max/mean Σlen² per step {before['mean']:.3f} -> {after['mean']:.3f} "
+            f"(worst {before['worst']:.2f} -> {after['worst']:.2f}; {after['steps']} steps)")
+
+
 def format_stats(stats) -> str:
     t, p = stats.tokenize, stats.pack
     lines = [
         f"{_shown(t.file)} -> {_shown(p.output)}",
         f"  conversations {t.conversations} written, {t.rejected} rejected"
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(t.reject_reasons.items()))})" if t.rejected else "")
-        + f", {t.blank_lines} blank lines; truncated {t.truncated}, dropped {t.dropped}, split {t.split}",
-        f"  tokens {t.tokens} ({t.trained_tokens} trained, {t.truncated_tokens} cut); rows {p.rows} "
+        + f", {t.blank_lines} blank lines; truncated {t.truncated}, dropped {t.dropped}, split {t.split}"
+        + (f", cut at turns {t.turn_split} ({t.turns_not_fit} assistant turns longer than max_length not trained)"
+           if getattr(t, "turn_split", 0) or getattr(t, "turns_not_fit", 0) else ""),
+        f"  tokens {t.tokens} ({t.trained_tokens} trained, {t.truncated_tokens} cut"
+        + (f", {t.padding_tokens} padding" if getattr(t, "padding_tokens", 0) else "") + f"); rows {p.rows} "
         f"(lower bound {p.lower_bound}), fill {p.fill:.2%}, {p.sequences_per_row:.1f} sequences/row, {stats.seconds:.1f} s",
     ]
+    balance = getattr(p, "balance", None)
+    if balance:
+        lines.append(f"  {balance_line(balance)}")
     supervision = getattr(t, "supervision", None)
     if supervision:
         from .core.tokens.audit import SupervisionAudit

@@ -4,7 +4,8 @@ reader that gives each data-parallel rank its own rows of the Arrow outputs.
     PackedRowsCollator(mode="flatten" | "pad", pad_to_multiple_of=None, varlen_kwargs=None, pad_token_id=0)
     collate_packed_rows(rows, *, mode=..., pad_to_multiple_of=..., varlen_kwargs=..., pad_token_id=...)
     PackedRowsDataset(paths_or_folder, *, split="train")       memory-mapped rows; rank_indices, rank_rows
-    rank_rows(paths_or_folder, rank, world_size, *, seed, epoch, start_step=0, batch_size=1, drop_last=False)
+    rank_rows(paths_or_folder, rank, world_size, *, seed, epoch, start_step=0, batch_size=1, drop_last=False,
+              shuffle=True)                                     shuffle=False for outputs written with balance_ranks
 
 A packed row holds several conversations; `position_ids` restart at 0 at each of them and `seq_lengths`
 gives their lengths. Without an attention mask, transformers keeps sequences apart from the position_ids
@@ -21,6 +22,15 @@ its total length) and `max_length_q/k` (the longest of them, a Python int): the 
 FlashAttention path and `DataCollatorWithFlattening(return_flash_attn_kwargs=True)` use. FlashAttention-2
 on a `pad` batch (batch dimension > 1) needs them: without them it attends across the sequences of a row, so "pad" mode adds them unless told not to (`varlen_kwargs=False`).
 
+Loss weights (outputs written with the `loss_weights` setting): rows then have a float32 `loss_weights`
+column, which the collator passes on as a batch key of the same shape as `labels` (0 on padding).
+`weighted_loss(logits, labels, loss_weights)` is Σ w·ℓ / Σ w over the next-token losses (labels unshifted,
+as everywhere here), and `LossWeightsTrainer` is transformers' `Trainer` computing it, normalised over the
+whole accumulated batch (Σ w of every micro-batch of an optimizer step, summed over ranks when
+`average_tokens_across_devices`), so that gradient accumulation does not change it. With
+`loss_weights=conversation-mean` outputs (each conversation's weights sum to 1) that loss is the mean over
+the step's conversations of each conversation's own mean loss, as unpacked per-sample training computes it.
+
 torch is imported here only (and only when a batch or an order is made); the rest of the package never
 imports it.
 """
@@ -35,12 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from .core.fs import PACKED_COLUMNS
+from .core.fs import PACKED_COLUMNS, WEIGHTS_COLUMN
 from .core.settings import IGNORE_INDEX
 
 MODES = ("flatten", "pad")
 
-__all__ = [
+__all__ = [  # noqa: F822 (LossWeightsTrainer is made on first use, see __getattr__)
+    "LossWeightsTrainer",
     "MODES",
     "PackedRowsCollator",
     "PackedRowsDataset",
@@ -48,6 +59,7 @@ __all__ = [
     "collate_packed_rows",
     "rank_indices",
     "rank_rows",
+    "weighted_loss",
 ]
 
 
@@ -103,6 +115,14 @@ def _row(row: Mapping[str, Any], index: int) -> tuple[np.ndarray, np.ndarray, np
     return ids, labels, positions, lengths
 
 
+def _weights(row: Mapping[str, Any], index: int) -> np.ndarray:
+    values = row[WEIGHTS_COLUMN]
+    array = np.array(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float32)
+    if array.ndim != 1 or not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError(f"row {index} of the batch: {WEIGHTS_COLUMN} must be a 1-D list of finite numbers >= 0")
+    return array
+
+
 def _padding(count: int, pad_token_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` padding tokens as a sequence of their own: never attended by, never trained."""
     return (
@@ -139,7 +159,17 @@ def collate_packed_rows(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
         raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
+    weighted = [WEIGHTS_COLUMN in row and row[WEIGHTS_COLUMN] is not None for row in rows]
+    if any(weighted) and not all(weighted):
+        raise ValueError(f"some rows of the batch have {WEIGHTS_COLUMN} and some do not")
+    weights = [_weights(row, i) for i, row in enumerate(rows)] if rows and all(weighted) else None
     parts = [_row(row, i) for i, row in enumerate(rows)]
+    if weights is not None:
+        for i, (part, w) in enumerate(zip(parts, weights)):
+            if len(w) != len(part[0]):
+                raise ValueError(f"row {i} of the batch: {len(part[0])} input_ids but {len(w)} {WEIGHTS_COLUMN}")
+            w[part[1] == IGNORE_INDEX] = 0.0  # no weight where nothing is trained (e.g. a sequence start)
+        weights = [w for part, w in zip(parts, weights) if len(part[0])]
     parts = [p for p in parts if len(p[0])]
     if not parts:
         raise ValueError("collate_packed_rows: the batch holds no tokens")
@@ -158,6 +188,8 @@ def collate_packed_rows(
                 column.append(pad)
             segments.append(np.array([extra]))
         ids, labels, positions = (torch.from_numpy(np.concatenate(c))[None] for c in columns)
+        if weights is not None:
+            loss_weights = torch.from_numpy(np.concatenate(weights + [np.zeros(extra, np.float32)]))[None]
     else:
         width = padded_length(max(len(p[0]) for p in parts))
         stacked = [[], [], []]
@@ -170,7 +202,12 @@ def collate_packed_rows(
             for out, column in zip(stacked, columns):
                 out.append(column)
         ids, labels, positions = (torch.from_numpy(np.stack(c)) for c in stacked)
+        if weights is not None:
+            loss_weights = torch.from_numpy(np.stack([np.concatenate([w, np.zeros(width - len(w), np.float32)])
+                                                      for w in weights]))
     batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    if weights is not None:
+        batch[WEIGHTS_COLUMN] = loss_weights
     if varlen_kwargs or (varlen_kwargs is None and mode == "pad"):
         lengths = np.concatenate(segments)
         cu_seq_lens = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -268,6 +305,10 @@ class PackedRowsDataset:
     `len(ds)` rows; `ds[i]` is a dict of the row's columns as read-only int32 numpy views into the mapped
     files (nothing is loaded into memory beyond the pages a row touches). Rows are numbered across the
     files in the order `arrow_files` gives them. Pickles as its paths (a DataLoader worker maps the files again).
+
+    Outputs written with the `balance_ranks` setting are read without shuffling (`rank_rows(...,
+    shuffle=False)`, `DistributedSampler(shuffle=False)`): the writer shuffled their rows and ordered them so
+    that each step of world_size x micro_batch rows gives the ranks near-equal attention cost.
     """
 
     def __init__(self, paths_or_folder: str | Path | Iterable[str | Path], *, split: str = "train"):
@@ -332,9 +373,11 @@ class PackedRowsDataset:
             for name, (offsets, values) in self._batches[which].items()
         }
 
-    def rank_indices(self, rank: int, world_size: int, *, seed: int, epoch: int, drop_last: bool = False) -> list[int]:
+    def rank_indices(
+        self, rank: int, world_size: int, *, seed: int, epoch: int, drop_last: bool = False, shuffle: bool = True
+    ) -> list[int]:
         """`rank_indices(len(self), ...)`: this rank's rows of the epoch, in reading order."""
-        return rank_indices(len(self), rank, world_size, seed=seed, epoch=epoch, drop_last=drop_last)
+        return rank_indices(len(self), rank, world_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last)
 
     def rank_rows(
         self,
@@ -346,14 +389,21 @@ class PackedRowsDataset:
         start_step: int = 0,
         batch_size: int = 1,
         drop_last: bool = False,
+        shuffle: bool = True,
     ) -> Iterator[dict[str, np.ndarray]]:
         """This rank's rows of epoch `epoch`, from step `start_step` on: the first start_step * batch_size
         rows of this rank's order (those already consumed) are skipped, the rest read in order. A step is
         `batch_size` rows of this rank (with gradient accumulation, count micro-batches, or pass the rows
-        of an optimizer step as batch_size); the last step of an epoch may be short."""
+        of an optimizer step as batch_size); the last step of an epoch may be short.
+
+        shuffle=False reads the rows in file order (rank r: rows r, r + world_size, ...; seed and epoch are
+        then unused), as `DistributedSampler(shuffle=False)`: the way to read outputs written with the
+        `balance_ranks` setting (world_size x batch_size rows a step), whose rows the writer already
+        shuffled and ordered so that every step gives the ranks near-equal attention cost. Shuffling them
+        again would undo that balance."""
         if batch_size < 1 or start_step < 0:
             raise ValueError(f"batch_size must be >= 1 and start_step >= 0, got {batch_size} and {start_step}")
-        indices = self.rank_indices(rank, world_size, seed=seed, epoch=epoch, drop_last=drop_last)
+        indices = self.rank_indices(rank, world_size, seed=seed, epoch=epoch, drop_last=drop_last, shuffle=shuffle)
         steps = -(-len(indices) // batch_size)  # the last step may be short
         if start_step > steps:
             raise ValueError(
@@ -374,8 +424,88 @@ def rank_rows(
     batch_size: int = 1,
     drop_last: bool = False,
     split: str = "train",
+    shuffle: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """`PackedRowsDataset(paths_or_folder, split=split).rank_rows(...)`: rank `rank`'s rows of an epoch."""
+    """`PackedRowsDataset(paths_or_folder, split=split).rank_rows(...)`: rank `rank`'s rows of an epoch
+    (shuffle=False: in file order, for rows written balanced with `balance_ranks`)."""
     return PackedRowsDataset(paths_or_folder, split=split).rank_rows(
-        rank, world_size, seed=seed, epoch=epoch, start_step=start_step, batch_size=batch_size, drop_last=drop_last
+        rank, world_size, seed=seed, epoch=epoch, start_step=start_step, batch_size=batch_size, drop_last=drop_last,
+        shuffle=shuffle,
     )
+
+
+# -- loss weights -----------------------------------------------------------------------------------------
+
+
+def weighted_loss(logits, labels, loss_weights, denominator=None):
+    """Σ w·ℓ / Σ w of a batch: ℓ the next-token cross-entropy (logits at t predict labels at t+1, labels
+    unshifted), w the loss weight of the predicted token; `denominator` instead of Σ w (e.g. the Σ w of a
+    whole accumulated batch). Tokens with label -100 count for nothing whatever their weight."""
+    import torch.nn.functional as F
+
+    targets = labels[..., 1:].reshape(-1)
+    weights = loss_weights[..., 1:].reshape(-1).to(torch_float(logits))
+    weights = weights * (targets != IGNORE_INDEX)
+    losses = F.cross_entropy(logits[..., :-1, :].reshape(targets.numel(), -1).float(), targets,
+                             ignore_index=IGNORE_INDEX, reduction="none")
+    total = (losses * weights).sum()
+    return total / (weights.sum() if denominator is None else denominator)
+
+
+def torch_float(tensor):
+    import torch
+
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+
+
+def _loss_weights_trainer():
+    from transformers import Trainer
+
+    class LossWeightsTrainer(Trainer):
+        """transformers' `Trainer` for rows with `loss_weights`: the loss is `weighted_loss`, normalised by
+        the Σ w of the whole accumulated batch (so gradient accumulation changes nothing). Batches without
+        `loss_weights` are trained as `Trainer` does. Keeps the `loss_weights` column when it removes the
+        columns its model does not name."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_is_scaled_for_ga = True  # the loss is normalised over the accumulated batch
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if WEIGHTS_COLUMN not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, WEIGHTS_COLUMN]
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            if not batch_samples or WEIGHTS_COLUMN not in batch_samples[0]:
+                self.loss_is_scaled_for_ga = None  # Trainer's own rule
+                return super()._get_num_items_in_batch(batch_samples, device)
+            self.loss_is_scaled_for_ga = True
+            total = sum((batch[WEIGHTS_COLUMN][..., 1:] * (batch["labels"][..., 1:] != IGNORE_INDEX)).sum()
+                        for batch in batch_samples).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                total = self.accelerator.gather(total).sum()
+            return total
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if WEIGHTS_COLUMN not in inputs:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            inputs = dict(inputs)
+            weights, labels = inputs.pop(WEIGHTS_COLUMN), inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = weighted_loss(outputs.logits, labels, weights, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes  # ranks' gradients are averaged, Σ w was summed
+            return (loss, outputs) if return_outputs else loss
+
+    return LossWeightsTrainer
+
+
+def __getattr__(name: str):
+    """`LossWeightsTrainer` is made on first use: importing this module does not import transformers."""
+    if name == "LossWeightsTrainer":
+        cls = _loss_weights_trainer()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,8 @@ from .process import RUN, host_tag, owner_tag, pid_alive
 # What the files this tool writes hold, by which it knows them (`written_by_collate`): the columns of
 # packed rows (write/writers.py), of a tokenized spill (pack/spill.py) and the fields of a rejects line.
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
-SPILL_COLUMNS = ("input_ids", "labels", "line")
+WEIGHTS_COLUMN = "loss_weights"  # a fifth column of packed rows (and of spills) under the loss_weights setting
+SPILL_COLUMNS = ("input_ids", "labels", "line", "uncut_hash")  # or the first three: a spill written before uncut_hash
 REJECT_FIELDS = ("file", "line", "reason", "excerpt")
 # Longest file name (bytes) on the file systems we write to (ext4, xfs, btrfs, tmpfs, APFS: 255).
 NAME_MAX = 255
@@ -118,17 +119,18 @@ def written_by_collate(path: str | Path) -> bool:
             except pa.ArrowInvalid:
                 with pa.memory_map(str(path)) as source:
                     schema = pa.ipc.open_file(source).schema
-            return tuple(schema.names) in (PACKED_COLUMNS, SPILL_COLUMNS)
+            return tuple(schema.names) in (PACKED_COLUMNS, PACKED_COLUMNS + (WEIGHTS_COLUMN,), SPILL_COLUMNS,
+                                           SPILL_COLUMNS + (WEIGHTS_COLUMN,), SPILL_COLUMNS[:3])
         if name.endswith(".parquet"):
-            return tuple(pq.read_schema(str(path)).names) == PACKED_COLUMNS
+            return tuple(pq.read_schema(str(path)).names) in (PACKED_COLUMNS, PACKED_COLUMNS + (WEIGHTS_COLUMN,))
         if name.endswith(".msgpack"):
             with open(path, "rb") as f:
                 first = next(iter(msgpack.Unpacker(f, raw=False, max_buffer_size=64 << 20)))
-            return isinstance(first, dict) and tuple(first) == PACKED_COLUMNS
+            return isinstance(first, dict) and tuple(first) in (PACKED_COLUMNS, PACKED_COLUMNS + (WEIGHTS_COLUMN,))
         if name.endswith(".jsonl"):
             with open(path, "rb") as f:
                 first = orjson.loads(f.readline(64 << 20))
-            return isinstance(first, dict) and tuple(first) in (PACKED_COLUMNS, REJECT_FIELDS)
+            return isinstance(first, dict) and tuple(first) in (PACKED_COLUMNS, PACKED_COLUMNS + (WEIGHTS_COLUMN,), REJECT_FIELDS)
         if name.endswith(".json"):
             with open(path, "rb") as f:
                 record = json.loads(f.read(64 << 20))  # (json: manifests may hold escaped non-UTF-8 names)

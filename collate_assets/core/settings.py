@@ -23,23 +23,27 @@ from typing import Any, Literal
 
 LabelsMode = Literal["all", "assistant"]
 PackingStrategy = Literal["bfd", "greedy"]
-OverlongPolicy = Literal["truncate", "drop", "split", "error"]
+OverlongPolicy = Literal["truncate", "drop", "split", "turns", "error"]
 OutputFormat = Literal["arrow", "parquet", "msgpack", "jsonl"]
 ReasoningTurns = Literal["per-turn", "as-rendered"]
 UnshownReasoning = Literal["reject", "drop"]
 TokenizerPipeline = Literal["file", "transformers"]
 TruncatedTurns = Literal["keep", "drop"]
 EncoderChoice = Literal["auto", "fast", "tokenizers"]
+LossWeights = Literal["off", "messages", "conversation-mean"]
+BalanceReader = Literal["sampler", "trainer"]
 
 LABELS_MODES: tuple[str, ...] = ("all", "assistant")
 PACKING_STRATEGIES: tuple[str, ...] = ("bfd", "greedy")
-OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "drop", "split", "error")
+OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "drop", "split", "turns", "error")
 OUTPUT_FORMATS: tuple[str, ...] = ("arrow", "parquet", "msgpack", "jsonl")
+LOSS_WEIGHTS: tuple[str, ...] = ("off", "messages", "conversation-mean")
 REASONING_TURNS: tuple[str, ...] = ("per-turn", "as-rendered")
 UNSHOWN_REASONING: tuple[str, ...] = ("reject", "drop")
 TOKENIZER_PIPELINES: tuple[str, ...] = ("file", "transformers")
 TRUNCATED_TURNS: tuple[str, ...] = ("keep", "drop")
 ENCODER_CHOICES: tuple[str, ...] = ("auto", "fast", "tokenizers")
+BALANCE_READERS: tuple[str, ...] = ("sampler", "trainer")
 EXTENSIONS: dict[str, str] = {
     "arrow": ".arrow",
     "parquet": ".parquet",
@@ -66,11 +70,16 @@ ENV_PREFIX = "COLLATE_"
 
 
 def _field(default: Any, help: str, *, output: bool = True, choices: tuple[str, ...] | None = None,
-           flags: tuple[str, ...] = (), metavar: str | None = None):
-    """A settings field. `output`: the field changes what is written (it is in `fingerprint()`);
+           flags: tuple[str, ...] = (), metavar: str | None = None, pack: bool = False, since: bool = False):
+    """A settings field. `output`: the field changes what is written (it is in `fingerprint()`; with
+    `since`, a field added later, only when not at its default, so the fingerprint of settings that
+    leave it alone is what it was before it existed and nothing already written goes stale);
+    `pack`: it changes the packed outputs only, not the tokenized spills (output=False; it is in
+    `pack_dict()` when not at its default, which the packed assets' code version carries);
     `flags`: the `collate` command's options for it (none: not an option of the command)."""
     return dataclasses.field(default=default, metadata={"help": help, "output": output, "choices": choices,
-                                                        "flags": flags, "metavar": metavar})
+                                                        "flags": flags, "metavar": metavar, "pack": pack,
+                                                        "since": since})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +140,33 @@ class CollateSettings:
         "assistant: only what the assistant says.", choices=LABELS_MODES, flags=("--labels",))
     packing: PackingStrategy = _field(
         "bfd", "bfd: best-fit decreasing; greedy: next-fit decreasing (the legacy strategy).", choices=PACKING_STRATEGIES, flags=("--packing",))
+    # Rows ordered for data-parallel ranks of equal attention cost (core/pack/balance.py). Only the packed
+    # outputs change (pack=True): the tokenized spills stay fresh.
+    balance_ranks: str | None = _field(
+        None, "WORLDxMICRO (e.g. 8x2): shuffle each output's rows (seed 0) and order them so that every step of "
+        "WORLD ranks x MICRO rows, read without shuffling, gives the ranks near-equal attention cost "
+        "(sum of seq_lengths squared); the before/after imbalance is in the pack statistics. "
+        "Default: rows in packing order.", output=False, pack=True, flags=("--balance-ranks",), metavar="WxB")
+    balance_reader: BalanceReader = _field(
+        "sampler", "balance_ranks: how the trainer deals rows to ranks. sampler: DistributedSampler(shuffle=False) "
+        "or rank_rows(shuffle=False), rank r reads rows r, r+W, ...; trainer: transformers' Trainer with "
+        "train_sampling_strategy=sequential, micro-batches of consecutive rows dealt round-robin.",
+        output=False, pack=True, choices=BALANCE_READERS, flags=("--balance-reader",))
     overlong: OverlongPolicy = _field(
-        "truncate", "Conversations longer than max_length: truncate, drop, split (chunks) or error.",
+        "truncate", "Conversations longer than max_length: truncate, drop, split (chunks), turns (windows that end "
+        "at an assistant end of turn, earlier turns as untrained context, each turn trained once; needs "
+        "labels=assistant) or error.",
         choices=OVERLONG_POLICIES, flags=("--overlong",))
+    loss_weights: LossWeights = _field(
+        "off", "Per-token loss weights, a float32 `loss_weights` column: messages = each trained token weighs its "
+        "message's weight (`weight` / `loss_weight`, 1 when not given); conversation-mean = those weights divided by "
+        "their sum in the conversation, so a loss summed with them and divided by their sum is the mean over "
+        "conversations of each one's mean. off: no column; a weight other than 0 or 1 is rejected.",
+        since=True, choices=LOSS_WEIGHTS, flags=("--loss-weights",))
+    pad_to_multiple_of: int = _field(
+        0, "Pad every sequence with untrained tokens to a multiple of N tokens (context parallelism wants "
+        "multiples of 2 x its degree), so rows are multiples of N too; N must divide max_length. 0 = off.",
+        since=True, flags=("--pad-to-multiple-of",), metavar="N")
     strict: bool = _field(False, "Fail on the first bad record instead of rejecting it.", flags=("--strict",))
     max_line_bytes: int = _field(
         DEFAULT_MAX_LINE_BYTES, "Records longer than this many bytes (as compact JSON) are rejected unparsed.", flags=("--max-line-bytes",), metavar="N")
@@ -196,6 +229,14 @@ class CollateSettings:
             raise ValueError(f"sensor_seconds must be an integer from 1 to 86400, got {self.sensor_seconds!r}")
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
+        if not _is_int(self.pad_to_multiple_of) or self.pad_to_multiple_of < 0:
+            raise ValueError(f"pad_to_multiple_of must be an integer >= 0 (0: off), got {self.pad_to_multiple_of!r}")
+        if self.pad_to_multiple_of and self.max_length % self.pad_to_multiple_of:
+            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must divide max_length {self.max_length} "
+                             "(a padded sequence must still fit in a row)")
+        if self.overlong == "turns" and self.labels != "assistant":
+            raise ValueError("overlong=turns cuts at assistant turns: it needs labels=assistant "
+                             "(with labels=all every token is trained and there are no turns to cut at)")
         if isinstance(self.shard_mb, int) and not isinstance(self.shard_mb, bool):
             object.__setattr__(self, "shard_mb", float(self.shard_mb))
         if not isinstance(self.shard_mb, float) or not 0 <= self.shard_mb < 1e9 or math.isnan(self.shard_mb):
@@ -208,6 +249,13 @@ class CollateSettings:
                 raise ValueError(f"{name} must be a share from 0 to 1, got {value!r}")
         if not _is_int(self.workers) or not 0 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be an integer from 0 (one per core) to {MAX_WORKERS}, got {self.workers!r}")
+        if self.balance_ranks is not None:
+            text = str(self.balance_ranks).strip()
+            if text.lower() in ("", "0", "off", "none"):
+                object.__setattr__(self, "balance_ranks", None)
+            else:  # normalized: "8X2" and " 8x2" are the same setting (and the same code version)
+                world, micro = parse_balance_ranks(text)
+                object.__setattr__(self, "balance_ranks", f"{world}x{micro}")
 
     # -- building --------------------------------------------------------------------------------
 
@@ -231,12 +279,31 @@ class CollateSettings:
 
     def output_dict(self) -> dict:
         """The fields that change what is written (the tokenizer's content is fingerprinted apart)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["output"]}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["output"]
+                and not (f.metadata["since"] and getattr(self, f.name) == f.default)}
 
     def fingerprint(self) -> str:
         """A stable hash of the fields that change the outputs (never Python's salted ``hash()``)."""
         blob = json.dumps(self.output_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def pack_dict(self) -> dict:
+        """The fields that change the packed outputs only (not the spills), those not at their default:
+        {} with the defaults, so the packed assets' code version is then what it always was."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.metadata.get("pack") and getattr(self, f.name) != f.default}
+        if "balance_ranks" not in values:  # the reader matters only to balanced rows
+            values.pop("balance_reader", None)
+        return values
+
+    def pack_fingerprint(self) -> str:
+        """A stable hash of `pack_dict()`; "" when it is empty."""
+        values = self.pack_dict()
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16] if values else ""
+
+    def balance_shape(self) -> tuple[int, int] | None:
+        """(world_size, micro_batch) of `balance_ranks`, or None when rows are not balanced."""
+        return parse_balance_ranks(self.balance_ranks) if self.balance_ranks else None
 
     def tokenizer_name(self) -> str:
         """The tokenizer to load: the setting, or the embedded demo tokenizer."""
@@ -454,6 +521,20 @@ def parse_value(field: dataclasses.Field, raw: str) -> Any:
     if field.name == "formats":
         return parse_formats(text)
     return text
+
+
+def parse_balance_ranks(text: str) -> tuple[int, int]:
+    """"8x2" (also "8X2", "8×2"; "8" is 8x1) -> (world_size 8, micro_batch 2); ValueError otherwise."""
+    parts = str(text).strip().lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers.append(1)
+    if len(numbers) != 2 or not all(1 <= n <= 1 << 20 for n in numbers):
+        raise ValueError(f"balance_ranks must be WORLD_SIZExMICRO_BATCH, two positive integers such as 8x2; got {text!r}")
+    return numbers[0], numbers[1]
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

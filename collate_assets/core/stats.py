@@ -35,6 +35,10 @@ class TokenizeStats:
     truncated: int = 0
     dropped: int = 0
     split: int = 0
+    turn_split: int = 0  # overlong=turns: conversations written as windows ending at assistant turn ends
+    turns_not_fit: int = 0  # overlong=turns: assistant turns longer than max_length, trained in no window
+    padding_tokens: int = 0  # pad_to_multiple_of: untrained tokens added at sequence ends (in `tokens`)
+    weighted_messages: int = 0  # loss_weights: messages written with a loss weight other than 0 or 1
     tokens_read: int = 0  # tokens of every conversation that was tokenized, before overlong handling
     tokens: int = 0  # tokens written
     trained_tokens: int = 0
@@ -95,9 +99,15 @@ class PackStats:
     max_row_tokens: int = 0
     # Seconds spent in each stage: read (the spill's layout), pack (bins), gather, write.
     stage_seconds: dict = dataclasses.field(default_factory=dict)
+    # balance_ranks: the rows' order for data-parallel ranks (pack/balance.py's report: world_size,
+    # micro_batch, layout, the imbalance `before` (shuffled) and `after`); None: rows in packing order.
+    balance: dict | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["balance"] is None:  # without balance_ranks, the same dict as before it existed
+            del out["balance"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "PackStats":

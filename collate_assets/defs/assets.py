@@ -47,6 +47,7 @@ SPILL_COLUMNS = dg.TableSchema(
         dg.TableColumn("input_ids", "list<int32>", description="token ids of one conversation (or split chunk)"),
         dg.TableColumn("labels", "list<int32>", description="-100 where not trained"),
         dg.TableColumn("line", "int64", description="line of the input file it came from"),
+        dg.TableColumn("uncut_hash", "uint64", description="hash of the sequence before the overlong policy cut it"),
     ]
 )
 PACKED_COLUMNS = dg.TableSchema(
@@ -106,7 +107,9 @@ class Dataset:
         return f"{TOKENIZE_CODE_VERSION}.s{s.fingerprint()[:10]}.t{tokenizer[:10]}"
 
     def pack_code_version(self) -> str:
-        return f"{PACK_CODE_VERSION}.s{self.settings.fingerprint()[:10]}"
+        # the settings that change the packed outputs only (balance_ranks), when set: the spills stay fresh
+        extra = self.settings.pack_fingerprint()
+        return f"{PACK_CODE_VERSION}.s{self.settings.fingerprint()[:10]}" + (f".p{extra[:10]}" if extra else "")
 
 
 def _failure(exc: Exception | str) -> dg.Failure:
@@ -280,6 +283,8 @@ def _tokenize_partition(context, files: DatasetFiles, key: str, tokenizer, setti
         "truncated": stats.truncated,
         "dropped": stats.dropped,
         "split": stats.split,
+        **({"turn_split": stats.turn_split, "turns_not_fit": stats.turns_not_fit} if stats.turn_split or stats.turns_not_fit else {}),
+        **({"padding_tokens": stats.padding_tokens} if stats.padding_tokens else {}),
         "truncated_tokens": stats.truncated_tokens,
         "turn_sequences": stats.turn_sequences,
         "reasoning_dropped": stats.reasoning_dropped,
@@ -464,7 +469,9 @@ def packed_metadata(stats: PackStats, dest, manifest: SpillManifest, settings: C
         "tokenizer": tokenizer["name"],
         "tokenizer_revision": tokenizer.get("revision") or "",
         "tokenizer_fingerprint": tokenizer["fingerprint"],
-        "settings": dg.MetadataValue.json(settings.output_dict()),
+        "settings": dg.MetadataValue.json({**settings.output_dict(), **settings.pack_dict()}),
+        **({"rank_imbalance_before": float(stats.balance["before"]["mean"]),
+            "rank_imbalance_after": float(stats.balance["after"]["mean"])} if stats.balance else {}),
         "tokenize_stats": dg.MetadataValue.json(manifest.stats),
         "pack_stats": dg.MetadataValue.json(stats.to_dict()),  # read back whole by `collate` (defs/run.py)
     }

@@ -16,8 +16,9 @@ Messages in the OpenAI chat format (`role` + `content`) or ShareGPT (`from` + `v
   a list of them) which become an assistant turn with tool calls;
 - tool results: role `tool` (with `tool_call_id` / `name`), `function`, `ipython`, ShareGPT `observation`;
 - assistant reasoning in `reasoning_content` (or `reasoning` / `thinking`);
-- per-message training flags: `train` (bool), `weight` or `loss_weight` (0 = not trained, 1 = trained;
-  other values are rejected, since the outputs carry no per-token weights).
+- per-message training flags: `train` (bool), `weight` or `loss_weight` (0 = not trained, 1 = trained,
+  another number >= 0 = trained with that loss weight: carried as Conversation.weights; the outputs
+  have per-token weights only under the `loss_weights` setting, and reject such records otherwise).
 
 Conversation-level `tools` (function specs, bare or wrapped as `{"type": "function", "function": ...}`;
 a JSON string or a list) are passed to the template as `tools=`; bare specs are wrapped into the OpenAI
@@ -70,6 +71,8 @@ class Conversation:
     train: list[bool | None] | None = None
     plain: bool = False  # only user/assistant messages with string content: nothing for a template to lack
     double_encoded: int = 0  # tool-call arguments that were JSON text of JSON text (decoded twice)
+    # per message: its loss weight when not 0 or 1 (None: 1 if trained), or None when no message has one
+    weights: list[float | None] | None = None
 
     @property
     def has_tool_calls(self) -> bool:
@@ -168,8 +171,9 @@ def _tool_calls(value, where: str) -> list[dict]:
     return [_tool_call(call, f"{where} call {j}") for j, call in enumerate(calls)]
 
 
-def _flag(message: dict, i: int) -> bool | None:
-    flag = None
+def _flag(message: dict, i: int) -> tuple[bool | None, float | None]:
+    """A message's training flag (None: by its role) and its loss weight when other than 0 or 1."""
+    flag = weight = None
     for field in TRAIN_FIELDS:
         value = message.get(field)
         if value is None:
@@ -179,16 +183,18 @@ def _flag(message: dict, i: int) -> bool | None:
                 raise ValueError(f"message {i} 'train' is {value!r}, not true or false")
             this = value
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
-                raise ValueError(
-                    f"message {i} has {field} {value!r}: only 0 (not trained) and 1 (trained) are "
-                    "supported, the outputs carry no per-token weights"
-                )
-            this = value == 1
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"message {i} has {field} {value!r}: a loss weight is a number >= 0 "
+                                 "(0: not trained, 1: trained)")
+            this = value != 0
+            if value not in (0, 1):
+                if weight is not None and weight != value:
+                    raise ValueError(f"message {i} has loss weights that disagree")
+                weight = float(value)
         if flag is not None and flag != this:
             raise ValueError(f"message {i} has training flags that disagree")
         flag = this
-    return flag
+    return flag, weight
 
 
 def _content(content, i: int, message: dict, calls: list, tools_out: list) -> str | TextParts | None:
@@ -245,10 +251,12 @@ def normalize_record(obj: object) -> Conversation:
     tools = normalize_tools(obj.get("tools")) or []
     out: list[dict] = []
     flags: list[bool | None] = []
+    weights: list[float | None] = []
     system = obj.get("system")
     if isinstance(system, str) and system:
         out.append({"role": "system", "content": system})
         flags.append(None)
+        weights.append(None)
     plain = not tools and not out
     double_encoded = 0
     for i, message in enumerate(messages):
@@ -259,10 +267,12 @@ def normalize_record(obj: object) -> Conversation:
             if type(content) is str and (speaker == "user" or (speaker == "assistant" and "</think>" not in content)):
                 out.append({"role": speaker, "content": content})
                 flags.append(None)
+                weights.append(None)
                 continue
             if type(content) is str and speaker in _PLAIN_ALIASES and "</think>" not in content:
                 out.append({"role": _PLAIN_ALIASES[speaker], "content": content})
                 flags.append(None)
+                weights.append(None)
                 continue
         plain = False
         if message.get("role") is not None or "content" in message:
@@ -317,9 +327,12 @@ def normalize_record(obj: object) -> Conversation:
                 if isinstance(message.get(field), str):
                     normal[field] = message[field]
         if role == "system" and i == 0 and system:
-            out[0], flags[0] = normal, _flag(message, i)  # the record's own system message wins
+            out[0] = normal  # the record's own system message wins
+            flags[0], weights[0] = _flag(message, i)
             continue
         out.append(normal)
-        flags.append(_flag(message, i))
+        flag, weight = _flag(message, i)
+        flags.append(flag)
+        weights.append(weight)
     return Conversation(out, tools or None, flags if any(f is not None for f in flags) else None, plain,
-                        double_encoded)
+                        double_encoded, weights if any(w is not None for w in weights) else None)

@@ -55,6 +55,8 @@ class Mask:
 
     spans: list[Span]
     only: bool = True
+    # the turns of messages with a loss weight other than 1, and that weight (their tokens that are trained)
+    weights: list[tuple[Span, float]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -589,6 +591,8 @@ class ChatEncoder:
             return True
         if conversation.train is not None and any(flag is False for flag in conversation.train):
             return True
+        if conversation.weights is not None:
+            return True
         return conversation.has_reasoning and self.reasoning_turns == "per-turn"
 
     def _count_dropped_reasoning(self, adapted, text, rendered) -> None:
@@ -692,9 +696,10 @@ class ChatEncoder:
                         raise ValueError(f"{exc} (--unshown-reasoning drop trains the turn without it)") from None
                     unshown += 1  # trained as rendered, without its reasoning
         assistant_only = self.labels == "assistant"
-        spans, ends = [], []
+        spans, ends, weighted = [], [], []
         for i, message in enumerate(adapted):
             flag = conversation.train[i] if conversation.train is not None else None
+            weight = conversation.weights[i] if conversation.weights is not None else None
             role = message["role"]
             if role == "tool":
                 wanted = False  # tool results are never trained
@@ -710,14 +715,17 @@ class ChatEncoder:
                     raise ValueError(f"cannot locate message {i} (assistant) in the rendering: the chat template "
                                      + ("leaves out an empty answer" if empty else "leaves it out"))
                 continue
-            if wanted == assistant_only or (wanted and role == "assistant"):
+            weight = weight if wanted else None
+            if wanted == assistant_only or (wanted and role == "assistant") or weight is not None:
                 span, end = self._turn_span(text, i, role, anchors[i], bounds, neighbours, wanted)
                 if wanted == assistant_only:
                     spans.append(span)  # assistant: the turns to train; all: the turns not to train
                 if wanted and role == "assistant":
                     ends.append(end)
+                if weight is not None:
+                    weighted.append((span, weight))
         texts = [text]
-        masks: list[Mask | None] = [Mask(spans, assistant_only) if spans or assistant_only else None]
+        masks: list[Mask | None] = [Mask(spans, assistant_only, weighted) if spans or assistant_only or weighted else None]
         turn_ends = [ends]
         for sub_text, mask, sub_ends in alone.values():
             texts.append(sub_text)
@@ -740,7 +748,8 @@ class ChatEncoder:
                            + (" (it shows reasoning only for turns with tool calls)" if shown == "tool-call turns" else ""))
         anchors, bounds, neighbours = self._layout(where)
         span, end = self._turn_span(text, i, "assistant", anchors[i], bounds, neighbours, True)
-        return text, Mask([span]), [end]
+        weight = conversation.weights[i] if conversation.weights is not None else None
+        return text, Mask([span], weights=[(span, weight)] if weight is not None else []), [end]
 
     def _turn_span(self, text, i, role, anchors, bounds, neighbours, trained: bool) -> tuple[Span, Span | None]:
         """Characters of message i's turn, from the end of its header through its end-of-turn text, and
@@ -834,21 +843,38 @@ class ChatEncoder:
         if mask is None:
             labels = ids.copy()
         else:
-            spans = sorted(s for s in mask.spans if s[1] > s[0])
-            inside = np.zeros(len(ids), dtype=bool)
-            if spans and len(ids):
-                offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-                starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
-                ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
-                # A token is in a span when it starts inside it. A header token that swallows the content's
-                # leading whitespace (Phi-3's `<|assistant|>` has rstrip; newlines merge) starts in the
-                # header, so it stays out; `<|end|>` owning the "\n" after it is in.
-                k = np.searchsorted(ends, offsets[:, 0], side="right")
-                within = k < len(spans)
-                inside[within] = starts[k[within]] <= offsets[within, 0]
-                inside &= offsets[:, 1] > offsets[:, 0]
-
+            inside = _tokens_in(encoding, mask.spans)
             trained = inside if mask.only else ~inside
             labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
             labels[trained] = ids[trained]
         return ids, sequences.start(labels)
+
+    @staticmethod
+    def weights_for(encoding, mask: Mask | None, labels: np.ndarray) -> np.ndarray:
+        """The loss weight of each token of a sequence: 0 where its label is ignored, the message's weight
+        in the turn of a message with one, else 1 (float32)."""
+        weights = (labels != IGNORE_INDEX).astype(np.float32)
+        if mask is not None:
+            for span, weight in mask.weights:
+                weights[_tokens_in(encoding, [span]) & (labels != IGNORE_INDEX)] = weight
+        return weights
+
+
+def _tokens_in(encoding, spans) -> np.ndarray:
+    """Which tokens of an encoding start inside one of the character `spans` (and are not empty).
+
+    A header token that swallows the content's leading whitespace (Phi-3's `<|assistant|>` has rstrip;
+    newlines merge) starts in the header, so it stays out; `<|end|>` owning the "\n" after it is in.
+    """
+    n = len(encoding.ids)
+    inside = np.zeros(n, dtype=bool)
+    spans = sorted(s for s in spans if s[1] > s[0])
+    if spans and n:
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+        ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+        k = np.searchsorted(ends, offsets[:, 0], side="right")
+        within = k < len(spans)
+        inside[within] = starts[k[within]] <= offsets[within, 0]
+        inside &= offsets[:, 1] > offsets[:, 0]
+    return inside

@@ -40,7 +40,7 @@ from .encoder import FIRST_CHECKED, EncoderReport
 from ..errors import CollateError
 from ..process import RUN
 from ..read.reader import RawChunk, Reject, iter_raw_chunks, parse_chunk
-from .sequences import SPILL_SCHEMA, fit, written_labels
+from .sequences import fit, pad, spill_schema, turn_windows, uncut_hash, written_labels
 from ..settings import IGNORE_INDEX, CollateSettings
 from ..read.shards import Shard
 from ..stats import TokenizeStats, length_histogram
@@ -88,7 +88,8 @@ class _RejectLog:
 # The counts a chunk adds to its file's TokenizeStats (the reject counts are kept by _RejectLog).
 _COUNTED = ("conversations", "sequences", "truncated", "dropped", "split", "tokens_read", "tokens",
             "trained_tokens", "truncated_tokens", "turn_sequences", "reasoning_dropped", "reasoning_unshown",
-            "double_encoded_arguments")
+            "double_encoded_arguments", "turn_split", "turns_not_fit", "padding_tokens",
+            "weighted_messages")
 STAGES = ("read", "parse", "render", "encode", "labels", "spill")
 
 
@@ -101,6 +102,8 @@ class ChunkResult:
     labels: np.ndarray
     offsets: np.ndarray  # int32, one more than the sequences
     lines: np.ndarray  # int64, each sequence's position in the file
+    uncut: np.ndarray  # uint64, each sequence's uncut_hash
+    weights: np.ndarray | None  # float32 loss weights, token for token (None: loss_weights=off)
     rejects: list[Reject]
     counts: TokenizeStats
     seconds: dict[str, float]
@@ -113,14 +116,15 @@ class ChunkResult:
         if len(self.lines) == 0:
             return None
         offsets = to_arrow(self.offsets, pa.int32())
-        return pa.record_batch(
-            [
-                pa.ListArray.from_arrays(offsets, to_arrow(self.ids, pa.int32())),
-                pa.ListArray.from_arrays(offsets, to_arrow(self.labels, pa.int32())),
-                to_arrow(self.lines, pa.int64()),
-            ],
-            schema=SPILL_SCHEMA,
-        )
+        columns = [
+            pa.ListArray.from_arrays(offsets, to_arrow(self.ids, pa.int32())),
+            pa.ListArray.from_arrays(offsets, to_arrow(self.labels, pa.int32())),
+            to_arrow(self.lines, pa.int64()),
+            to_arrow(self.uncut, pa.uint64()),
+        ]
+        if self.weights is not None:
+            columns.append(pa.ListArray.from_arrays(offsets, to_arrow(self.weights, pa.float32())))
+        return pa.record_batch(columns, schema=spill_schema(self.weights is not None))
 
 
 DRIFT_TEXTS = 128  # texts of a file's first chunk encoded with the other tokenizer pipeline too
@@ -135,6 +139,7 @@ class ChunkTokenizer:
         self.name = name  # the input file's (for rejects and errors)
         self.compare_at = None  # position of the file's first record, set by _results before any worker starts
         self.specials = special_token_ids(encoder.tokenizer)  # the supervision audit counts these when trained
+        self.pad_id = pad_id(encoder.tokenizer) if settings.pad_to_multiple_of else 0
         # labels=all: a labels=assistant encoder tells, on a sample, what is trained outside assistant turns
         # (made here, before workers fork, so each worker has it). None when the template cannot be masked.
         self.assistant_encoder = None
@@ -241,6 +246,8 @@ class ChunkTokenizer:
         ids_out: list[np.ndarray] = []
         labels_out: list[np.ndarray] = []
         lines_out: list[int] = []
+        hashes_out: list[int] = []
+        weights_out: list[np.ndarray] = []
         error = None
         enc_iter = iter(encodings)
         for k, (line, conversation, result) in enumerate(zip(chunk.line_numbers, chunk.conversations, rendered)):
@@ -260,6 +267,11 @@ class ChunkTokenizer:
                 rejects.append(Reject(name, line, f"chat template error: {_one_line(result)}", excerpt, unit))
                 continue
             encs = [next(enc_iter) for _ in result.masks]
+            if conversation.weights is not None and settings.loss_weights == "off":
+                weight = next(w for w in conversation.weights if w is not None)
+                rejects.append(Reject(name, line, f"a message has loss weight {weight:g}: only 0 (not trained) and 1 "
+                                      "(trained) without --loss-weights messages or conversation-mean", excerpt, unit))
+                continue
             sequences = [encoder.labels_for(enc, mask) for enc, mask in zip(encs, result.masks)]
             try:
                 pieces, reason = _fit(sequences, settings, counts, line, name)
@@ -269,13 +281,16 @@ class ChunkTokenizer:
             if reason is not None:
                 rejects.append(Reject(name, line, reason, excerpt, unit))
                 continue
-            trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in pieces)
+            trained = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab, _ in pieces)
             if trained == 0:
                 reason = "no trainable token"
                 n = sum(len(ids) for ids, _ in sequences)
                 if any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "truncate":
                     reason += f" left after truncation to {max_length} tokens"
                     _undo_truncation(counts, sequences, max_length)
+                elif any(len(ids) > max_length for ids, _ in sequences) and settings.overlong == "turns":
+                    reason += f": every assistant turn is longer than max_length {max_length} (overlong=turns)"
+                    counts.turn_split -= 1  # not written
                 elif settings.labels == "assistant" and not any(m["role"] == "assistant" for m in conversation.messages):
                     reason += " (no assistant message)"
                 rejects.append(Reject(name, line, reason, excerpt, unit))
@@ -300,10 +315,25 @@ class ChunkTokenizer:
             counts.reasoning_unshown += result.unshown_reasoning
             counts.double_encoded_arguments += conversation.double_encoded
             counts.turn_sequences += len(result.texts) - 1
-            for piece_ids, piece_labels in pieces:
+            piece_weights = None
+            if settings.loss_weights != "off":
+                weights = [encoder.weights_for(enc, mask, labels) for enc, mask, (_, labels) in zip(encs, result.masks, sequences)]
+                piece_weights = _cut_weights(sequences, weights, pieces, settings)
+                counts.weighted_messages += sum(w is not None for w in conversation.weights or ())
+            if settings.pad_to_multiple_of:
+                before = sum(len(ids) for ids, _, _ in pieces)
+                pieces = [(*pad(ids, labels, settings.pad_to_multiple_of, self.pad_id), h) for ids, labels, h in pieces]
+                counts.padding_tokens += sum(len(ids) for ids, _, _ in pieces) - before
+                if piece_weights is not None:
+                    piece_weights = [np.concatenate([w, np.zeros(len(ids) - len(w), np.float32)])
+                                     for w, (ids, _, _) in zip(piece_weights, pieces)]
+            for piece_ids, piece_labels, piece_hash in pieces:
                 ids_out.append(piece_ids)
                 labels_out.append(piece_labels)
                 lines_out.append(line)
+                hashes_out.append(piece_hash)
+            if piece_weights is not None:
+                weights_out.extend(piece_weights)
         if error is None:
             take_reader_rejects(1 << 62)
         lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
@@ -311,6 +341,7 @@ class ChunkTokenizer:
         np.cumsum(lengths, out=offsets[1:])
         counts.sequences += len(ids_out)
         counts.tokens += int(offsets[-1])
+
         empty = np.zeros(0, dtype=np.int32)
         all_labels = np.concatenate(labels_out) if labels_out else empty
         audit.tokens, audit.trained_tokens = counts.tokens, counts.trained_tokens
@@ -320,6 +351,9 @@ class ChunkTokenizer:
             labels=all_labels,
             offsets=offsets,
             lines=np.asarray(lines_out, dtype=np.int64),
+            uncut=np.asarray(hashes_out, dtype=np.uint64),
+            weights=(np.concatenate(weights_out) if weights_out else np.zeros(0, np.float32))
+            if settings.loss_weights != "off" else None,
             rejects=rejects,
             counts=counts,
             seconds={},
@@ -583,7 +617,7 @@ def tokenize_file(
             with contextlib.ExitStack() as stack:
                 spill_tmp = stack.enter_context(atomic_path(spill_path))
                 sink = stack.enter_context(pa.OSFile(str(spill_tmp), "wb"))
-                writer = stack.enter_context(pa.ipc.new_file(sink, SPILL_SCHEMA))
+                writer = stack.enter_context(pa.ipc.new_file(sink, spill_schema(settings.loss_weights != "off")))
                 for raw, result, at_work in _results(timed_chunks(), chunk_tokenizer, workers, str(input_path)):
                     stats.workers = at_work
                     stats.lines_read += raw.lines_read
@@ -633,7 +667,8 @@ def tokenize_file(
 
 
 def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]:
-    """Apply the overlong policy to a conversation's sequences: (pieces to write, reject reason or None)."""
+    """Apply the overlong policy to a conversation's sequences: (pieces to write as (ids, labels,
+    uncut_hash), reject reason or None)."""
     max_length = settings.max_length
     n = sum(len(ids) for ids, _ in sequences)
     if any(len(ids) == 0 for ids, _ in sequences):
@@ -641,7 +676,7 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
     stats.tokens_read += n
     longest = max(len(ids) for ids, _ in sequences)
     if longest <= max_length:
-        return sequences, None
+        return [(ids, labels, uncut_hash(ids, labels)) for ids, labels in sequences], None
     policy = settings.overlong
     if policy == "error":
         raise CollateError(
@@ -654,9 +689,40 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
     if policy == "truncate":
         stats.truncated += 1
         stats.truncated_tokens += sum(max(0, len(ids) - max_length) for ids, _ in sequences)
+    elif policy == "turns":
+        stats.turn_split += 1
+        stats.turns_not_fit += sum(turn_windows(labels, max_length)[1] for ids, labels in sequences if len(ids) > max_length)
     else:
         stats.split += 1
-    return [piece for ids, labels in sequences for piece in fit(ids, labels, max_length, policy)], None
+    return [(*piece, uncut_hash(ids, labels)) for ids, labels in sequences
+            for piece in fit(ids, labels, max_length, policy)], None
+
+
+def _cut_weights(sequences, weights, pieces, settings) -> list[np.ndarray]:
+    """The loss weights of the pieces `_fit` made of `sequences`, cut the same way; 0 wherever a piece's label
+    is ignored (a piece's first token, earlier turns as context); under conversation-mean divided by their sum
+    over the conversation, so that they sum to 1 over it."""
+    max_length, policy = settings.max_length, settings.overlong
+    if max(len(ids) for ids, _ in sequences) <= max_length:
+        cut = weights
+    else:
+        cut = [w for (_, labels), wt in zip(sequences, weights) for w, _ in fit(wt, labels, max_length, policy)]
+    out = [np.where(labels == IGNORE_INDEX, np.float32(0), w).astype(np.float32) for w, (_, labels, _) in zip(cut, pieces)]
+    if settings.loss_weights == "conversation-mean":
+        total = float(sum(w.sum(dtype=np.float64) for w in out))
+        if total > 0:
+            out = [(w / np.float32(total)).astype(np.float32) for w in out]
+    return out
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads sequences (pad_to_multiple_of): the tokenizer's pad token, else its end-of-sequence
+    token, else 0. Padding is never trained nor attended to by a real token, so which id matters little."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
 
 
 def _undo_truncation(counts: TokenizeStats, sequences, max_length: int) -> None:

@@ -1,6 +1,7 @@
 """Write packed rows in each output format, atomically, and read them back.
 
-Every writer receives record batches with the columns of PACKED_SCHEMA. Files are written under a
+Every writer receives record batches with the columns of PACKED_SCHEMA (and `loss_weights`, float32,
+under the loss_weights setting: PACKED_SCHEMA_WEIGHTED). Files are written under a
 temporary name in the destination folder and renamed when complete, so a reader never sees half a file.
 """
 
@@ -19,11 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CollateError
-from ..fs import PACKED_COLUMNS, atomic_path, shown
+from ..fs import PACKED_COLUMNS, WEIGHTS_COLUMN, atomic_path, shown
 from ..settings import EXTENSIONS, OUTPUT_FORMATS, check_format
 from .arrays import to_numpy
 
 PACKED_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in PACKED_COLUMNS])
+PACKED_SCHEMA_WEIGHTED = PACKED_SCHEMA.append(pa.field(WEIGHTS_COLUMN, pa.list_(pa.float32())))
+
+
+def packed_schema(weighted: bool) -> pa.Schema:
+    return PACKED_SCHEMA_WEIGHTED if weighted else PACKED_SCHEMA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +49,9 @@ class PackedWriter:
     and `_close`; the rows are counted here and the bytes are the file's size once closed.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, weighted: bool = False):
         self.path = Path(path)
+        self.schema = packed_schema(weighted)
         self.rows = 0
         self._counts: WriteCounts | None = None
         self._open()
@@ -78,7 +85,7 @@ class _ArrowWriter(PackedWriter):
 
     def _open(self) -> None:
         self._sink = pa.OSFile(str(self.path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, PACKED_SCHEMA)
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
@@ -92,7 +99,7 @@ class _ArrowWriter(PackedWriter):
 
 class _ParquetWriter(PackedWriter):
     def _open(self) -> None:
-        self._writer = pq.ParquetWriter(str(self.path), PACKED_SCHEMA, compression="zstd")
+        self._writer = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
@@ -102,9 +109,9 @@ class _ParquetWriter(PackedWriter):
 
 
 def _row_arrays(batch: pa.RecordBatch) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of a batch as dicts of int32 numpy views (no per-token Python objects)."""
+    """The rows of a batch as dicts of int32 (loss_weights: float32) numpy views (no per-token Python objects)."""
     columns = {}
-    for name in PACKED_COLUMNS:
+    for name in batch.schema.names:
         col = batch.column(name)
         # For a sliced batch, .offsets are sliced but still index the parent's full .values.
         columns[name] = (to_numpy(col.offsets), to_numpy(col.values))
@@ -125,7 +132,7 @@ class _FileWriter(PackedWriter):
 class _MsgpackWriter(_FileWriter):
     def _open(self) -> None:
         super()._open()
-        self._packer = msgpack.Packer()
+        self._packer = msgpack.Packer(use_single_float=True)  # loss_weights as float32, exactly
 
     def _write(self, batch: pa.RecordBatch) -> None:
         for row in _row_arrays(batch):
@@ -189,15 +196,16 @@ assert tuple(FORMATS) == OUTPUT_FORMATS
 
 
 @contextlib.contextmanager
-def packed_writer(path: str | Path, fmt: str) -> Iterator[PackedWriter]:
-    """Open a writer for `fmt`; the file appears at `path` only when the block completes.
+def packed_writer(path: str | Path, fmt: str, *, weighted: bool = False) -> Iterator[PackedWriter]:
+    """Open a writer for `fmt` (`weighted`: rows with loss_weights); the file appears at `path` only when
+    the block completes.
 
     The writer is closed when the block ends (whether or not the block closed it to read its
     counts); on an exception or Ctrl-C the temporary file is removed and nothing appears at `path`.
     """
     check_format(fmt)
     with atomic_path(path) as tmp:
-        writer = FORMATS[fmt].writer(tmp)
+        writer = FORMATS[fmt].writer(tmp, weighted)
         try:
             yield writer
         finally:
@@ -215,4 +223,4 @@ def read_packed(path: str | Path, fmt: str, *, numpy: bool = False) -> Iterator[
 
 
 def _as_arrays(row: dict) -> dict:
-    return {k: np.asarray(v, dtype=np.int32) for k, v in row.items()}
+    return {k: np.asarray(v, dtype=np.float32 if k == WEIGHTS_COLUMN else np.int32) for k, v in row.items()}

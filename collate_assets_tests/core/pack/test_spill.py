@@ -13,7 +13,8 @@ import pytest
 
 from collate_assets.core import OUTPUT_FORMATS, CollateError, CollateSettings, file_sha256, read_packed
 from collate_assets.core.settings import IGNORE_INDEX
-from collate_assets.core.pack.spill import SPILL_SCHEMA, pack_spill, spill_lengths
+from collate_assets.core.pack.spill import pack_spill, spill_lengths
+from collate_assets.core.tokens.sequences import SPILL_SCHEMA_V1 as SPILL_SCHEMA  # spills before uncut_hash: still read
 
 MAX_LENGTH = 512
 

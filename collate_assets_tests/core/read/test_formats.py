@@ -92,9 +92,14 @@ def test_reasoning_field_spellings():
      "message 0 has a 'image_url' content part: only text parts are supported"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
      "message 0 has a 'input_audio' content part: only text parts are supported"),
-    ({"messages": [{"role": "user", "content": "q", "loss_weight": 0.5}]},
-     "message 0 has loss_weight 0.5: only 0 (not trained) and 1 (trained) are supported, "
-     "the outputs carry no per-token weights"),
+    ({"messages": [{"role": "user", "content": "q", "loss_weight": -0.5}]},
+     "message 0 has loss_weight -0.5: a loss weight is a number >= 0 (0: not trained, 1: trained)"),
+    ({"messages": [{"role": "user", "content": "q", "loss_weight": float("nan")}]},
+     "message 0 has loss_weight nan: a loss weight is a number >= 0"),
+    ({"messages": [{"role": "user", "content": "q", "loss_weight": 0.5, "weight": 2}]},
+     "message 0 has loss weights that disagree"),
+    ({"messages": [{"role": "user", "content": "q", "loss_weight": 0.5, "train": False}]},
+     "message 0 has training flags that disagree"),
     ({"messages": [{"role": "user", "content": "q", "train": "yes"}]}, "message 0 'train' is 'yes', not true or false"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
      "message 1 has no content and no tool calls"),
@@ -106,6 +111,8 @@ def test_reasoning_field_spellings():
     ({"messages": [{"role": "user", "content": "q"}], "tools": "not json"}, "'tools' is not valid JSON"),
 ])
 def test_rejects_name_the_reason(record, reason):
+    """(A weight other than 0 or 1 is read, as Conversation.weights: the tokenize step rejects it without
+    the loss_weights setting, test_training_weights.py.)"""
     with pytest.raises(ValueError) as info:
         normalize_record(record)
     assert str(info.value).startswith(reason)

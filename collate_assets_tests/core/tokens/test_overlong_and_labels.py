@@ -299,3 +299,96 @@ def test_labels_are_int32_and_aligned_in_spill(overlong_input, shared_tokenizer,
         ids, labels = np.asarray(ids), np.asarray(labels)
         assert len(ids) == len(labels) and labels[0] == IGNORE_INDEX
         assert ((labels == IGNORE_INDEX) | (labels == ids)).all()
+
+
+# Three assistant turns; the middle answer alone is longer than MAX_LENGTH, the others fit with room to spare.
+TURNS = [
+    {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join(map(str, range(70)))},
+    {"role": "user", "content": "And a fruit?"}, {"role": "assistant", "content": "A pear, ripe and sweet."},
+    {"role": "user", "content": "A city? " * 6}, {"role": "assistant", "content": "Lisbon."},
+]
+
+
+def test_turns_cut_at_assistant_turn_ends_and_train_each_turn_once(shared_tokenizer, tmp_path):
+    source = _write_jsonl(tmp_path / "turns.jsonl", [TURNS, SHORT, [LONG_ANSWER[0], {"role": "assistant", "content": "9 " * 90}]])
+    whole = tokenize_file(source, tmp_path / "whole.arrow", shared_tokenizer,
+                          CollateSettings(max_length=4096, labels="assistant"))
+    reference = {r["line"]: r for r in _spill_records(tmp_path / "whole.arrow")}
+    rejects = tmp_path / "rejects.jsonl"
+    stats = tokenize_file(source, tmp_path / "spill.arrow", shared_tokenizer,
+                          CollateSettings(max_length=MAX_LENGTH, labels="assistant", overlong="turns"), rejects_path=rejects)
+    windows = collections.defaultdict(list)
+    for record in _spill_records(tmp_path / "spill.arrow"):
+        windows[record["line"]].append(record)
+
+    # line 3: its one answer is longer than max_length: nothing to train, rejected with the reason
+    [reject] = _rejects(rejects)
+    assert reject["line"] == 3 and "every assistant turn is longer than max_length" in reject["reason"]
+    assert sorted(windows) == [1, 2] and stats.rejected == 1 and stats.accounted()
+    # line 2 fits: written whole, as with any policy
+    assert [w["input_ids"] for w in windows[2]] == [reference[2]["input_ids"]]
+
+    ids, labels = reference[1]["input_ids"], np.asarray(reference[1]["labels"])
+    trained = labels != IGNORE_INDEX
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], trained.astype(np.int8), [0]))))
+    spans = edges.reshape(-1, 2).tolist()
+    assert len(spans) == 4 and len(ids) > MAX_LENGTH  # one trained span per assistant turn
+    too_long = [(a, b) for a, b in spans if b - a + 1 > MAX_LENGTH]
+    assert len(too_long) == 1
+    times_trained = np.zeros(len(ids), dtype=int)
+    for window in windows[1]:
+        n = len(window["input_ids"])
+        assert n <= MAX_LENGTH and window["labels"][0] == IGNORE_INDEX
+        ends = [b for _, b in spans if ids[max(0, b - n):b] == window["input_ids"]]
+        assert len(ends) == 1, "a window ends where an assistant turn ends"
+        end = ends[0]
+        assert n == min(MAX_LENGTH, end), "as much earlier context as fits"
+        assert window["labels"][-1] != IGNORE_INDEX, "the turn's end is trained"
+        got = np.asarray(window["labels"])
+        here = got != IGNORE_INDEX
+        assert (got[here] == labels[end - n:end][here]).all()  # trained labels are the turn's own
+        times_trained[end - n:end] += here
+    fits = np.zeros(len(ids), dtype=bool)
+    for a, b in spans:
+        fits[a:b] = b - a + 1 <= MAX_LENGTH
+    assert (times_trained[fits & trained] == 1).all(), "every turn that fits is trained exactly once"
+    assert (times_trained[~fits] == 0).all() and (times_trained[~trained] == 0).all()
+    assert (stats.turn_split, stats.turns_not_fit) == (1, 2)  # line 1's long turn and line 3's
+    assert stats.trained_tokens == int(trained[fits].sum()) + int((np.asarray(reference[2]["labels"]) != IGNORE_INDEX).sum())
+
+
+def test_turns_need_assistant_labels():
+    with pytest.raises(ValueError, match="needs labels=assistant"):
+        CollateSettings(overlong="turns")
+    assert CollateSettings(overlong="turns", labels="assistant").overlong == "turns"
+
+
+@pytest.mark.parametrize("overlong", ["split", "turns"])
+def test_pad_to_multiple_of_pads_each_sequence_untrained_and_changes_nothing_else(shared_tokenizer, tmp_path, overlong):
+    source = _write_jsonl(tmp_path / "in.jsonl", [TURNS, SHORT, LONG_ANSWER])
+    plain = CollateSettings(max_length=MAX_LENGTH, labels="assistant", overlong=overlong)
+    padded = CollateSettings(max_length=MAX_LENGTH, labels="assistant", overlong=overlong, pad_to_multiple_of=16)
+    assert "pad_to_multiple_of" not in plain.output_dict()  # off: the fingerprint of before, nothing goes stale
+    assert plain.fingerprint() != padded.fingerprint()
+    a = tokenize_file(source, tmp_path / "a.arrow", shared_tokenizer, plain)
+    b = tokenize_file(source, tmp_path / "b.arrow", shared_tokenizer, padded)
+    pad = shared_tokenizer.pad_token_id if shared_tokenizer.pad_token_id is not None else shared_tokenizer.eos_token_id
+    before, after = _spill_records(tmp_path / "a.arrow"), _spill_records(tmp_path / "b.arrow")
+    assert [r["line"] for r in before] == [r["line"] for r in after]
+    for x, y in zip(before, after):
+        n = len(x["input_ids"])
+        assert len(y["input_ids"]) % 16 == 0 and n <= len(y["input_ids"]) < n + 16 and len(y["input_ids"]) <= MAX_LENGTH
+        assert y["input_ids"][:n] == x["input_ids"] and y["labels"][:n] == x["labels"]
+        assert set(y["input_ids"][n:]) <= {pad} and set(y["labels"][n:]) <= {IGNORE_INDEX}
+    assert b.padding_tokens == b.tokens - a.tokens > 0 and b.trained_tokens == a.trained_tokens
+    assert (b.conversations, b.sequences) == (a.conversations, a.sequences)
+    out = tmp_path / "out.arrow"
+    pack_spill(tmp_path / "b.arrow", out, "arrow", padded)
+    for row in read_packed(out, "arrow"):
+        assert len(row["input_ids"]) % 16 == 0 and all(n % 16 == 0 for n in row["seq_lengths"])
+
+
+def test_pad_to_multiple_of_must_divide_max_length():
+    with pytest.raises(ValueError, match="must divide max_length"):
+        CollateSettings(max_length=100, pad_to_multiple_of=16)
