@@ -41,7 +41,7 @@ import sys
 import types
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pydantic
@@ -212,14 +212,25 @@ del _CollateDatasetBase
 
 
 class MixSourceModel(dg.Model, dg.Resolvable):
-    """One source of a mix: a dataset of the code location and its weight."""
+    """One source of a mix: a dataset of the code location and how much of it: one of weight (default 1),
+    ratio or tokens, counted in the mix's budget_by tokens; 0 in any of them leaves the source out."""
 
     dataset: str = Field(description="The name of a dataset of the code location (its key prefix); "
                          "`default` for the dataset of the COLLATE_* variables.")
-    weight: float = Field(default=1.0, description="2.5: every conversation twice and a third time with "
-                          "probability 0.5; 0.3: each with probability 0.3; 0: none.")
-    ratio: float | None = Field(default=None, description="Instead of a weight: this source's share of the "
-                                "training tokens (give every source a ratio); sources are down-sampled to it.")
+    weight: float | None = Field(default=None, description="Default 1. 2.5: every training conversation twice, then "
+                                 "conversations in a seeded order until half the source's tokens more are taken (to within "
+                                 "one conversation); 0.3: 30 % of its tokens the same way; 0: the source is left out "
+                                 "(not read: it removes nothing from the others). One of weight, ratio, tokens.")
+    ratio: float | None = Field(default=None, description="Instead of a weight: this source's share of the training "
+                                "tokens (shares are ratio / sum of ratios; give every source a ratio, no weight or tokens). "
+                                "The mix is the largest in those shares with no source repeated over its max_repeats; "
+                                "each share is met to within one conversation. 0: the source is left out.")
+    tokens: int | None = Field(default=None, description="Instead of a weight: this many training tokens of the source "
+                               "(to within one conversation; may be combined with weight sources). More than the source "
+                               "has times max_repeats: that much, reported short (the budgets_met check fails). "
+                               "0: the source is left out.")
+    max_repeats: float | None = Field(default=None, description="With ratio or tokens: at most this many times the "
+                                      "source's training tokens (default 1: no conversation twice).")
 
 
 class CollateMix(dg.Component, dg.Model, dg.Resolvable):
@@ -227,7 +238,7 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
 
     name: str | None = Field(default=None, description="The mix's asset key prefix and group ([name, training_set]). "
                              "Default: the name of the folder of the defs.yaml.")
-    sources: list[MixSourceModel] = Field(description="The datasets mixed, each with its weight.")
+    sources: list[MixSourceModel] = Field(description="The datasets mixed, each with its weight, ratio or tokens budget.")
     output_dir: str | None = Field(default=None, description="Local folder of the shards and training_set.json. "
                                    f"Default: {DEFAULT_OUTPUT_DIR}/<name>.")
     seed: int = Field(default=0, description="Seed of the weighted sampling and of the row order.")
@@ -236,6 +247,9 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
     shard_rows: int = Field(default=1000, description="Rows per Arrow shard.")
     max_length: int | None = Field(default=None, description="Tokens per row. Default: the sources' max_length "
                                    "(the largest; none may exceed the mix's).")
+    budget_by: Literal["trained", "all"] = Field(default="trained", description="What ratios, tokens budgets and "
+                                                 "fractional weights count: trained tokens (labels != -100) or all "
+                                                 "tokens (prompts, system text and template included).")
 
     _check_name = pydantic.field_validator("name")(classmethod(lambda cls, value: _valid_name(value)))
 
@@ -247,13 +261,26 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
         if len(set(names)) != len(names):
             raise ValueError(f"sources: a dataset is listed twice ({names})")
         for source in self.sources:
-            if not source.weight >= 0 or source.weight == float("inf"):
-                raise ValueError(f"sources: the weight of {source.dataset!r} must be a number >= 0, got {source.weight!r}")
-            if source.ratio is not None and (not source.ratio >= 0 or source.ratio == float("inf")):
-                raise ValueError(f"sources: the ratio of {source.dataset!r} must be a number >= 0, got {source.ratio!r}")
+            given = [key for key in ("weight", "ratio", "tokens") if getattr(source, key) is not None]
+            if len(given) > 1:
+                raise ValueError(f"sources: {source.dataset!r} gives {' and '.join(given)}: give one of weight, ratio or tokens")
+            for key in ("weight", "ratio", "tokens"):
+                value = getattr(source, key)
+                if value is not None and (not value >= 0 or value == float("inf")):
+                    raise ValueError(f"sources: the {key} of {source.dataset!r} must be a number >= 0, got {value!r}")
+            if source.max_repeats is not None:
+                if source.ratio is None and source.tokens is None:
+                    raise ValueError(f"sources: {source.dataset!r} gives max_repeats without ratio or tokens "
+                                     "(with a weight, the weight is the number of copies)")
+                if not 1 <= source.max_repeats < float("inf"):
+                    raise ValueError(f"sources: the max_repeats of {source.dataset!r} must be a number >= 1, "
+                                     f"got {source.max_repeats!r}")
         ratios = [source.ratio for source in self.sources]
         if any(r is not None for r in ratios) and (None in ratios or not sum(ratios) > 0):
-            raise ValueError("sources: give every source a ratio (not all 0), or none")
+            raise ValueError("sources: give every source a ratio (not all 0), or none (ratios are shares of the "
+                             "training tokens: they do not mix with weights or tokens budgets)")
+        if all(0 in (source.weight, source.ratio, source.tokens) for source in self.sources):
+            raise ValueError("sources: every source is left out (weight, ratio or tokens 0)")
         if not 0 <= self.validation_share < 1:
             raise ValueError(f"validation_share must be at least 0 and below 1, got {self.validation_share!r}")
         if self.shard_rows < 1:
@@ -263,13 +290,16 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
         return self
 
     def mix_definition(self, folder: Path):
-        from .mix import MixDefinition
+        from .mix import MixDefinition, MixSourceDefinition
 
         name = self.name or _default_name(folder)
         output = _local_path(self.output_dir, folder) if self.output_dir else os.path.abspath(Path(DEFAULT_OUTPUT_DIR) / name)
         return MixDefinition(
-            name=name, output_dir=output, sources=tuple((s.dataset, s.weight, s.ratio) for s in self.sources), seed=self.seed,
-            validation_share=self.validation_share, shard_rows=self.shard_rows, max_length=self.max_length,
+            name=name, output_dir=output, sources=tuple(
+                MixSourceDefinition(s.dataset, 1.0 if s.weight is None else s.weight, s.ratio, s.tokens, s.max_repeats)
+                for s in self.sources),
+            seed=self.seed, validation_share=self.validation_share, shard_rows=self.shard_rows, max_length=self.max_length,
+            budget_by=self.budget_by,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
@@ -280,8 +310,8 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
     @classmethod
     def get_spec(cls) -> dg.ComponentTypeSpec:
         return dg.ComponentTypeSpec(
-            description="One shuffled training set from several collate datasets, with weights, deduplication "
-            "and a validation split.",
+            description="One shuffled training set from several collate datasets, with weights, ratios or token "
+            "budgets, deduplication and a validation split.",
             tags=["collate", "mixing"],
             produces=["asset", "asset_check", "sensor"],
         )

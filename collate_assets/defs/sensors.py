@@ -34,6 +34,24 @@ def latest_observation(instance: dg.DagsterInstance, asset_key: dg.AssetKey, par
     return records[0].asset_observation if records else None
 
 
+def observed_as_now(observation: dg.AssetObservation | None, stat) -> bool:
+    """Whether `observation` saw the file as `stat` shows it now (same size and mtime): then its data
+    version is the file's sha256 without reading the file again."""
+    if observation is None:
+        return False
+    seen = {name: observation.metadata[name].value for name in ("size_bytes", "mtime_ns") if name in observation.metadata}
+    return seen == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def sha256_now(instance: dg.DagsterInstance, asset_key: dg.AssetKey, key: str, path: Path, hashes: dict[Path, str]) -> str:
+    """The sha256 of the file of partition `key` as it is now: its latest observation's data version
+    when that saw the file as it is (`observed_as_now`), else read (once per path in `hashes`)."""
+    observation = latest_observation(instance, asset_key, key)
+    if observed_as_now(observation, path.stat()) and observation.tags.get(DATA_VERSION_TAG):
+        return observation.tags[DATA_VERSION_TAG]
+    return hashes.get(path) or hashes.setdefault(path, file_sha256(path))
+
+
 def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, files: dict[str, Path]) -> list[dg.AssetObservation]:
     """An observation for each file whose size, mtime or content differ from its latest observation."""
     events = []
@@ -41,10 +59,8 @@ def file_observations(instance: dg.DagsterInstance, asset_key: dg.AssetKey, file
     for key, path in files.items():
         stat = path.stat()
         previous = latest_observation(instance, asset_key, key)
-        if previous is not None:
-            seen = {name: previous.metadata[name].value for name in ("size_bytes", "mtime_ns") if name in previous.metadata}
-            if seen == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
-                continue
+        if observed_as_now(previous, stat):
+            continue
         sha = hashes.get(path) or hashes.setdefault(path, file_sha256(path))
         metadata = {"path": dg.MetadataValue.path(str(path)), "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if previous is not None and previous.tags.get(DATA_VERSION_TAG) == sha:

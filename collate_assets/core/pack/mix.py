@@ -1,29 +1,54 @@
-"""A training set from several tokenized sources: weighted, deduplicated, split, packed together, shuffled.
+"""A training set from several tokenized sources: budgeted, deduplicated, split, packed together, shuffled.
 
     build_mix(sources, output_dir, MixSettings(...)) -> MixStats
 
-A source is a named list of spills (the tokenized files of one dataset) with a weight. The mix
+A source is a named list of spills (the tokenized files of one dataset) with one of: a `weight`
+(default 1), a `ratio` (its share of the mix), or a `tokens` budget. The mix
 
-1. reads every spill once, hashing each conversation (the tokens and labels of all its sequences:
-   two records that render to the same training data are the same conversation);
-2. drops exact duplicates across all sources: the first occurrence is kept, in the order the sources
-   are listed, then their files, then their lines;
-3. holds out a validation split by conversation: a conversation is in it when a hash of its content
-   falls under `validation_share`, so the split does not depend on the seed, the weights or which
-   other files exist, and a conversation never moves between splits when files are added;
-4. weights the training conversations of each source: weight 2.5 keeps every conversation twice and
-   a third time with probability 0.5; 0.3 keeps each with probability 0.3. The draws are hashes of
-   the conversation and the seed, so they are the same on every run. The validation split is not
-   weighted: each held-out conversation once. Instead of weights, sources may give `ratio`s: their
-   shares of the training tokens. The weights are then the largest that give those shares without
-   repeating a conversation (the source that runs out first is taken whole, the others down-sampled);
-5. packs each split with best-fit decreasing across all sources (sequences of different sources
+1. leaves out every absent source: weight 0, ratio 0 or tokens 0. Its files are not read, so it
+   changes nothing of the others (not their duplicates, not their validation split); its figures
+   say `absent: true`;
+2. reads every spill of the other sources once, cataloguing each conversation (the run of sequences
+   of one input line): a hash of its tokens and labels (two records that render to the same training
+   data are the same conversation), its tokens, its trained tokens (labels != -100), and an input
+   hash from the spill's `uncut_hash` column (each sequence's ids before the overlong cut) when the
+   spill has it;
+3. drops exact duplicates across the sources that are in: the first occurrence is kept, in the order
+   the sources are listed, then their files, then their lines. Each dropped copy is counted by cause:
+   `identical_input` (its input hash is the kept copy's: the same text twice),
+   `identical_after_truncation` (different inputs that the overlong cut made the same), or
+   `unknown_cause` (a spill written before the `uncut_hash` column: no input hash to compare);
+4. holds out a validation split by conversation: a conversation is in it when a hash of its content
+   falls under `validation_share`, so the split does not depend on the seed, the budgets or which
+   other files exist, and a conversation never moves between splits when files are added. The
+   validation split is not weighted: each held-out conversation once;
+5. selects the training conversations of each source to a budget, counted in the mix's `budget_by`
+   tokens: `trained` (default: labels != -100, what the loss sees) or `all` (prompts, system text
+   and template tokens included). With A the source's training tokens after deduplication:
+   - `weight: w`: a budget of w x A; 2.5 is every conversation twice plus half of A more;
+   - `tokens: N`: a budget of N, at most `max_repeats` x A (default max_repeats 1: no conversation
+     twice). A budget over that cap is taken at the cap and reported short (asked vs got);
+   - `ratio`s (every source or none; shares are ratio / sum of the ratios): the largest mix in those
+     shares in which no source repeats beyond its `max_repeats` (the source that runs out first
+     is taken whole, max_repeats times; the others are down-sampled, or up-sampled within their caps).
+   A budget B is met by floor(B / A) whole copies of the source, then conversations in a seeded
+   order (a hash of the conversation's content and the seed: the same on every run, and a stable
+   prefix when the budget grows) until the next one would take the total further from B than
+   stopping: every source gets its budget to within one conversation, never by independent draws.
+   `tokens` and `weight` sources may be mixed; `ratio` sources may not be mixed with either (a share
+   of a mix whose size the others fix is ill-defined). `max_repeats` applies to `ratio` and `tokens`
+   (with a weight, the weight is the number of copies). Per source the figures show what was asked
+   (weight, ratio and share, or tokens; the budget in tokens) and what it got (trained and all
+   tokens, its share of the mix, short_by and budget_met: short by at most its largest conversation);
+6. packs each split with best-fit decreasing across all sources (sequences of different sources
    share rows), shuffles the rows with the seed, and writes them as Arrow shards of `shard_rows` rows:
    `train-00000-of-000NN.arrow`, `validation-00000-of-000NN.arrow`, with `training_set.json` (sources,
-   weights, counts, fingerprints, files).
+   asked and got, counts, duplicates by cause, fingerprints, files). The same inputs and settings
+   give the same bytes.
 
-Memory: per sequence a few integers (its spill, place and length, about 40 bytes), never its tokens;
-tokens are read from the memory-mapped spills a write group at a time (see spill.py).
+Memory: per sequence a few integers (its spill, place and length, about 40 bytes) and per
+conversation a few more (first sequence, count, hashes, source, trained tokens: about 50 bytes),
+never its tokens; tokens are read from the memory-mapped spills a write group at a time (see spill.py).
 """
 
 from __future__ import annotations
@@ -60,8 +85,11 @@ _VALIDATION_SALT = 0x9E3779B97F4A7C15  # the split depends on the content only, 
 class MixSource:
     """One source of a mix: its name, its weight and its tokenized files (spill paths, in order).
 
-    `fingerprints` (optional) identify what the spills were made from (input sha256, settings,
-    tokenizer); they are written to the manifest as they are given.
+    Exactly one of `weight` (1 counts as not given when `ratio` or `tokens` is), `ratio` or `tokens`
+    sets how much of it the mix takes; 0 in any of them leaves the source out (see the module
+    docstring). `max_repeats` (ratio and tokens only; default 1) caps how many times its training
+    tokens may be taken. `fingerprints` (optional) identify what the spills were made from (input
+    sha256, settings, tokenizer); they are written to the manifest as they are given.
     """
 
     name: str
@@ -72,6 +100,21 @@ class MixSource:
     # The supervision audit of the source's files as tokenized (audit.SupervisionAudit.to_dict(), merged over
     # its spills), written to the manifest per source and merged over sources: before deduplication and weighting.
     supervision: dict | None = None
+    tokens: int | None = None  # a budget of training tokens (counted by the mix's budget_by) instead of a weight
+    max_repeats: float | None = None  # ratio and tokens: at most this many times the source's tokens (default 1)
+
+    @property
+    def absent(self) -> bool:
+        """Left out of the mix: weight, ratio or tokens 0."""
+        return self.weight == 0 or self.ratio == 0 or self.tokens == 0
+
+    @property
+    def asked(self) -> str:
+        """What sets the source's amount: `ratio`, `tokens` or `weight`."""
+        return "ratio" if self.ratio is not None else "tokens" if self.tokens is not None else "weight"
+
+
+BUDGET_BY = ("trained", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +124,7 @@ class MixSettings:
     validation_share: float = 0.0
     shard_rows: int = 1000
     packing: str = "bfd"
+    budget_by: str = "trained"  # what ratios, tokens budgets and fractional weights count: trained or all tokens
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_share < 1.0:
@@ -89,6 +133,8 @@ class MixSettings:
             raise ValueError(f"shard_rows must be at least 1, got {self.shard_rows!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length!r}")
+        if self.budget_by not in BUDGET_BY:
+            raise ValueError(f"budget_by must be one of {', '.join(BUDGET_BY)}, got {self.budget_by!r}")
 
 
 @dataclasses.dataclass
@@ -121,7 +167,7 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class _Catalog:
-    """Every sequence and conversation of the sources (a few integers each)."""
+    """Every sequence and conversation of the sources that are in (a few integers each)."""
 
     layouts: list[_Layout]
     spill_paths: list[str]
@@ -130,16 +176,22 @@ class _Catalog:
     seq_length: np.ndarray  # int64
     conv_first: np.ndarray  # int64: the first sequence of each conversation (sequences of one are consecutive)
     conv_count: np.ndarray  # int64: how many sequences it has
-    conv_hash: np.ndarray  # uint64
+    conv_hash: np.ndarray  # uint64: of its tokens and labels
     conv_source: np.ndarray  # int32
+    conv_trained: np.ndarray  # int64: its labels != -100
+    conv_input: np.ndarray  # uint64: a hash of its sequences' uncut_hash (0 when the spill has none)
+    conv_has_input: np.ndarray  # bool: its spill has the uncut_hash column
 
 
 def _catalog(sources: Sequence[MixSource]) -> _Catalog:
+    """The catalog of every source that is not absent (an absent source's files are not read)."""
     layouts, paths = [], []
     seq_spill, seq_index, seq_length = [], [], []
-    conv_first, conv_count, conv_hash, conv_source = [], [], [], []
+    conv_first, conv_count, conv_hash, conv_source, conv_trained, conv_input, conv_has_input = [], [], [], [], [], [], []
     sequences = 0
     for source_index, source in enumerate(sources):
+        if source.absent:
+            continue
         for spill in source.spills:
             spill = str(spill)
             layout = _read_layout(spill)
@@ -150,11 +202,14 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
             seq_spill.append(np.full(n, spill_index, dtype=np.int32))
             seq_index.append(np.arange(n, dtype=np.int64))
             seq_length.append(layout.lengths)
-            firsts, counts, hashes = _hash_conversations(spill)
-            conv_first.append(firsts + sequences)
-            conv_count.append(counts)
-            conv_hash.append(hashes)
-            conv_source.append(np.full(len(firsts), source_index, dtype=np.int32))
+            conversations = _hash_conversations(spill)
+            conv_first.append(conversations.firsts + sequences)
+            conv_count.append(conversations.counts)
+            conv_hash.append(conversations.hashes)
+            conv_source.append(np.full(len(conversations.firsts), source_index, dtype=np.int32))
+            conv_trained.append(conversations.trained)
+            conv_input.append(conversations.inputs)
+            conv_has_input.append(np.full(len(conversations.firsts), conversations.has_input, dtype=bool))
             sequences += n
 
     def cat(parts, dtype):
@@ -163,45 +218,77 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
     return _Catalog(
         layouts, paths, cat(seq_spill, np.int32), cat(seq_index, np.int64), cat(seq_length, np.int64),
         cat(conv_first, np.int64), cat(conv_count, np.int64), cat(conv_hash, np.uint64), cat(conv_source, np.int32),
+        cat(conv_trained, np.int64), cat(conv_input, np.uint64), cat(conv_has_input, bool),
     )
 
 
-def _hash_conversations(spill: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first sequence, sequences, content hash) of each conversation of a spill, reading it once.
+UNCUT_HASH = "uncut_hash"  # the spill column of each sequence's ids hashed before the overlong cut (newer spills)
+
+
+@dataclasses.dataclass
+class _Conversations:
+    firsts: np.ndarray  # int64: first sequence of each conversation in the spill
+    counts: np.ndarray  # int64: its sequences
+    hashes: np.ndarray  # uint64: of its tokens and labels
+    trained: np.ndarray  # int64: its labels != -100
+    inputs: np.ndarray  # uint64: of its sequences' uncut hashes (0 without the column)
+    has_input: bool  # the spill has the uncut_hash column
+
+
+def _hash_conversations(spill: str) -> _Conversations:
+    """Each conversation of a spill (first sequence, sequences, hashes, trained tokens), reading it once.
 
     A conversation is the run of consecutive sequences from one input line (a record trained as
     several sequences: per-turn reasoning, or split chunks).
     """
     with _open_spill(spill) as reader:
         count = reader.num_record_batches
-    firsts, counts, hashes = [], [], []
+        has_input = reader.schema.get_field_index(UNCUT_HASH) >= 0
+    firsts, counts, hashes, trained, inputs = [], [], [], [], []
     previous_line = None
-    digest = None
+    digest = input_digest = None
+
+    def finish():
+        hashes.append(int.from_bytes(digest.digest(), "little"))
+        inputs.append(int.from_bytes(input_digest.digest(), "little") if has_input else 0)
+
     seq = 0
     for _, batch in _batches(spill, range(count)):
-        offsets = to_numpy(batch.column(0).offsets).tolist()
+        raw_offsets = to_numpy(batch.column(0).offsets)
+        offsets = raw_offsets.tolist()
         ids = to_numpy(batch.column(0).values)
         labels = to_numpy(batch.column(1).values)
         lines = to_numpy(batch.column(2)).tolist()
+        counted = np.zeros(len(labels) + 1, dtype=np.int64)
+        np.cumsum(labels != IGNORE_INDEX, out=counted[1:])
+        seq_trained = (counted[raw_offsets[1:]] - counted[raw_offsets[:-1]]).tolist()
+        uncut = to_numpy(batch.column(batch.schema.get_field_index(UNCUT_HASH))).tolist() if has_input else None
         for i, line in enumerate(lines):
             if line != previous_line:
                 if digest is not None:
-                    hashes.append(int.from_bytes(digest.digest(), "little"))
+                    finish()
                 digest = hashlib.blake2b(digest_size=8)
+                input_digest = hashlib.blake2b(digest_size=8)
                 firsts.append(seq)
                 counts.append(0)
+                trained.append(0)
                 previous_line = line
             start, end = offsets[i], offsets[i + 1]
             digest.update((end - start).to_bytes(4, "little"))
             digest.update(ids[start:end].tobytes())
             digest.update(labels[start:end].tobytes())
+            if uncut is not None:
+                input_digest.update(uncut[i].to_bytes(8, "little"))
             counts[-1] += 1
+            trained[-1] += seq_trained[i]
             seq += 1
-        del batch, offsets, ids, labels, lines
+        del batch, raw_offsets, offsets, ids, labels, lines, counted, uncut
     if digest is not None:
-        hashes.append(int.from_bytes(digest.digest(), "little"))
-    return (np.asarray(firsts, dtype=np.int64), np.asarray(counts, dtype=np.int64),
-            np.asarray(hashes, dtype=np.uint64))
+        finish()
+    return _Conversations(
+        np.asarray(firsts, dtype=np.int64), np.asarray(counts, dtype=np.int64), np.asarray(hashes, dtype=np.uint64),
+        np.asarray(trained, dtype=np.int64), np.asarray(inputs, dtype=np.uint64), has_input,
+    )
 
 
 def _expand(first: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -276,48 +363,76 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     folder is touched. The new files are written beside them first, so a failure leaves the old set.
     """
     started = time.perf_counter()
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise CollateError(f"a mix lists a source twice: {names}")
-    for source in sources:
-        if not (source.weight >= 0 and math.isfinite(source.weight)):
-            raise CollateError(f"source {source.name!r}: weight must be a finite number >= 0, got {source.weight!r}")
-        if source.ratio is not None and not (source.ratio >= 0 and math.isfinite(source.ratio)):
-            raise CollateError(f"source {source.name!r}: ratio must be a finite number >= 0, got {source.ratio!r}")
-    ratios = [s.ratio for s in sources]
-    if any(r is not None for r in ratios) and (any(r is None for r in ratios) or not sum(ratios) > 0):
-        raise CollateError("give every source a ratio (not all 0), or none: ratios are shares of the training tokens")
+    _validate(sources)
     catalog = _catalog(sources)
     n_conv = len(catalog.conv_hash)
-    _, first_seen = np.unique(catalog.conv_hash, return_index=True)
-    kept = np.zeros(n_conv, dtype=bool)
-    kept[first_seen] = True
+    everything = np.arange(n_conv, dtype=np.int64)
+    _, first_seen, inverse = np.unique(catalog.conv_hash, return_index=True, return_inverse=True)
+    keeper = first_seen[inverse.reshape(-1)].astype(np.int64)  # the kept copy of each conversation (itself when kept)
+    kept = keeper == everything
+    known = catalog.conv_has_input & catalog.conv_has_input[keeper]
+    same_input = catalog.conv_input == catalog.conv_input[keeper]
     validation = _unit(_splitmix64(catalog.conv_hash ^ np.uint64(_VALIDATION_SALT))) < settings.validation_share
     seed_key = np.uint64(int.from_bytes(hashlib.blake2b(str(settings.seed).encode(), digest_size=8).digest(), "little"))
-    draw = _unit(_splitmix64(catalog.conv_hash ^ seed_key))
+    priority = _splitmix64(catalog.conv_hash ^ seed_key)  # the seeded order in which a source's conversations are taken
     conv_tokens = np.add.reduceat(catalog.seq_length, catalog.conv_first) if n_conv else np.zeros(0, np.int64)
-    source_weights = _weights(sources, catalog, conv_tokens, kept & ~validation)
-    weights = np.asarray(source_weights, dtype=np.float64)[catalog.conv_source]
-    copies = np.floor(weights).astype(np.int64) + (draw < weights - np.floor(weights))
-    train_copies = np.where(kept & ~validation, copies, 0)
-    held_out = kept & validation & (weights > 0)  # a source of weight 0 gives nothing, not even validation
+    cost = catalog.conv_trained if settings.budget_by == "trained" else conv_tokens
+    train = kept & ~validation
+    mine = [np.flatnonzero(train & (catalog.conv_source == index)) for index in range(len(sources))]
+    available = [int(cost[convs].sum()) for convs in mine]
+    budgets = _budgets(sources, available)
+    train_copies = np.zeros(n_conv, dtype=np.int64)
+    for index, convs in enumerate(mine):
+        if budgets[index] is None:
+            continue
+        order = convs[np.lexsort((convs, priority[convs]))]
+        costs, budget = cost[order], budgets[index][1]
+        if sources[index].asked == "weight" and available[index] == 0:  # nothing to count (no trained token):
+            costs, budget = np.ones(len(order), dtype=np.int64), sources[index].weight * len(order)  # by conversations
+        whole, part = _take(costs, budget)
+        train_copies[convs] = whole
+        train_copies[order[:part]] += 1
+    held_out = kept & validation  # absent sources are not in the catalog: nothing of theirs, not even validation
 
+    got = {index: int((cost * train_copies)[convs].sum()) for index, convs in enumerate(mine)}
+    got_total = sum(got.values())
     per_source = {}
     for index, source in enumerate(sources):
-        mine = catalog.conv_source == index
+        convs = catalog.conv_source == index
+        dropped = convs & ~kept
+        asked_tokens = budgets[index][0] if budgets[index] is not None else 0.0
+        tolerance = int(cost[mine[index]].max()) if len(mine[index]) else 0
+        short_by = max(0, math.ceil(asked_tokens - got[index] - 1e-6))
         per_source[source.name] = {
-            "weight": source_weights[index],
+            "absent": source.absent,
+            "asked": source.asked,
+            "weight": (source.weight if source.asked == "weight"
+                       else round(got[index] / available[index], 6) if available[index] else 0.0),
             **({"ratio": source.ratio} if source.ratio is not None else {}),
+            **({"tokens_asked": source.tokens} if source.tokens is not None else {}),
+            **({"max_repeats": _max_repeats(source)} if source.asked != "weight" else {}),
+            **({"share_asked": round(source.ratio / sum(s.ratio for s in sources), 6)} if source.ratio is not None else {}),
+            "budget_tokens_asked": round(asked_tokens),
+            "budget_tokens_got": got[index],
+            "budget_short_by": short_by,
+            "budget_met": short_by <= tolerance,
+            "share_got": round(got[index] / got_total, 6) if got_total else 0.0,
             "files": len(source.spills),
-            "conversations": int(mine.sum()),
-            "tokens": int(conv_tokens[mine].sum()),
-            "duplicates_dropped": int((mine & ~kept).sum()),
-            "validation_conversations": int((mine & held_out).sum()),
-            "validation_tokens": int(conv_tokens[mine & held_out].sum()),
-            "train_conversations_before_weighting": int((mine & kept & ~validation).sum()),
-            "train_tokens_before_weighting": int(conv_tokens[mine & kept & ~validation].sum()),
-            "train_conversations": int(train_copies[mine].sum()),
-            "train_tokens": int((conv_tokens * train_copies)[mine].sum()),
+            "conversations": int(convs.sum()),
+            "tokens": int(conv_tokens[convs].sum()),
+            "trained_tokens": int(catalog.conv_trained[convs].sum()),
+            "duplicates_dropped": int(dropped.sum()),
+            "duplicates_identical_input": int((dropped & known & same_input).sum()),
+            "duplicates_identical_after_truncation": int((dropped & known & ~same_input).sum()),
+            "duplicates_unknown_cause": int((dropped & ~known).sum()),
+            "validation_conversations": int((convs & held_out).sum()),
+            "validation_tokens": int(conv_tokens[convs & held_out].sum()),
+            "train_conversations_before_weighting": len(mine[index]),
+            "train_tokens_before_weighting": int(conv_tokens[mine[index]].sum()),
+            "train_trained_tokens_before_weighting": int(catalog.conv_trained[mine[index]].sum()),
+            "train_conversations": int(train_copies[convs].sum()),
+            "train_tokens": int((conv_tokens * train_copies)[convs].sum()),
+            "train_trained_tokens": int((catalog.conv_trained * train_copies)[convs].sum()),
             "fingerprints": list(source.fingerprints),
             **({"supervision": source.supervision} if source.supervision is not None else {}),
         }
@@ -325,8 +440,10 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     if not train_copies.any():
         raise CollateError(
             "the mix has no training conversation: "
-            + ", ".join(f"{name}: {figures['conversations']} conversations, {figures['duplicates_dropped']} duplicates, "
-                        f"weight {figures['weight']:g}" for name, figures in per_source.items())
+            + ", ".join(f"{name}: absent ({figures['asked']} 0)" if figures["absent"] else
+                        f"{name}: {figures['conversations']} conversations, {figures['duplicates_dropped']} duplicates, "
+                        f"{figures['asked']} {_asked_value(source):g}"
+                        for source, (name, figures) in zip(sources, per_source.items()))
         )
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,18 +479,92 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     return stats
 
 
-def _weights(sources: Sequence[MixSource], catalog: _Catalog, conv_tokens: np.ndarray, train: np.ndarray) -> list[float]:
-    """Each source's weight: its own, or from the ratios the largest that repeats no conversation."""
-    if sources and sources[0].ratio is None:
-        return [s.weight for s in sources]
-    total = sum(s.ratio for s in sources)
-    available = [int(conv_tokens[train & (catalog.conv_source == i)].sum()) for i in range(len(sources))]
-    wanted = [(s.ratio / total, tokens) for s, tokens in zip(sources, available) if s.ratio > 0]
-    if any(tokens == 0 for _, tokens in wanted):
-        empty = [s.name for s, tokens in zip(sources, available) if s.ratio > 0 and tokens == 0]
-        raise CollateError(f"sources with a ratio but no training conversation: {', '.join(empty)}")
-    mix_tokens = min(tokens / share for share, tokens in wanted)
-    return [round(s.ratio / total * mix_tokens / tokens, 6) if s.ratio > 0 else 0.0 for s, tokens in zip(sources, available)]
+def _validate(sources: Sequence[MixSource]) -> None:
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise CollateError(f"a mix lists a source twice: {names}")
+    for source in sources:
+        where = f"source {source.name!r}"
+        if not (source.weight >= 0 and math.isfinite(source.weight)):
+            raise CollateError(f"{where}: weight must be a finite number >= 0, got {source.weight!r}")
+        if source.ratio is not None and not (source.ratio >= 0 and math.isfinite(source.ratio)):
+            raise CollateError(f"{where}: ratio must be a finite number >= 0, got {source.ratio!r}")
+        if source.tokens is not None and (isinstance(source.tokens, bool) or not isinstance(source.tokens, int)
+                                          or source.tokens < 0):
+            raise CollateError(f"{where}: tokens must be a whole number >= 0, got {source.tokens!r}")
+        if (source.ratio is not None and source.tokens is not None) or (
+                source.asked != "weight" and source.weight != 1):
+            raise CollateError(f"{where}: give one of weight, ratio or tokens (ratio {source.ratio!r}, "
+                               f"tokens {source.tokens!r}, weight {source.weight!r})")
+        if source.max_repeats is not None:
+            if source.asked == "weight":
+                raise CollateError(f"{where}: max_repeats caps a ratio or a tokens budget; with a weight, "
+                                   "the weight is the number of copies")
+            if not (source.max_repeats >= 1 and math.isfinite(source.max_repeats)):
+                raise CollateError(f"{where}: max_repeats must be a finite number >= 1, got {source.max_repeats!r}")
+    ratios = [s.ratio for s in sources]
+    if any(r is not None for r in ratios) and (any(r is None for r in ratios) or not sum(ratios) > 0):
+        raise CollateError("give every source a ratio (not all 0), or none: ratios are shares of the training "
+                           "tokens, not to be mixed with weights or tokens budgets")
+
+
+def _max_repeats(source: MixSource) -> float:
+    return 1.0 if source.max_repeats is None else float(source.max_repeats)
+
+
+def _asked_value(source: MixSource) -> float:
+    return {"ratio": source.ratio, "tokens": source.tokens, "weight": source.weight}[source.asked]
+
+
+def _budgets(sources: Sequence[MixSource], available: list[int]) -> list[tuple[float, float] | None]:
+    """Each source's (budget asked, budget taken) in budget tokens; None for an absent source.
+
+    Taken is asked capped at max_repeats x available (tokens); for ratios, the largest mix in the
+    shares that no cap is exceeded in. `available`: the source's training tokens after deduplication.
+    """
+    out: list[tuple[float, float] | None] = [None] * len(sources)
+    if sources and sources[0].asked == "ratio":
+        total = sum(s.ratio for s in sources)
+        wanted = [i for i, s in enumerate(sources) if not s.absent]
+        empty = [sources[i].name for i in wanted if available[i] == 0]
+        if empty:
+            raise CollateError(f"sources with a ratio but no training conversation: {', '.join(empty)}")
+        caps = {i: _max_repeats(sources[i]) * available[i] for i in wanted}
+        mix_tokens = min(caps[i] / (sources[i].ratio / total) for i in wanted)
+        for i in wanted:
+            budget = min(sources[i].ratio / total * mix_tokens, caps[i])
+            out[i] = (budget, budget)
+        return out
+    for i, source in enumerate(sources):
+        if source.absent:
+            continue
+        if source.asked == "tokens":
+            out[i] = (float(source.tokens), min(float(source.tokens), _max_repeats(source) * available[i]))
+        else:
+            out[i] = (source.weight * available[i], source.weight * available[i])
+    return out
+
+
+def _take(costs: np.ndarray, budget: float) -> tuple[int, int]:
+    """(whole copies, then the first `part` conversations once more) meeting `budget` within one conversation.
+
+    `costs`: the conversations' tokens in the seeded order. The part is the prefix whose total is
+    nearest the remainder (the shorter one on a tie).
+    """
+    total = int(costs.sum())
+    if total == 0 or budget <= 0:
+        return 0, 0
+    whole = int(budget // total)
+    rest = budget - whole * total
+    cumulative = np.cumsum(costs)
+    reach = int(np.searchsorted(cumulative, rest, side="left"))  # the shortest prefix reaching rest: reach + 1
+    if reach >= len(costs):
+        return whole + 1, 0
+    below = int(cumulative[reach - 1]) if reach else 0
+    part = reach if rest - below <= int(cumulative[reach]) - rest else reach + 1
+    if part == len(costs):
+        return whole + 1, 0
+    return whole, part
 
 
 def _publish(folder: Path, staging: Path, files: list[str]) -> None:

@@ -126,8 +126,11 @@ def test_a_new_mix_replaces_only_the_files_of_the_one_before(spills, tmp_path):
 
 
 def test_a_mix_with_nothing_to_train_on_fails_with_the_counts(spills, tmp_path):
-    with pytest.raises(CollateError, match="no training conversation: a: 300 conversations, 14 duplicates, weight 0"):
+    # weight 0 leaves the source out: its files are not even read
+    with pytest.raises(CollateError, match=r"no training conversation: a: absent \(weight 0\)"):
         build_mix([MixSource("a", 0.0, [spills["a"]])], tmp_path / "m", MixSettings(max_length=MAX_LENGTH))
+    with pytest.raises(CollateError, match="no training conversation: a: 300 conversations, 14 duplicates, weight 1e-09"):
+        build_mix([MixSource("a", 1e-9, [spills["a"]])], tmp_path / "m", MixSettings(max_length=MAX_LENGTH))
     assert not (tmp_path / "m").exists()
 
 
@@ -146,3 +149,215 @@ def test_ratios_give_the_shares_of_training_tokens_without_repeating_a_conversat
     assert 2.5 < a["train_tokens"] / b["train_tokens"] < 3.5
     with pytest.raises(CollateError, match="every source a ratio"):
         build_mix([sources[0], MixSource("c", 1.0, [spills["c"]])], tmp_path / "n", MixSettings(max_length=MAX_LENGTH))
+
+
+# Budgets (issue 25): ratios, tokens and weights met to within one conversation by a seeded
+# selection, counted by trained tokens (or all); absent sources; duplicates by cause.
+
+
+@pytest.fixture(scope="module")
+def assistant_spills(tmp_path_factory):
+    """The demo files (a, b) tokenized with labels=assistant: trained tokens are not all tokens."""
+    folder = tmp_path_factory.mktemp("assistant_spills")
+    settings = CollateSettings(max_length=MAX_LENGTH, workers=1, labels="assistant")
+    tokenizer = load_tokenizer(str(DEMO_TOKENIZER_DIR))
+    out = {}
+    for name, source in (("a", DEMO_INPUT_DIR / "demo.jsonl"), ("b", DEMO_INPUT_DIR / "demo_small.jsonl")):
+        tokenize_file(source, folder / f"{name}.arrow", tokenizer, settings)
+        out[name] = str(folder / f"{name}.arrow")
+    return out
+
+
+def _tokens(seqs, by: str) -> int:
+    return sum(len(ids) if by == "all" else sum(1 for label in labels if label != -100) for ids, labels in seqs)
+
+
+def largest_conversation(spill: str, by: str = "trained") -> int:
+    """The most tokens (trained, or all) of one conversation of a spill: the tolerance of a budget."""
+    return max(_tokens(seqs, by) for seqs in sequences_of(spill).values())
+
+
+def train_tokens_by_source(folder, spills_in_order: dict[str, str], by: str = "trained") -> dict[str, int]:
+    """Tokens (trained or all) of each source in the train shards, read back from the shards: each
+    packed sequence is the source's that lists it first (a duplicate is kept from the first source)."""
+    owner = {}
+    for name, spill in spills_in_order.items():
+        for seqs in sequences_of(spill).values():
+            for seq in seqs:
+                owner.setdefault(seq, name)
+    out = dict.fromkeys(spills_in_order, 0)
+    for path in sorted(folder.glob("train-*.arrow")):
+        for row in read_packed(path, "arrow"):
+            start = 0
+            for length in row["seq_lengths"]:
+                seq = (tuple(row["input_ids"][start:start + length]), tuple(row["labels"][start:start + length]))
+                out[owner[seq]] += _tokens([seq], by)
+                start += length
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ratios_are_met_by_trained_tokens_within_one_conversation_for_every_seed(assistant_spills, tmp_path, seed):
+    # The issue: 0.7 / 0.3 gave 0.72, 0.60, 0.69, 0.74 for seeds 0-3 (coin flips), and by all tokens.
+    a, b = assistant_spills["a"], assistant_spills["b"]
+    sources = [MixSource("a", 1.0, [a], ratio=0.7), MixSource("b", 1.0, [b], ratio=0.3)]
+    stats = build_mix(sources, tmp_path / "m", MixSettings(max_length=MAX_LENGTH, seed=seed))
+    got = train_tokens_by_source(tmp_path / "m", {"a": a, "b": b})
+    total = got["a"] + got["b"]
+    # b, far smaller, is taken whole; a is selected to 7/3 of b's trained tokens within one conversation
+    # (the nearer of the two prefixes around the budget: within half of the conversation between them)
+    assert abs(got["a"] - 0.7 / 0.3 * got["b"]) <= largest_conversation(a) / 2
+    assert abs(got["a"] / total - 0.7) <= largest_conversation(a) / 2 / total
+    assert got["b"] == stats.sources["b"]["train_trained_tokens_before_weighting"]
+    assert stats.sources["a"]["budget_tokens_got"] == got["a"] and stats.sources["a"]["budget_met"]
+    assert stats.sources["a"]["share_asked"] == 0.7 and abs(stats.sources["a"]["share_got"] - got["a"] / total) < 1e-6
+
+
+def test_ratios_by_all_tokens(assistant_spills, tmp_path):
+    a, b = assistant_spills["a"], assistant_spills["b"]
+    sources = [MixSource("a", 1.0, [a], ratio=0.7), MixSource("b", 1.0, [b], ratio=0.3)]
+    stats = build_mix(sources, tmp_path / "m", MixSettings(max_length=MAX_LENGTH, seed=0, budget_by="all"))
+    got = train_tokens_by_source(tmp_path / "m", {"a": a, "b": b}, by="all")
+    assert got["b"] == stats.sources["b"]["train_tokens_before_weighting"]
+    assert abs(got["a"] - 0.7 / 0.3 * got["b"]) <= largest_conversation(a, "all")
+    assert stats.sources["a"]["budget_tokens_got"] == got["a"] == stats.sources["a"]["train_tokens"]
+    assert json.loads((tmp_path / "m" / MANIFEST_NAME).read_text())["settings"]["budget_by"] == "all"
+
+
+def test_a_tokens_budget_is_met_within_one_conversation_and_max_repeats_caps_it(assistant_spills, tmp_path):
+    a, b = assistant_spills["a"], assistant_spills["b"]
+    settings = MixSettings(max_length=MAX_LENGTH, seed=4)
+    stats = build_mix([MixSource("a", 1.0, [a], tokens=20_000), MixSource("b", 1.0, [b])], tmp_path / "m", settings)
+    got = train_tokens_by_source(tmp_path / "m", {"a": a, "b": b})
+    assert abs(got["a"] - 20_000) <= largest_conversation(a)
+    figures = stats.sources["a"]
+    assert figures["asked"] == "tokens" and figures["tokens_asked"] == 20_000 and figures["budget_tokens_got"] == got["a"]
+    assert figures["budget_met"] and figures["max_repeats"] == 1
+    assert got["b"] == stats.sources["b"]["train_trained_tokens_before_weighting"]  # weight 1 beside a budget
+
+    # three times what b has: max_repeats 1 (the default) gives b once, reported short
+    once = build_mix([MixSource("b", 1.0, [b])], tmp_path / "once", settings)
+    available = once.sources["b"]["train_trained_tokens_before_weighting"]
+    stats = build_mix([MixSource("b", 1.0, [b], tokens=3 * available)], tmp_path / "short", settings)
+    short = stats.sources["b"]
+    assert short["budget_tokens_got"] == available and short["budget_short_by"] == 2 * available
+    assert not short["budget_met"] and short["budget_tokens_asked"] == 3 * available
+    assert json.loads((tmp_path / "short" / MANIFEST_NAME).read_text())["sources"]["b"]["budget_met"] is False
+    # max_repeats 2: twice, still short; max_repeats 4: three times, to within one conversation
+    stats = build_mix([MixSource("b", 1.0, [b], tokens=3 * available, max_repeats=2)], tmp_path / "twice", settings)
+    assert stats.sources["b"]["budget_tokens_got"] == 2 * available and not stats.sources["b"]["budget_met"]
+    stats = build_mix([MixSource("b", 1.0, [b], tokens=3 * available, max_repeats=4)], tmp_path / "thrice", settings)
+    assert abs(stats.sources["b"]["budget_tokens_got"] - 3 * available) <= largest_conversation(b)
+    assert stats.sources["b"]["budget_met"]
+
+
+def test_ratios_up_sample_a_small_source_up_to_its_max_repeats(assistant_spills, tmp_path):
+    a, b = assistant_spills["a"], assistant_spills["b"]
+    sources = [MixSource("a", 1.0, [a], ratio=0.3), MixSource("b", 1.0, [b], ratio=0.7, max_repeats=3)]
+    stats = build_mix(sources, tmp_path / "m", MixSettings(max_length=MAX_LENGTH, seed=2))
+    got = train_tokens_by_source(tmp_path / "m", {"a": a, "b": b})
+    # b runs out first even three times over: taken exactly three times; a to 3/7 of that
+    assert got["b"] == 3 * stats.sources["b"]["train_trained_tokens_before_weighting"]
+    assert abs(got["a"] - 0.3 / 0.7 * got["b"]) <= largest_conversation(a)
+    assert packed_sequences(tmp_path / "m", "train").most_common(1)[0][1] == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_weight_two_and_a_half_is_exact(assistant_spills, tmp_path, seed):
+    b = assistant_spills["b"]
+    stats = build_mix([MixSource("b", 2.5, [b])], tmp_path / "m", MixSettings(max_length=MAX_LENGTH, seed=seed))
+    got = train_tokens_by_source(tmp_path / "m", {"b": b})["b"]
+    trained = {ids: _tokens(seqs, "trained") for seqs in sequences_of(b).values() for ids, _ in seqs}
+    train = packed_sequences(tmp_path / "m", "train")
+    assert set(train.values()) == {2, 3}  # every conversation twice, some a third time
+    assert abs(got - 2.5 * sum(trained[ids] for ids in train)) <= largest_conversation(b) / 2
+    assert stats.sources["b"]["train_trained_tokens_before_weighting"] == sum(trained[ids] for ids in train)
+    assert stats.sources["b"]["weight"] == 2.5 and stats.sources["b"]["budget_met"]
+
+
+def test_weight_0_leaves_a_source_out_without_removing_the_others_copies(spills, tmp_path):
+    # c repeats 40 lines of a; listed first with weight 0, it used to take those 40 conversations
+    # out of a as duplicates, then drop them itself: a lost them.
+    settings = MixSettings(max_length=MAX_LENGTH, seed=3, validation_share=0.1, shard_rows=16)
+    alone = build_mix([MixSource("a", 1.0, [spills["a"]])], tmp_path / "alone", settings)
+    stats = build_mix([MixSource("c", 0.0, [spills["c"]]), MixSource("a", 1.0, [spills["a"]])], tmp_path / "with_c", settings)
+    assert stats.sources["a"]["duplicates_dropped"] == alone.sources["a"]["duplicates_dropped"] == 14
+    assert stats.sources["a"]["train_tokens"] == alone.sources["a"]["train_tokens"]
+    assert stats.sources["c"]["absent"] and stats.sources["c"]["conversations"] == 0
+    assert stats.files == alone.files
+    for name in stats.files:
+        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "with_c" / name).read_bytes(), name
+    # ratio 0 and tokens 0 too
+    for absent in (MixSource("c", 1.0, [spills["c"]], tokens=0),):
+        stats = build_mix([absent, MixSource("a", 1.0, [spills["a"]])], tmp_path / "tokens0", settings)
+        assert stats.sources["c"]["absent"] and stats.sources["a"]["train_tokens"] == alone.sources["a"]["train_tokens"]
+    stats = build_mix([MixSource("c", 1.0, [spills["c"]], ratio=0), MixSource("a", 1.0, [spills["a"]], ratio=1)],
+                      tmp_path / "ratio0", settings)
+    assert stats.sources["c"]["absent"] and stats.sources["a"]["train_tokens"] == alone.sources["a"]["train_tokens"]
+
+
+def test_duplicates_are_counted_by_cause(tmp_path):
+    tokenizer = load_tokenizer(str(DEMO_TOKENIZER_DIR))
+    settings = CollateSettings(max_length=48, workers=1, overlong="truncate")
+    story = "Bread rises because yeast eats the sugars in the flour and gives off carbon dioxide, " * 4
+
+    def record(ident, ending):
+        return json.dumps({"id": ident, "conversations": [
+            {"from": "human", "value": "Why does bread rise?"}, {"from": "gpt", "value": story + ending}]}) + "\n"
+
+    (tmp_path / "first.jsonl").write_text(record("x", "The end."))
+    # the same record again (identical input), one that differs after the cut (identical after
+    # truncation) and one of its own
+    (tmp_path / "second.jsonl").write_text(record("y", "The end.") + record("z", "Something else entirely.")
+                                          + json.dumps({"id": "w", "conversations": [
+                                              {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}) + "\n")
+    for name in ("first", "second"):
+        tokenize_file(tmp_path / f"{name}.jsonl", tmp_path / f"{name}.arrow", tokenizer, settings)
+    # a spill written before the uncut_hash column: the cause of its duplicates is unknown
+    import pyarrow as pa
+
+    from collate_assets.core.tokens.sequences import SPILL_SCHEMA_V1
+
+    with pa.memory_map(str(tmp_path / "first.arrow")) as source:
+        table = pa.ipc.open_file(source).read_all().select(["input_ids", "labels", "line"])
+    with pa.OSFile(str(tmp_path / "old.arrow"), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA_V1) as writer:
+        writer.write_table(table)
+
+    sources = [MixSource(name, 1.0, [str(tmp_path / f"{name}.arrow")]) for name in ("first", "second", "old")]
+    stats = build_mix(sources, tmp_path / "m", MixSettings(max_length=64))
+    second, old = stats.sources["second"], stats.sources["old"]
+    assert second["conversations"] == 3 and second["duplicates_dropped"] == 2
+    assert second["duplicates_identical_input"] == 1 and second["duplicates_identical_after_truncation"] == 1
+    assert second["duplicates_unknown_cause"] == 0
+    assert old["duplicates_dropped"] == old["duplicates_unknown_cause"] == 1
+    assert stats.sources["first"]["duplicates_dropped"] == 0
+    manifest = json.loads((tmp_path / "m" / MANIFEST_NAME).read_text())
+    assert manifest["sources"]["second"]["duplicates_identical_after_truncation"] == 1
+
+
+def test_budgeted_mixes_write_the_same_bytes_every_time(assistant_spills, spills, tmp_path):
+    sources = [MixSource("a", 1.0, [assistant_spills["a"]], tokens=30_000), MixSource("b", 1.7, [assistant_spills["b"]]),
+               MixSource("c", 1.0, [spills["c"]], tokens=50_000, max_repeats=2.5)]
+    settings = MixSettings(max_length=MAX_LENGTH, seed=5, validation_share=0.05, shard_rows=20)
+    for name in ("one", "two"):
+        build_mix(sources, tmp_path / name, settings)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) > 3
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("sources, message", [
+    ([("a", 1.0, {"ratio": 0.5}), ("b", 1.0, {"tokens": 10})], "every source a ratio"),
+    ([("a", 2.0, {"tokens": 10})], "one of weight, ratio or tokens"),
+    ([("a", 1.0, {"ratio": 1.0, "tokens": 10})], "one of weight, ratio or tokens"),
+    ([("a", 2.0, {"max_repeats": 3})], "with a weight, the weight is the number of copies"),
+    ([("a", 1.0, {"tokens": 10, "max_repeats": 0.5})], "max_repeats must be a finite number >= 1"),
+    ([("a", 1.0, {"tokens": -1})], "tokens must be a whole number >= 0"),
+])
+def test_budgets_that_do_not_make_sense_are_refused(sources, message, tmp_path):
+    with pytest.raises(CollateError, match=message):
+        build_mix([MixSource(name, weight, ["x"], **more) for name, weight, more in sources], tmp_path / "m",
+                  MixSettings(max_length=MAX_LENGTH))
+    with pytest.raises(ValueError, match="budget_by"):
+        MixSettings(max_length=MAX_LENGTH, budget_by="prompt")
