@@ -250,6 +250,23 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
     budget_by: Literal["trained", "all"] = Field(default="trained", description="What ratios, tokens budgets and "
                                                  "fractional weights count: trained tokens (labels != -100) or all "
                                                  "tokens (prompts, system text and template included).")
+    balance_ranks: str | None = Field(default=None, description="WxB (e.g. 8x2): order the train rows so that each "
+                                      "step of W data-parallel ranks x B rows, read without shuffling, has near-equal "
+                                      "attention cost (sum of seq_lengths squared). Default: rows shuffled as they come.")
+    balance_reader: Literal["sampler", "trainer"] = Field(default="sampler", description="With balance_ranks, how the "
+                                                          "trainer deals rows to ranks: sampler (DistributedSampler, "
+                                                          "shuffle=False) or trainer (Trainer, sequential sampling).")
+    decontaminate: list[str] = Field(default_factory=list, description="Evaluation files or folders (JSONL, JSON, "
+                                     "Parquet; relative to this defs.yaml): conversations sharing an n-gram of words "
+                                     "with any of their strings (prompts and answers) are dropped, counted per source "
+                                     "and per file.")
+    decontaminate_n: int = Field(default=13, description="Words per n-gram of the decontamination.")
+    decontaminate_min_matches: int = Field(default=1, description="Distinct n-grams a conversation must share to be dropped.")
+    max_contaminated_share: float = Field(default=0.01, description="The blocking check `decontamination` fails when "
+                                          "more than this share of the conversations was contaminated.")
+    near_duplicates: float | None = Field(default=None, description="Jaccard threshold (e.g. 0.8) of near-duplicate "
+                                          "conversations (MinHash-LSH over 5-word shingles): of each cluster the first "
+                                          "(by source order, file, line) is kept. Default: off.")
 
     _check_name = pydantic.field_validator("name")(classmethod(lambda cls, value: _valid_name(value)))
 
@@ -287,6 +304,16 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
             raise ValueError(f"shard_rows must be at least 1, got {self.shard_rows!r}")
         if self.max_length is not None and not 2 <= self.max_length <= MAX_LENGTH_CEILING:
             raise ValueError(f"max_length must be from 2 to {MAX_LENGTH_CEILING}, got {self.max_length!r}")
+        if self.balance_ranks is not None:
+            from collate_assets.core.settings import parse_balance_ranks
+
+            parse_balance_ranks(self.balance_ranks)
+        if self.decontaminate_n < 1 or self.decontaminate_min_matches < 1:
+            raise ValueError("decontaminate_n and decontaminate_min_matches must be at least 1")
+        if not 0 <= self.max_contaminated_share <= 1:
+            raise ValueError(f"max_contaminated_share must be a share from 0 to 1, got {self.max_contaminated_share!r}")
+        if self.near_duplicates is not None and not 0 < self.near_duplicates <= 1:
+            raise ValueError(f"near_duplicates must be a Jaccard threshold in (0, 1], got {self.near_duplicates!r}")
         return self
 
     def mix_definition(self, folder: Path):
@@ -299,7 +326,10 @@ class CollateMix(dg.Component, dg.Model, dg.Resolvable):
                 MixSourceDefinition(s.dataset, 1.0 if s.weight is None else s.weight, s.ratio, s.tokens, s.max_repeats)
                 for s in self.sources),
             seed=self.seed, validation_share=self.validation_share, shard_rows=self.shard_rows, max_length=self.max_length,
-            budget_by=self.budget_by,
+            budget_by=self.budget_by, balance_ranks=self.balance_ranks, balance_reader=self.balance_reader,
+            decontaminate=tuple(_local_path(p, folder) for p in self.decontaminate), decontaminate_n=self.decontaminate_n,
+            decontaminate_min_matches=self.decontaminate_min_matches, max_contaminated_share=self.max_contaminated_share,
+            near_duplicates=self.near_duplicates,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

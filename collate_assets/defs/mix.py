@@ -47,6 +47,8 @@ MIX_CHECKS = {
     "sequence_boundaries": "position_ids restart at 0 at each sequence start and seq_lengths match them.",
     "labels_masked_at_starts": "labels are -100 at the first token of every packed sequence.",
     "tokens_conserved": "The tokens read back from the shards are those the weighted, deduplicated sources give.",
+    "decontamination": "At most max_contaminated_share of the conversations share n-grams with the evaluation files "
+                       "(those that do are dropped either way; above the share, something larger is wrong).",
     "budgets_met": "Every source got the tokens asked of it (its tokens budget, ratio or weight) to within its largest "
                    "conversation: a tokens budget over what the source has times max_repeats fails it.",
 }
@@ -94,6 +96,20 @@ class MixDefinition:
     shard_rows: int = 1000
     max_length: int | None = None  # None: the sources' own (they must agree)
     budget_by: str = "trained"  # ratios, tokens budgets and fractional weights count trained tokens, or all
+    balance_ranks: str | None = None  # "WxB": train rows ordered for W ranks x B rows of equal attention cost
+    balance_reader: str = "sampler"
+    decontaminate: tuple[str, ...] = ()  # evaluation files or folders (core/pack/overlap.py)
+    decontaminate_n: int = 13
+    decontaminate_min_matches: int = 1
+    max_contaminated_share: float = 0.01  # the blocking check decontamination fails above this share
+    near_duplicates: float | None = None  # Jaccard threshold; None: off
+
+    def mix_settings(self, max_length: int) -> MixSettings:
+        return MixSettings(max_length=max_length, seed=self.seed, validation_share=self.validation_share,
+                           shard_rows=self.shard_rows, budget_by=self.budget_by, balance_ranks=self.balance_ranks,
+                           balance_reader=self.balance_reader, decontaminate=self.decontaminate,
+                           decontaminate_n=self.decontaminate_n, decontaminate_min_matches=self.decontaminate_min_matches,
+                           near_duplicates=self.near_duplicates)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(
@@ -139,7 +155,8 @@ def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
     key = mix.key()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        specs = [dg.AssetCheckSpec(name, asset=key, blocking=True, description=text) for name, text in MIX_CHECKS.items()]
+        specs = [dg.AssetCheckSpec(name, asset=key, blocking=True, description=text) for name, text in MIX_CHECKS.items()
+                 if name != "decontamination" or mix.decontaminate]
 
     @dg.asset(
         key=key,
@@ -166,9 +183,11 @@ def build_mix_defs(mix: MixDefinition) -> dg.Definitions:
             read = {source.name: source for source in mix_sources}
             mix_sources = [read.get(s.dataset) or MixSource(name=s.dataset, weight=s.weight, spills=[], ratio=s.ratio,
                                                            **mix.budget_of(s.dataset)) for s in mix.sources]
-            settings = MixSettings(max_length=max_length, seed=mix.seed, validation_share=mix.validation_share,
-                                   shard_rows=mix.shard_rows, budget_by=mix.budget_by)
-            stats = build_mix(mix_sources, mix.output_dir, settings)
+            settings = mix.mix_settings(max_length)
+            tokenizer = None
+            if settings.decontaminate or settings.near_duplicates is not None:  # they read the text back
+                tokenizer = getattr(context.resources, present[0].resource_key).load_tokenizer()
+            stats = build_mix(mix_sources, mix.output_dir, settings, tokenizer=tokenizer)
         except (CollateError, ValueError) as exc:
             raise dg.Failure(description=shown(str(exc)), allow_retries=False) from exc
         results = _check_results(mix, stats, max_length)
@@ -366,7 +385,22 @@ def _check_results(mix: MixDefinition, stats, max_length: int) -> list[dg.AssetC
                             metadata={"tokens_read_back": tokens, "tokens_expected": expected_tokens,
                                       "sequences_read_back": sequences, "sequences_expected": expected_sequences}),
         _budgets_met(stats),
+        *([_decontamination(mix, stats)] if mix.decontaminate else []),
     ]
+
+
+def _decontamination(mix: MixDefinition, stats) -> dg.AssetCheckResult:
+    report = stats.decontamination
+    share = report["contaminated"] / report["conversations_checked"] if report["conversations_checked"] else 0.0
+    return dg.AssetCheckResult(
+        check_name="decontamination", passed=share <= mix.max_contaminated_share,
+        description=f"{report['contaminated']} of {report['conversations_checked']} conversations ({share:.2%}) share "
+                    f"{report['n']}-grams with the evaluation files and were dropped (at most "
+                    f"{mix.max_contaminated_share:.2%} may)",
+        metadata={"contaminated": report["contaminated"], "contaminated_share": float(share),
+                  "max_contaminated_share": float(mix.max_contaminated_share),
+                  "per_file": dg.MetadataValue.json(report["per_file"]),
+                  "per_source": dg.MetadataValue.json(report["per_source"])})
 
 
 def _budgets_met(stats) -> dg.AssetCheckResult:
@@ -415,6 +449,19 @@ def _metadata(mix: MixDefinition, stats) -> dict:
         meta["turn_ends_trained"] = audit.turn_ends_trained
         meta["turn_ends_untrained"] = audit.turn_ends_untrained + audit.turn_ends_missing
         meta["supervision"] = dg.MetadataValue.json(stats.supervision)
+    if stats.decontamination:
+        meta["contaminated"] = stats.decontamination["contaminated"]
+        meta["decontamination"] = dg.MetadataValue.json(stats.decontamination)
+    if stats.near_duplicates:
+        meta["near_duplicates_dropped"] = stats.near_duplicates["duplicates"]
+        meta["near_duplicates"] = dg.MetadataValue.json(stats.near_duplicates)
+    for stage, seconds in stats.stage_seconds.items():
+        meta[f"{stage}_seconds"] = seconds
+    balance = stats.splits["train"].get("balance")
+    if balance:  # per step of W ranks x B rows: max / mean of the ranks' sum of seq_len^2, mean over steps
+        meta["rank_imbalance_before"] = float(balance["before"]["mean"])
+        meta["rank_imbalance_after"] = float(balance["after"]["mean"])
+        meta["rank_balance"] = dg.MetadataValue.json(balance)
     meta["dagster/row_count"] = stats.splits["train"]["rows"]
     meta["sources_table"] = checks.table(
         [("source", "string"), ("asked", "string"), ("weight", "float"), ("budget_tokens_asked", "int"),

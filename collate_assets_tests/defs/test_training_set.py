@@ -52,7 +52,7 @@ def test_two_datasets_mix_into_one_training_set_and_a_new_file_reruns_only_itsel
         result = _run(defs, instance, MIX)
         assert result.success
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert set(evaluations) == set(MIX_CHECKS) and all(e.passed for e in evaluations.values())
+        assert set(evaluations) == set(MIX_CHECKS) - {"decontamination"} and all(e.passed for e in evaluations.values())
         [materialization] = [e.materialization for e in result.get_asset_materialization_events()]
         meta = {k: v.value for k, v in materialization.metadata.items()}
         assert meta["tokens_after_weighting__b"] >= 2 * meta["tokens_before_weighting__b"] > 0
@@ -251,7 +251,7 @@ def test_a_tokens_budget_over_what_a_source_has_fails_budgets_met_and_an_absent_
             assert _run(defs, instance, datasets["a"].key("tokenized_conversations"), key).success
         result = _run(defs, instance, MIX)
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert set(evaluations) == set(MIX_CHECKS)
+        assert set(evaluations) == set(MIX_CHECKS) - {"decontamination"}  # (only when decontaminate is given)
         assert not evaluations["budgets_met"].passed
         assert all(e.passed for name, e in evaluations.items() if name != "budgets_met")
         [materialization] = [e.materialization for e in result.get_asset_materialization_events()]
@@ -272,16 +272,57 @@ def test_a_tokens_budget_over_what_a_source_has_fails_budgets_met_and_an_absent_
     ("{dataset: a, weight: 2, max_repeats: 3}", "max_repeats without ratio or tokens"),
     ("{dataset: a, ratio: 0.5, max_repeats: 0.5}", "max_repeats of 'a' must be a number >= 1"),
     ("{dataset: a, tokens: 0}", "every source is left out"),
+    ("{dataset: a}\nnear_duplicates: 1.5", "near_duplicates must be a Jaccard threshold"),
+    ("{dataset: a}\nbalance_ranks: 8y2", "balance_ranks must be WORLD_SIZExMICRO_BATCH"),
 ])
 def test_mix_budgets_in_yaml_are_checked(tmp_path, source, message):
     from collate_assets.defs.component import CollateMix
 
     import yaml
 
-    attributes = {"sources": [yaml.safe_load(source)]}
+    first, _, rest = source.partition("\n")
+    attributes = {"sources": [yaml.safe_load(first)], **(yaml.safe_load(rest) if rest else {})}
     with pytest.raises(Exception, match=message):
         CollateMix.model_validate(attributes)
     mix = CollateMix.model_validate({"sources": [{"dataset": "a", "tokens": 1000, "max_repeats": 2},
                                                  {"dataset": "b"}], "budget_by": "all"}).mix_definition(tmp_path)
     assert mix.sources == (MixSourceDefinition("a", 1.0, None, 1000, 2), MixSourceDefinition("b", 1.0))
     assert mix.budget_by == "all"
+    mix = CollateMix.model_validate({"sources": [{"dataset": "a"}], "decontaminate": ["evals", "/abs/more.jsonl"],
+                                     "near_duplicates": 0.85, "balance_ranks": "8x2"}).mix_definition(tmp_path)
+    assert mix.decontaminate == (str(tmp_path / "evals"), "/abs/more.jsonl")  # relative to the defs.yaml
+    settings = mix.mix_settings(1024)
+    assert (settings.near_duplicates, settings.balance_ranks, settings.decontaminate_n) == (0.85, "8x2", 13)
+
+
+def test_a_mix_decontaminated_and_near_deduplicated_through_dagster_reports_both_and_blocks_over_the_share(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    shutil.copyfile(DEMO_INPUT_DIR / "demo_small.jsonl", folder / "demo_small.jsonl")
+    record = json.loads((folder / "demo_small.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    answer = next(m["value"] for m in record["conversations"] if m["from"] == "gpt")
+    assert len(answer.split()) >= 13
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "eval.jsonl").write_text(json.dumps({"prompt": "?", "answer": answer}) + "\n", encoding="utf-8")
+    dataset = Dataset(demo_settings(folder, tmp_path / "out_a", formats=("arrow",)), "a")
+    mix = MixDefinition(name="mix", output_dir=str(tmp_path / "mix"), sources=(MixSourceDefinition("a"),),
+                        decontaminate=(str(tmp_path / "evals"),), max_contaminated_share=0.0, near_duplicates=0.9,
+                        balance_ranks="2x1")
+    defs = dg.Definitions.merge(build_dataset_defs(dataset.settings, "a"), build_mix_defs(mix))
+    with instance_in_memory() as instance:
+        sensor_tick(instance, dataset)
+        _tokenize(defs, instance, dataset)
+        result = _run(defs, instance, MIX)
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert set(evaluations) == set(MIX_CHECKS)
+        assert not evaluations["decontamination"].passed  # above the share asked (0): blocking
+        assert all(e.passed for name, e in evaluations.items() if name != "decontamination")
+        [materialization] = [e.materialization for e in result.get_asset_materialization_events()]
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        assert meta["contaminated"] >= 1 and meta["decontamination"]["examples"][0]["line"] == 1
+        assert meta["near_duplicates"]["threshold"] == 0.9 and meta["near_duplicates_dropped"] >= 0
+        assert meta["rank_imbalance_after"] <= meta["rank_imbalance_before"]
+        assert meta["decontamination_seconds"] >= 0 and meta["near_duplicates_seconds"] >= 0
+        manifest = _manifest(tmp_path)
+        assert manifest["settings"]["decontaminate"] == [str(tmp_path / "evals")]
+        assert manifest["sources"]["a"]["contaminated"] == meta["contaminated"]

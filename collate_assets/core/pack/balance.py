@@ -230,16 +230,8 @@ def balance_order(
     return BalanceResult(order=order, report=report)
 
 
-def balance_rows(
-    costs: np.ndarray,
-    world_size: int,
-    micro_batch: int = 1,
-    *,
-    layout: str = "sampler",
-    window: int = DEFAULT_WINDOW,
-    seed: int = 0,
-) -> tuple[np.ndarray, dict]:
+def balance_rows(costs: np.ndarray, world_size: int, micro_batch: int = 1, **options) -> tuple[np.ndarray, dict]:
     """What a writer calls with the costs of its rows in their shuffled order: (the order to write them
     in, as positions into that shuffled order; the report for the metadata). `balance_order`, unpacked."""
-    result = balance_order(costs, world_size, micro_batch, layout=layout, window=window, seed=seed)
+    result = balance_order(costs, world_size, micro_batch, **options)
     return result.order, result.report

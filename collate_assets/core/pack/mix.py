@@ -69,10 +69,10 @@ import numpy as np
 from . import packing
 from ..write.arrays import to_numpy
 from ..errors import CollateError
-from ..settings import IGNORE_INDEX
+from ..settings import BALANCE_READERS, IGNORE_INDEX, parse_balance_ranks
 from ..read.shards import shard_suffix
 from .spill import _batches, _gather_tokens, _Layout, _open_spill, _read_layout, rows_batch, write_groups
-from ..fs import atomic_path
+from ..fs import atomic_path, shown
 from ..write.writers import packed_writer
 
 MANIFEST_NAME = "training_set.json"
@@ -125,6 +125,17 @@ class MixSettings:
     shard_rows: int = 1000
     packing: str = "bfd"
     budget_by: str = "trained"  # what ratios, tokens budgets and fractional weights count: trained or all tokens
+    # "WxB": the train split's rows ordered so that each step of W ranks x B rows, read without shuffling as
+    # balance_reader says, has near-equal attention cost (balance.py); None: shuffled rows as they come
+    balance_ranks: str | None = None
+    balance_reader: str = "sampler"
+    # Evaluation files or folders (JSONL, JSON, Parquet): a conversation whose text shares at least
+    # `decontaminate_min_matches` distinct `decontaminate_n`-word grams with them is dropped (overlap.py)
+    decontaminate: tuple[str, ...] = ()
+    decontaminate_n: int = 13
+    decontaminate_min_matches: int = 1
+    # Jaccard threshold of near-duplicate conversations (MinHash-LSH over 5-word shingles; the first kept)
+    near_duplicates: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_share < 1.0:
@@ -135,6 +146,31 @@ class MixSettings:
             raise ValueError(f"max_length must be at least 2, got {self.max_length!r}")
         if self.budget_by not in BUDGET_BY:
             raise ValueError(f"budget_by must be one of {', '.join(BUDGET_BY)}, got {self.budget_by!r}")
+        if self.balance_ranks is not None:
+            world, micro = parse_balance_ranks(str(self.balance_ranks))
+            object.__setattr__(self, "balance_ranks", f"{world}x{micro}")
+        if self.balance_reader not in BALANCE_READERS:
+            raise ValueError(f"balance_reader must be one of {', '.join(BALANCE_READERS)}, got {self.balance_reader!r}")
+        object.__setattr__(self, "decontaminate", tuple(str(p) for p in self.decontaminate))
+        if not (isinstance(self.decontaminate_n, int) and self.decontaminate_n >= 1):
+            raise ValueError(f"decontaminate_n must be a whole number >= 1, got {self.decontaminate_n!r}")
+        if not (isinstance(self.decontaminate_min_matches, int) and self.decontaminate_min_matches >= 1):
+            raise ValueError(f"decontaminate_min_matches must be a whole number >= 1, got {self.decontaminate_min_matches!r}")
+        if self.near_duplicates is not None and not 0 < self.near_duplicates <= 1:
+            raise ValueError(f"near_duplicates must be a Jaccard threshold in (0, 1], got {self.near_duplicates!r}")
+
+    def to_dict(self) -> dict:
+        """The settings as the manifest keeps them (the rank balance only when asked for)."""
+        out = dataclasses.asdict(self)
+        if self.balance_ranks is None:
+            del out["balance_ranks"], out["balance_reader"]
+        if not self.decontaminate:
+            del out["decontaminate"], out["decontaminate_n"], out["decontaminate_min_matches"]
+        else:
+            out["decontaminate"] = list(self.decontaminate)
+        if self.near_duplicates is None:
+            del out["near_duplicates"]
+        return out
 
 
 @dataclasses.dataclass
@@ -145,9 +181,16 @@ class MixStats:
     files: list[str]
     seconds: float = 0.0
     supervision: dict = dataclasses.field(default_factory=dict)  # the sources' audits merged ({}: none given)
+    decontamination: dict = dataclasses.field(default_factory=dict)  # what `decontaminate` found ({}: not asked)
+    near_duplicates: dict = dataclasses.field(default_factory=dict)  # what `near_duplicates` found ({}: not asked)
+    stage_seconds: dict = dataclasses.field(default_factory=dict)  # of the overlap filters (not in the manifest)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for name in ("decontamination", "near_duplicates"):
+            if not out[name]:
+                del out[name]
+        return out
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -181,6 +224,7 @@ class _Catalog:
     conv_trained: np.ndarray  # int64: its labels != -100
     conv_input: np.ndarray  # uint64: a hash of its sequences' uncut_hash (0 when the spill has none)
     conv_has_input: np.ndarray  # bool: its spill has the uncut_hash column
+    conv_line: np.ndarray  # int64: its line in its input file (as the spill says)
 
 
 def _catalog(sources: Sequence[MixSource]) -> _Catalog:
@@ -188,6 +232,7 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
     layouts, paths = [], []
     seq_spill, seq_index, seq_length = [], [], []
     conv_first, conv_count, conv_hash, conv_source, conv_trained, conv_input, conv_has_input = [], [], [], [], [], [], []
+    conv_line = []
     sequences = 0
     for source_index, source in enumerate(sources):
         if source.absent:
@@ -210,6 +255,7 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
             conv_trained.append(conversations.trained)
             conv_input.append(conversations.inputs)
             conv_has_input.append(np.full(len(conversations.firsts), conversations.has_input, dtype=bool))
+            conv_line.append(conversations.lines)
             sequences += n
 
     def cat(parts, dtype):
@@ -218,7 +264,7 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
     return _Catalog(
         layouts, paths, cat(seq_spill, np.int32), cat(seq_index, np.int64), cat(seq_length, np.int64),
         cat(conv_first, np.int64), cat(conv_count, np.int64), cat(conv_hash, np.uint64), cat(conv_source, np.int32),
-        cat(conv_trained, np.int64), cat(conv_input, np.uint64), cat(conv_has_input, bool),
+        cat(conv_trained, np.int64), cat(conv_input, np.uint64), cat(conv_has_input, bool), cat(conv_line, np.int64),
     )
 
 
@@ -233,6 +279,7 @@ class _Conversations:
     trained: np.ndarray  # int64: its labels != -100
     inputs: np.ndarray  # uint64: of its sequences' uncut hashes (0 without the column)
     has_input: bool  # the spill has the uncut_hash column
+    lines: np.ndarray  # int64: its line in the input file
 
 
 def _hash_conversations(spill: str) -> _Conversations:
@@ -244,7 +291,7 @@ def _hash_conversations(spill: str) -> _Conversations:
     with _open_spill(spill) as reader:
         count = reader.num_record_batches
         has_input = reader.schema.get_field_index(UNCUT_HASH) >= 0
-    firsts, counts, hashes, trained, inputs = [], [], [], [], []
+    firsts, counts, hashes, trained, inputs, conv_lines = [], [], [], [], [], []
     previous_line = None
     digest = input_digest = None
 
@@ -270,6 +317,7 @@ def _hash_conversations(spill: str) -> _Conversations:
                 digest = hashlib.blake2b(digest_size=8)
                 input_digest = hashlib.blake2b(digest_size=8)
                 firsts.append(seq)
+                conv_lines.append(line)
                 counts.append(0)
                 trained.append(0)
                 previous_line = line
@@ -288,6 +336,7 @@ def _hash_conversations(spill: str) -> _Conversations:
     return _Conversations(
         np.asarray(firsts, dtype=np.int64), np.asarray(counts, dtype=np.int64), np.asarray(hashes, dtype=np.uint64),
         np.asarray(trained, dtype=np.int64), np.asarray(inputs, dtype=np.uint64), has_input,
+        np.asarray(conv_lines, dtype=np.int64),
     )
 
 
@@ -301,21 +350,37 @@ def _expand(first: np.ndarray, count: np.ndarray) -> np.ndarray:
     return starts + (np.arange(total, dtype=np.int64) - group_start)
 
 
-def _gather(catalog: _Catalog, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The tokens and labels of catalog sequences `seqs`, one after the other, from their spills."""
+def _gather(catalog: _Catalog, seqs: np.ndarray, weighted: bool = False):
+    """The tokens, labels and (`weighted`: spills with loss_weights, else None) loss weights of catalog
+    sequences `seqs`, one after the other, from their spills."""
     lengths = catalog.seq_length[seqs]
     dest = np.zeros(len(seqs), dtype=np.int64)
     np.cumsum(lengths[:-1], out=dest[1:])
     ids = np.empty(int(lengths.sum()), dtype=np.int32)
     labels = np.empty_like(ids)
+    weights = np.empty(len(ids), dtype=np.float32) if weighted else None
     spills = catalog.seq_spill[seqs]
     for spill in np.unique(spills).tolist():
         mine = np.flatnonzero(spills == spill)
-        got_ids, got_labels = _gather_tokens(catalog.spill_paths[spill], catalog.layouts[spill], catalog.seq_index[seqs[mine]])
+        got_ids, got_labels, got_weights = _gather_tokens(catalog.spill_paths[spill], catalog.layouts[spill],
+                                                          catalog.seq_index[seqs[mine]], weights=True)
         where = _expand(dest[mine], lengths[mine])
         ids[where] = got_ids
         labels[where] = got_labels
-    return ids, labels
+        if weights is not None:
+            weights[where] = got_weights
+    return ids, labels, weights
+
+
+def _weighted(catalog: _Catalog) -> bool:
+    """Whether the spills carry loss weights: all of them or none (a mix cannot weigh some tokens only)."""
+    used = [(path, layout.weighted) for path, layout in zip(catalog.spill_paths, catalog.layouts) if len(layout.lengths)]
+    flags = {weighted for _, weighted in used}
+    if len(flags) > 1:
+        first = {weighted: path for path, weighted in reversed(used)}
+        raise CollateError(f"some sources were tokenized with loss_weights ({shown(first[True])}) and some without "
+                           f"({shown(first[False])}): tokenize them all with the same loss_weights setting")
+    return flags == {True}
 
 
 def _write_split(catalog: _Catalog, seqs: np.ndarray, name: str, folder: Path, settings: MixSettings,
@@ -331,17 +396,27 @@ def _write_split(catalog: _Catalog, seqs: np.ndarray, name: str, folder: Path, s
     counts = np.diff(offsets)
     rows = len(counts)
     order = rng.permutation(rows)
+    balance = None
+    if settings.balance_ranks is not None and name == "train":
+        # its own generator: the rows of the validation split (drawn from `rng` after) do not change
+        from .balance import balance_rows, row_costs
+
+        world, micro = parse_balance_ranks(settings.balance_ranks)
+        within, balance = balance_rows(row_costs(lengths, items, offsets)[order], world, micro,
+                                       layout=settings.balance_reader, seed=settings.seed)
+        order = order[within]
+    weighted = _weighted(catalog)
     shard_count = max(1, math.ceil(rows / settings.shard_rows))
     files, tokens, trained, longest = [], 0, 0, 0
     for shard in range(shard_count):
         shard_rows = order[shard * settings.shard_rows:(shard + 1) * settings.shard_rows]
         file_name = f"{name}{shard_suffix(shard, shard_count)}.arrow"
-        with packed_writer(folder / file_name, "arrow") as writer:
+        with packed_writer(folder / file_name, "arrow", weighted=weighted) as writer:
             for first, end in write_groups(lengths, items, offsets, shard_rows):
                 group = shard_rows[first:end]
                 picked = seqs[items[_expand(offsets[group], counts[group])]]
-                ids, labels = _gather(catalog, picked)
-                batch, row_tokens = rows_batch(ids, labels, catalog.seq_length[picked], counts[group])
+                ids, labels, weights = _gather(catalog, picked, weighted)
+                batch, row_tokens = rows_batch(ids, labels, catalog.seq_length[picked], counts[group], weights)
                 tokens += len(ids)
                 trained += int(np.count_nonzero(labels != IGNORE_INDEX))
                 longest = max(longest, int(row_tokens.max()))
@@ -353,14 +428,18 @@ def _write_split(catalog: _Catalog, seqs: np.ndarray, name: str, folder: Path, s
         "rows": rows, "sequences": len(seqs), "tokens": tokens, "trained_tokens": trained,
         "trained_share": trained / tokens if tokens else 0.0, "lower_bound_rows": bound,
         "fill": tokens / (rows * settings.max_length) if rows else 0.0, "max_row_tokens": longest, "files": files,
+        **({"balance": balance} if balance is not None else {}),
+        **({"loss_weights": True} if weighted else {}),
     }, files
 
 
-def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: MixSettings) -> MixStats:
+def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: MixSettings, tokenizer=None) -> MixStats:
     """Write the training set of `sources` into `output_dir` (see the module docstring).
 
     The files of the previous mix there (those its manifest lists) are replaced; nothing else in the
     folder is touched. The new files are written beside them first, so a failure leaves the old set.
+    `tokenizer` (the sources' own) turns conversations back into text for `decontaminate` and
+    `near_duplicates`; it is needed only with them.
     """
     started = time.perf_counter()
     _validate(sources)
@@ -370,6 +449,9 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     _, first_seen, inverse = np.unique(catalog.conv_hash, return_index=True, return_inverse=True)
     keeper = first_seen[inverse.reshape(-1)].astype(np.int64)  # the kept copy of each conversation (itself when kept)
     kept = keeper == everything
+    contaminated, near, overlap_reports, filter_seconds = _overlap_filters(catalog, kept, settings, tokenizer, sources)
+    unique = kept  # exact duplicates dropped; the filters below drop more
+    kept = kept & ~contaminated & ~near
     known = catalog.conv_has_input & catalog.conv_has_input[keeper]
     same_input = catalog.conv_input == catalog.conv_input[keeper]
     validation = _unit(_splitmix64(catalog.conv_hash ^ np.uint64(_VALIDATION_SALT))) < settings.validation_share
@@ -399,7 +481,7 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
     per_source = {}
     for index, source in enumerate(sources):
         convs = catalog.conv_source == index
-        dropped = convs & ~kept
+        dropped = convs & ~unique
         asked_tokens = budgets[index][0] if budgets[index] is not None else 0.0
         tolerance = int(cost[mine[index]].max()) if len(mine[index]) else 0
         short_by = max(0, math.ceil(asked_tokens - got[index] - 1e-6))
@@ -425,6 +507,8 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             "duplicates_identical_input": int((dropped & known & same_input).sum()),
             "duplicates_identical_after_truncation": int((dropped & known & ~same_input).sum()),
             "duplicates_unknown_cause": int((dropped & ~known).sum()),
+            **({"contaminated": int((convs & contaminated).sum())} if settings.decontaminate else {}),
+            **({"near_duplicates_dropped": int((convs & near).sum())} if settings.near_duplicates is not None else {}),
             "validation_conversations": int((convs & held_out).sum()),
             "validation_tokens": int(conv_tokens[convs & held_out].sum()),
             "train_conversations_before_weighting": len(mine[index]),
@@ -462,7 +546,7 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             val_seqs = _expand(catalog.conv_first[val_convs], catalog.conv_count[val_convs])
             splits["validation"], written = _write_split(catalog, val_seqs, "validation", staging, settings, rng)
             files += written
-        stats = MixStats(sources=per_source, splits=splits, settings=dataclasses.asdict(settings), files=files)
+        stats = MixStats(sources=per_source, splits=splits, settings=settings.to_dict(), files=files, **overlap_reports)
         given = [s.supervision for s in sources if s.supervision is not None]
         if given:
             from ..tokens.audit import SupervisionAudit
@@ -470,13 +554,79 @@ def build_mix(sources: Sequence[MixSource], output_dir: str | Path, settings: Mi
             stats.supervision = SupervisionAudit.merged(given).to_dict()
         _publish(folder, staging, files)
         stats.seconds = round(time.perf_counter() - started, 3)
+        stats.stage_seconds = filter_seconds
         manifest = stats.to_dict()
         manifest.pop("seconds")  # the manifest is the same bytes for the same inputs and settings
+        manifest.pop("stage_seconds")
         with atomic_path(folder / MANIFEST_NAME) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stats
+
+
+TEXT_BATCH = 512  # conversations decoded at a time for the overlap filters
+
+
+def _texts(catalog: _Catalog, convs: np.ndarray, tokenizer) -> Iterator[str]:
+    """The text of each conversation `convs` (in that order), decoded from its tokens a batch at a time
+    (special tokens left out; a conversation of several sequences is their texts one after the other)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
+    for at in range(0, len(convs), TEXT_BATCH):
+        batch = convs[at:at + TEXT_BATCH]
+        counts = catalog.conv_count[batch]
+        seqs = _expand(catalog.conv_first[batch], counts)
+        ids, _, _ = _gather(catalog, seqs)
+        sizes = np.add.reduceat(catalog.seq_length[seqs], np.cumsum(counts) - counts)  # tokens of each conversation
+        pieces = np.split(ids, np.cumsum(sizes)[:-1])
+        yield from backend.decode_batch([p.tolist() for p in pieces], skip_special_tokens=True)
+
+
+def _overlap_filters(catalog: _Catalog, kept: np.ndarray, settings: MixSettings, tokenizer,
+                     sources: Sequence[MixSource]) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """(contaminated, near-duplicate, reports, seconds): the conversations `decontaminate` and
+    `near_duplicates` drop among those `kept` (after exact deduplication), in catalog order (sources,
+    files, lines: the first of a near-duplicate cluster is kept), what they found and how long it took."""
+    n = len(kept)
+    contaminated, near, reports, seconds = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), {}, {}
+    if not settings.decontaminate and settings.near_duplicates is None:
+        return contaminated, near, reports, seconds
+    if tokenizer is None:
+        raise CollateError("decontaminate and near_duplicates read the conversations' text: give build_mix the "
+                           "sources' tokenizer")
+    from . import overlap
+
+    def where(conv: int) -> dict:
+        return {"source": sources[int(catalog.conv_source[conv])].name,
+                "spill": catalog.spill_paths[int(catalog.seq_spill[catalog.conv_first[conv]])],
+                "line": int(catalog.conv_line[conv])}
+
+    if settings.decontaminate:
+        started = time.perf_counter()
+        index = overlap.EvalIndex.from_paths(settings.decontaminate, n=settings.decontaminate_n)
+        candidates = np.flatnonzero(kept)
+        found = index.scan(_texts(catalog, candidates, tokenizer), min_matches=settings.decontaminate_min_matches)
+        contaminated[candidates[found.flags]] = True
+        report = found.to_dict()
+        report["conversations_checked"] = report.pop("texts")
+        report["eval_grams"] = int(len(index.grams))
+        report["examples"] = [{**where(int(candidates[e["index"]])), "grams": e["grams"], "per_file": e["per_file"]}
+                              for e in report["examples"]]
+        report["per_source"] = {s.name: int((contaminated & (catalog.conv_source == i)).sum()) for i, s in enumerate(sources)}
+        reports["decontamination"] = report
+        seconds["decontamination"] = round(time.perf_counter() - started, 3)
+    if settings.near_duplicates is not None:
+        started = time.perf_counter()
+        candidates = np.flatnonzero(kept & ~contaminated)
+        found = overlap.near_duplicates(_texts(catalog, candidates, tokenizer), threshold=settings.near_duplicates)
+        near[candidates[found.duplicates]] = True
+        report = found.to_dict()
+        report["conversations_checked"] = report.pop("texts")
+        report["largest_clusters"] = [[where(int(candidates[i])) for i in cluster] for cluster in report["largest_clusters"]]
+        report["per_source"] = {s.name: int((near & (catalog.conv_source == i)).sum()) for i, s in enumerate(sources)}
+        reports["near_duplicates"] = report
+        seconds["near_duplicates"] = round(time.perf_counter() - started, 3)
+    return contaminated, near, reports, seconds
 
 
 def _validate(sources: Sequence[MixSource]) -> None:

@@ -2,6 +2,7 @@
 packing across sources, shuffled shards that `datasets` reads, and the same bytes on every run."""
 
 import collections
+import dataclasses
 import json
 import shutil
 
@@ -361,3 +362,157 @@ def test_budgets_that_do_not_make_sense_are_refused(sources, message, tmp_path):
                   MixSettings(max_length=MAX_LENGTH))
     with pytest.raises(ValueError, match="budget_by"):
         MixSettings(max_length=MAX_LENGTH, budget_by="prompt")
+
+
+def test_a_balanced_mix_gives_each_step_of_ranks_near_equal_attention_cost_and_the_same_rows(spills, tmp_path):
+    from collate_assets.training import rank_rows
+
+    sources = [MixSource("a", 1.0, [spills["a"]]), MixSource("b", 2.5, [spills["b"]])]
+    plain = MixSettings(max_length=MAX_LENGTH, seed=3, validation_share=0.1, shard_rows=16)
+    balanced = dataclasses.replace(plain, balance_ranks="4x2")
+    one = build_mix(sources, tmp_path / "plain", plain)
+    two = build_mix(sources, tmp_path / "balanced", balanced)
+    assert "balance_ranks" not in one.settings and two.settings["balance_ranks"] == "4x2"
+    # the same rows, in another order; the validation split untouched
+    def rows(folder, split):
+        return sorted(tuple(r["input_ids"]) for path in sorted(folder.glob(f"{split}-*.arrow")) for r in read_packed(path, "arrow"))
+    assert rows(tmp_path / "plain", "train") == rows(tmp_path / "balanced", "train")
+    for a, b in zip(sorted((tmp_path / "plain").glob("validation-*")), sorted((tmp_path / "balanced").glob("validation-*"))):
+        assert a.read_bytes() == b.read_bytes()
+    report = two.splits["train"]["balance"]
+    assert report["after"]["mean"] < report["before"]["mean"] and report["after"]["mean"] < 1.1
+    # read as the ranks read it (unshuffled): every full step's costs are those reported
+    costs = [[sum(int(n) ** 2 for n in row["seq_lengths"])
+              for row in rank_rows(tmp_path / "balanced", rank, 4, seed=0, epoch=0, shuffle=False)] for rank in range(4)]
+    steps = min(len(c) for c in costs) // 2
+    per_step = [max(sum(c[2 * s:2 * s + 2]) for c in costs) / (sum(sum(c[2 * s:2 * s + 2]) for c in costs) / 4)
+                for s in range(steps)]
+    assert steps == report["after"]["steps"]
+    assert np.mean(per_step) == pytest.approx(report["after"]["mean"], abs=1e-4)  # the report is rounded
+    assert "balance" not in one.splits["train"]
+
+
+def test_loss_weights_are_carried_into_the_mix_and_a_mix_of_weighted_and_plain_sources_is_refused(spills, tmp_path):
+    lines = (DEMO_INPUT_DIR / "demo_small.jsonl").read_text(encoding="utf-8").splitlines()
+    records = []
+    for line in lines:
+        record = json.loads(line)
+        messages = next(record[k] for k in ("conversations", "conversation", "messages") if k in record)
+        for message in messages:
+            if message.get("from") == "gpt" or message.get("role") == "assistant":
+                message["weight"] = 0.5
+        records.append(json.dumps(record))
+    source = tmp_path / "weighted.jsonl"
+    source.write_text("\n".join(records) + "\n", encoding="utf-8")
+    tokenizer = load_tokenizer(str(DEMO_TOKENIZER_DIR))
+    spill = tmp_path / "weighted.arrow"
+    tokenize_file(source, spill, tokenizer, CollateSettings(max_length=MAX_LENGTH, workers=1, labels="assistant",
+                                                            loss_weights="messages"))
+    stats = build_mix([MixSource("w", 1.0, [spill])], tmp_path / "mix", MixSettings(max_length=MAX_LENGTH, shard_rows=16))
+    assert stats.splits["train"]["loss_weights"] is True
+    seen = 0
+    for path in sorted((tmp_path / "mix").glob("train-*.arrow")):
+        for row in read_packed(path, "arrow", numpy=True):
+            trained = row["labels"] != -100
+            assert row["loss_weights"].dtype == np.float32
+            assert (row["loss_weights"][trained] == 0.5).all() and (row["loss_weights"][~trained] == 0).all()
+            seen += int(trained.sum())
+    assert seen == stats.splits["train"]["trained_tokens"] > 0
+    with pytest.raises(CollateError, match="some sources were tokenized with loss_weights .* and some without"):
+        build_mix([MixSource("w", 1.0, [spill]), MixSource("a", 1.0, [spills["a"]])], tmp_path / "both",
+                  MixSettings(max_length=MAX_LENGTH))
+
+
+def _demo_records():
+    return [json.loads(line) for line in (DEMO_INPUT_DIR / "demo.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _messages(record):
+    return next(record[k] for k in ("conversation", "conversations", "messages") if k in record)
+
+
+def _text(message):
+    return message.get("content", message.get("value"))
+
+
+def _packed_ids(folder) -> set:
+    return {tuple(seq) for path in sorted(folder.glob("*.arrow")) for row in read_packed(path, "arrow")
+            for seq in _split(row)}
+
+
+def _split(row):
+    start = 0
+    for length in row["seq_lengths"]:
+        yield row["input_ids"][start:start + length]
+        start += length
+
+
+def test_decontamination_drops_conversations_that_share_grams_with_evaluation_files(spills, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = _demo_records()
+    long_answers = [(i, _text(m)) for i, r in enumerate(records) for m in _messages(r)[1:2] if len(_text(m).split()) >= 30]
+    (first, answer), (second, other) = long_answers[0], long_answers[5]
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    words = answer.split()
+    # reworded as an eval set would hold it: other case, punctuation and spacing, inside a longer prompt
+    (evals / "qa.jsonl").write_text(json.dumps({"question": "Consider this: " + "  ".join(words[3:20]).upper() + "!!",
+                                                "answer": "B"}) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"prompt": [" ".join(other.split()[:25])], "id": ["x"]}), evals / "more.parquet")
+    tokenizer = load_tokenizer(str(DEMO_TOKENIZER_DIR))
+    sources = [MixSource("a", 1.0, [spills["a"]]), MixSource("b", 1.0, [spills["b"]])]
+    settings = MixSettings(max_length=MAX_LENGTH, seed=1, validation_share=0.1, shard_rows=64, decontaminate=(str(evals),))
+    stats = build_mix(sources, tmp_path / "mix", settings, tokenizer=tokenizer)
+    report = stats.decontamination
+    # (the demo set repeats some answers: they are found wherever they are, in both sources)
+    assert report["n"] == 13 and report["contaminated"] == sum(s["contaminated"] for s in stats.sources.values()) >= 2
+    assert report["per_source"] == {name: s["contaminated"] for name, s in stats.sources.items()}
+    assert report["per_file"][str(evals / "qa.jsonl")] >= 1 and report["per_file"][str(evals / "more.parquet")] >= 1
+    assert {e["line"] for e in report["examples"] if e["source"] == "a"} >= {first + 1, second + 1}
+    assert all(e["spill"] == spills[e["source"]] for e in report["examples"])
+    # the contaminated conversations are in neither split; the same mix without the filter has them
+    plain = build_mix(sources, tmp_path / "plain", dataclasses.replace(settings, decontaminate=()))
+    written, unfiltered = _packed_ids(tmp_path / "mix"), _packed_ids(tmp_path / "plain")
+    for example in report["examples"]:
+        assert all(ids not in written and ids in unfiltered for ids, _ in sequences_of(example["spill"])[example["line"]])
+    assert "decontamination" not in json.loads((tmp_path / "plain" / MANIFEST_NAME).read_text())
+    for name in ("a", "b"):
+        assert plain.sources[name]["train_conversations_before_weighting"] + plain.sources[name]["validation_conversations"] \
+            == stats.sources[name]["train_conversations_before_weighting"] + stats.sources[name]["validation_conversations"] \
+            + stats.sources[name]["contaminated"]
+    build_mix(sources, tmp_path / "again", settings, tokenizer=tokenizer)
+    for name in stats.files + [MANIFEST_NAME]:
+        assert (tmp_path / "mix" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    with pytest.raises(CollateError, match="give build_mix the sources' tokenizer"):
+        build_mix(sources, tmp_path / "none", settings)
+
+
+def test_near_duplicates_keep_the_first_of_each_cluster(spills, tmp_path):
+    records = [r for r in _demo_records() if sum(len(_text(m).split()) for m in _messages(r)) >= 120][:30]
+    assert len(records) == 30
+    edited = []
+    for record in records:
+        message = max(_messages(record), key=lambda m: len(_text(m)))
+        key = "content" if "content" in message else "value"
+        message[key] = message[key].rsplit(" ", 1)[0] + " zebra"  # one word changed: no exact duplicate any more
+        edited.append(json.dumps(record))
+    source = tmp_path / "edited.jsonl"
+    source.write_text("\n".join(edited) + "\n", encoding="utf-8")
+    tokenizer = load_tokenizer(str(DEMO_TOKENIZER_DIR))
+    spill = tmp_path / "edited.arrow"
+    tokenize_file(source, spill, tokenizer, CollateSettings(max_length=MAX_LENGTH, workers=1))
+    settings = MixSettings(max_length=MAX_LENGTH, seed=2, shard_rows=64, near_duplicates=0.8)
+    alone = build_mix([MixSource("a", 1.0, [spills["a"]])], tmp_path / "alone", settings, tokenizer=tokenizer)
+    stats = build_mix([MixSource("a", 1.0, [spills["a"]]), MixSource("d", 1.0, [spill])], tmp_path / "mix", settings,
+                      tokenizer=tokenizer)
+    # every edited copy goes (a few are exact copies of other demo records, the demo set has near-twins), the originals stay
+    exact, near = stats.sources["d"]["duplicates_dropped"], stats.sources["d"]["near_duplicates_dropped"]
+    assert exact + near == 30 and near >= 25
+    assert stats.sources["a"]["near_duplicates_dropped"] == alone.sources["a"]["near_duplicates_dropped"]
+    report = stats.near_duplicates
+    assert report["threshold"] == 0.8 and report["duplicates"] == near + alone.near_duplicates["duplicates"]
+    for cluster in report["largest_clusters"]:
+        assert cluster[0]["source"] == "a"  # the first (by source, then line) is kept
+    assert _packed_ids(tmp_path / "alone") == _packed_ids(tmp_path / "mix")  # nothing of d is left
