@@ -39,7 +39,7 @@ from .files import DatasetFiles, SpillManifest, is_local, local_copy, local_path
 
 # Bump when the code that writes an asset changes what it writes (every partition becomes stale).
 TOKENIZE_CODE_VERSION = "4"  # 2: line limit; 3: tools, reasoning, flags; 4: one layout, manifest v2
-PACK_CODE_VERSION = "3"  # 2: one layout (<output>/<name>.<ext>); 3: pack_stats in the metadata
+PACK_CODE_VERSION = "4"  # 2: one layout (<output>/<name>.<ext>); 3: pack_stats in the metadata; 4: bfd + fill_gaps
 PROGRESS_LOG_SECONDS = 15.0
 
 SPILL_COLUMNS = dg.TableSchema(

@@ -41,7 +41,8 @@ from .files import DatasetFiles
 from .sensors import sha256_now
 
 DEFAULT_SOURCE = "default"  # the dataset of the COLLATE_* variables (no key prefix)
-MIX_CODE_VERSION = "2"  # 2: budgets (ratio, tokens, weight met by a seeded selection), absent sources, duplicates by cause
+MIX_CODE_VERSION = "3"  # 2: budgets (ratio, tokens, weight met by a seeded selection), absent sources, duplicates by cause;
+# 3: bfd is followed by fill_gaps (the mix packs with pack_flat; its version does not include PACK_CODE_VERSION)
 MIX_CHECKS = {
     "rows_fit_max_length": "Every row of every shard has at most max_length tokens.",
     "sequence_boundaries": "position_ids restart at 0 at each sequence start and seq_lengths match them.",

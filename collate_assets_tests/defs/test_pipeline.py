@@ -109,7 +109,7 @@ def test_versions_are_dagsters_own(collated):
 def test_spill_is_an_arrow_file(collated):
     with pa.memory_map(str(collated.output_dir / ".collate_tokenized" / "demo.arrow")) as source:
         table = pa.ipc.open_file(source).read_all()
-    assert table.column_names == ["input_ids", "labels", "line"]
+    assert table.column_names == ["input_ids", "labels", "line", "uncut_hash"]
 
 
 def test_unregistered_partition_is_refused(collated, tmp_path):

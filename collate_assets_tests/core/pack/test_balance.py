@@ -199,10 +199,10 @@ def test_the_command_takes_the_options():
 
 
 def test_the_packed_code_version_changes_only_when_balancing():
-    from collate_assets.defs.assets import Dataset
+    from collate_assets.defs.assets import PACK_CODE_VERSION, Dataset
 
     default, balanced = Dataset(CollateSettings()), Dataset(CollateSettings(balance_ranks="8x2"))
-    assert default.pack_code_version() == f"3.s{CollateSettings().fingerprint()[:10]}"  # as before the setting
+    assert default.pack_code_version() == f"{PACK_CODE_VERSION}.s{CollateSettings().fingerprint()[:10]}"  # as before the setting
     assert balanced.pack_code_version() != default.pack_code_version()
     assert Dataset(CollateSettings(balance_ranks="8x1")).pack_code_version() != balanced.pack_code_version()
     assert balanced.tokenize_code_version() == default.tokenize_code_version()
