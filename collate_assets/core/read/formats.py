@@ -54,6 +54,7 @@ ROLE_ALIASES = {
 _PLAIN_ALIASES = {k: v for k, v in ROLE_ALIASES.items() if v in ("user", "assistant") and k != "function_call"}
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 TRAIN_FIELDS = ("train", "weight", "loss_weight")
+FLOAT32_MAX = 3.4028234663852886e38  # loss weights are written as float32
 UNSUPPORTED_PART_TYPES = ("image", "image_url", "input_image", "audio", "audio_url", "input_audio", "video",
                           "video_url", "file", "input_file")
 
@@ -183,9 +184,9 @@ def _flag(message: dict, i: int) -> tuple[bool | None, float | None]:
                 raise ValueError(f"message {i} 'train' is {value!r}, not true or false")
             this = value
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= FLOAT32_MAX:
                 raise ValueError(f"message {i} has {field} {value!r}: a loss weight is a number >= 0 "
-                                 "(0: not trained, 1: trained)")
+                                 "(0: not trained, 1: trained) that a float32 holds")
             this = value != 0
             if value not in (0, 1):
                 if weight is not None and weight != value:
