@@ -47,7 +47,7 @@ SPILL_COLUMNS = dg.TableSchema(
         dg.TableColumn("input_ids", "list<int32>", description="token ids of one conversation (or split chunk)"),
         dg.TableColumn("labels", "list<int32>", description="-100 where not trained"),
         dg.TableColumn("line", "int64", description="line of the input file it came from"),
-        dg.TableColumn("uncut_hash", "uint64", description="hash of the sequence before the overlong policy cut it"),
+        dg.TableColumn("uncut_hash", "uint64", description="a cut sequence's hash before the overlong policy cut it; 0 when written whole"),
     ]
 )
 PACKED_COLUMNS = dg.TableSchema(

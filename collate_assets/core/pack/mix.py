@@ -11,8 +11,8 @@ A source is a named list of spills (the tokenized files of one dataset) with one
 2. reads every spill of the other sources once, cataloguing each conversation (the run of sequences
    of one input line): a hash of its tokens and labels (two records that render to the same training
    data are the same conversation), its tokens, its trained tokens (labels != -100), and an input
-   hash from the spill's `uncut_hash` column (each sequence's ids before the overlong cut) when the
-   spill has it;
+   hash from the spill's `uncut_hash` column (a cut sequence's hash before the overlong cut, 0 for
+   one written whole, whose tokens are its input) when the spill has it;
 3. drops exact duplicates across the sources that are in: the first occurrence is kept, in the order
    the sources are listed, then their files, then their lines. Each dropped copy is counted by cause:
    `identical_input` (its input hash is the kept copy's: the same text twice),
@@ -268,7 +268,7 @@ def _catalog(sources: Sequence[MixSource]) -> _Catalog:
     )
 
 
-UNCUT_HASH = "uncut_hash"  # the spill column of each sequence's ids hashed before the overlong cut (newer spills)
+UNCUT_HASH = "uncut_hash"  # the spill column of each cut sequence's hash before the overlong cut, 0 if whole (newer spills)
 
 
 @dataclasses.dataclass

@@ -24,9 +24,10 @@ SPILL_SCHEMA = pa.schema(
         ("input_ids", pa.list_(pa.int32())),
         ("labels", pa.list_(pa.int32())),
         ("line", pa.int64()),
-        # A 64-bit hash of the sequence as it was before the overlong policy cut it (its ids and labels);
-        # the pieces of a split sequence share it. A mix tells duplicates by input from duplicates by
-        # truncation with it. Spills written before it have only the three columns above.
+        # A sequence the overlong policy cut: a 64-bit hash of it as it was before the cut (its ids and
+        # labels), shared by the pieces of a split sequence; 0 for a sequence written whole (its tokens
+        # are its input). A mix tells duplicates by input from duplicates by truncation with it. Spills
+        # written before it have only the three columns above.
         ("uncut_hash", pa.uint64()),
     ]
 )
@@ -40,12 +41,12 @@ def spill_schema(weighted: bool) -> pa.Schema:
 
 
 def uncut_hash(ids: np.ndarray, labels: np.ndarray) -> int:
-    """The `uncut_hash` of a sequence (before any cut)."""
+    """The `uncut_hash` of a sequence that is cut (computed before the cut; never 0)."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(len(ids).to_bytes(4, "little"))
     digest.update(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
     digest.update(np.ascontiguousarray(labels, dtype=np.int32).tobytes())
-    return int.from_bytes(digest.digest(), "little")
+    return int.from_bytes(digest.digest(), "little") or 1
 
 
 def start(labels: np.ndarray) -> np.ndarray:

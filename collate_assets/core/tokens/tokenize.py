@@ -676,7 +676,7 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
     stats.tokens_read += n
     longest = max(len(ids) for ids, _ in sequences)
     if longest <= max_length:
-        return [(ids, labels, uncut_hash(ids, labels)) for ids, labels in sequences], None
+        return [(ids, labels, 0) for ids, labels in sequences], None  # written whole: uncut_hash 0
     policy = settings.overlong
     if policy == "error":
         raise CollateError(
@@ -694,7 +694,7 @@ def _fit(sequences, settings, stats, line, name: str) -> tuple[list, str | None]
         stats.turns_not_fit += sum(turn_windows(labels, max_length)[1] for ids, labels in sequences if len(ids) > max_length)
     else:
         stats.split += 1
-    return [(*piece, uncut_hash(ids, labels)) for ids, labels in sequences
+    return [(*piece, uncut_hash(ids, labels) if len(ids) > max_length else 0) for ids, labels in sequences
             for piece in fit(ids, labels, max_length, policy)], None
 
 

@@ -392,3 +392,14 @@ def test_pad_to_multiple_of_pads_each_sequence_untrained_and_changes_nothing_els
 def test_pad_to_multiple_of_must_divide_max_length():
     with pytest.raises(ValueError, match="must divide max_length"):
         CollateSettings(max_length=100, pad_to_multiple_of=16)
+
+
+def test_uncut_hash_is_zero_for_whole_sequences_and_shared_by_the_pieces_of_a_cut_one(overlong_input, shared_tokenizer, tmp_path):
+    spill = tmp_path / "spill.arrow"
+    tokenize_file(overlong_input, spill, shared_tokenizer, CollateSettings(max_length=MAX_LENGTH, overlong="split"))
+    by_line = collections.defaultdict(set)
+    for record in _spill_records(spill):
+        by_line[record["line"]].add(record["uncut_hash"])
+    assert by_line[1] == {0}  # SHORT fits: written whole
+    assert len(by_line[2]) == len(by_line[3]) == 1 and 0 not in by_line[2] | by_line[3]  # one hash per cut sequence
+    assert by_line[2] != by_line[3]
