@@ -44,7 +44,7 @@ from .sequences import fit, pad, spill_schema, turn_windows, uncut_hash, written
 from ..settings import IGNORE_INDEX, CollateSettings
 from ..read.shards import Shard
 from ..stats import TokenizeStats, length_histogram
-from .tokenizer import compare_pipelines, drift_summary, give_back_memory, rare_collections
+from .tokenizer import compare_pipelines, drift_summary, forget_other_backend, give_back_memory, rare_collections
 from ..fs import atomic_path, shown
 
 Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
@@ -527,6 +527,7 @@ def _results(
         for raw in chunks:
             yield raw, tokenizer.process(raw), 1
         return
+    forget_other_backend(tokenizer.encoder.tokenizer)  # not inherited by the workers (built again if needed)
     give_back_memory()  # what loading the fast encoder freed is not copied into every worker's map
     pool = _Pool(tokenizer, workers)
     try:
