@@ -44,7 +44,9 @@ from .sequences import fit, pad, spill_schema, turn_windows, uncut_hash, written
 from ..settings import IGNORE_INDEX, CollateSettings
 from ..read.shards import Shard
 from ..stats import TokenizeStats, length_histogram
-from .tokenizer import compare_pipelines, drift_summary, forget_other_backend, give_back_memory, rare_collections
+from .tokenizer import (
+    compare_pipelines, drift_summary, forget_other_backend, give_back_memory, other_backend, rare_collections,
+)
 from ..fs import atomic_path, shown
 
 Progress = Callable[[int, int], None]  # (bytes_read, lines_read) since the last call
@@ -220,7 +222,8 @@ class ChunkTokenizer:
         chunk = parse_chunk(raw)
         rendered = self.encoder.render(chunk.conversations[:DRIFT_TEXTS])
         texts = [t for r in rendered if isinstance(r, Rendered) for t in r.texts][:DRIFT_TEXTS]
-        return compare_pipelines(self.encoder.tokenizer, texts) if texts else None
+        tokenizer = self.encoder.tokenizer
+        return compare_pipelines(tokenizer, texts, other=other_backend(tokenizer, keep=False)) if texts else None
 
     def _label(self, chunk, rendered, encodings, has_offsets: bool = True) -> ChunkResult:
         """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's.

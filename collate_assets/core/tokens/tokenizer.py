@@ -402,10 +402,12 @@ def _file_backend(tokenizer, name: str, revision: str | None):
     return backend, str(path) if not missing and not built.encode_special_tokens else None
 
 
-def other_backend(tokenizer):
+def other_backend(tokenizer, keep: bool = True):
     """The pipeline not in use, built from its JSON (None when there is no other pipeline), once: it is kept
     on the tokenizer until `forget_other_backend` (building it is 0.4 s for Qwen3, and every file's first
-    chunk is compared: 20 small files took 10.8 s, 8.8 s of it rebuilding this)."""
+    chunk is compared: 20 small files took 10.8 s, 8.8 s of it rebuilding this). `keep=False`: built for
+    this use only when it is not kept (while workers run: the next pool would drop it anyway, and the
+    command's process would hold it, ~30 MB for Qwen3, for the rest of the file)."""
     source = getattr(tokenizer, "collate_other_json", None)
     if source is None:
         return None
@@ -414,7 +416,8 @@ def other_backend(tokenizer):
         from tokenizers import Tokenizer
 
         built = Tokenizer.from_str(source)
-        tokenizer.collate_other_backend = built
+        if keep:
+            tokenizer.collate_other_backend = built
     return built
 
 
