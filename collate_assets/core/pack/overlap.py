@@ -90,9 +90,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import contextlib
 import functools
-import gzip
 import json
+import zlib
 import math
 import sys
 import unicodedata
@@ -104,8 +105,11 @@ import numpy as np
 import orjson
 
 from ..errors import CollateError
+from ..read.containers import open_units
+from ..read.reader import INPUT_SUFFIXES
+from ..settings import DEFAULT_MAX_LINE_BYTES
 
-EVAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz")
+EVAL_SUFFIXES = INPUT_SUFFIXES  # the containers of input files: JSON Lines (plain, .gz, .zst), .json, Parquet
 
 _MASK64 = (1 << 64) - 1
 _WORD_BASE = 0x100000001B3  # odd (FNV-1's 64-bit prime), so its powers mod 2^64 never become 0
@@ -326,37 +330,45 @@ def eval_files(paths: Iterable[str | Path]) -> list[Path]:
 def _read_records(path: Path) -> Iterator[Any]:
     """The records of an evaluation file; CollateError with the file and line for what cannot be read."""
     name = path.name
-    try:
-        if name.endswith(".parquet"):
-            yield from _read_parquet(path)
-            return
-        data = path.read_bytes()
-        if name.endswith(".gz"):
-            data = gzip.decompress(data)
-        data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
-    except CollateError:
-        raise
-    except (OSError, EOFError) as error:
-        raise CollateError(f"{path}: cannot read this evaluation file ({error})") from error
-    if name.endswith(".json"):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            line = data[:error.start].count(b"\n") + 1
-            raise CollateError(f"{path}:{line}: not UTF-8 text ({error.reason})") from error
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CollateError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from error
-        yield from (value if isinstance(value, list) else [value])
+    if name.endswith(".parquet"):  # any columns (an input file's reader wants a conversation column)
+        yield from _read_parquet(path)
         return
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise CollateError(f"{path}:{number}:{error.colno}: not valid JSON ({error.msg})") from error
+    if not name.endswith(".json"):  # JSON Lines, read line by line as input files are
+        yield from _read_lines(path)
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CollateError(f"{path}: cannot read this evaluation file ({error})") from error
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise CollateError(f"{path}:{line}: not UTF-8 text ({error.reason})") from error
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CollateError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from error
+    yield from (value if isinstance(value, list) else [value])
+
+
+def _read_lines(path: Path) -> Iterator[Any]:
+    """The records of a JSON Lines evaluation file (plain, .gz or .zst), through the input files' reader."""
+    number = 0
+    try:
+        _, units = open_units(path, DEFAULT_MAX_LINE_BYTES)
+        with contextlib.closing(units):
+            for number, payload, _, _ in units:
+                if payload is None:  # a blank line
+                    continue
+                if not isinstance(payload, bytes):  # the reader's own reject (a line over the limit)
+                    raise CollateError(f"{path}:{number}: {payload.reason}")
+                try:
+                    yield orjson.loads(payload)
+                except orjson.JSONDecodeError as error:
+                    raise CollateError(f"{path}:{number}:{error.colno}: not valid JSON ({error.msg})") from error
+    except (OSError, EOFError, zlib.error) as error:
+        raise CollateError(f"{path}: cannot read this evaluation file after line {number} ({error})") from error
 
 
 def _read_parquet(path: Path) -> Iterator[Any]:

@@ -269,3 +269,17 @@ def test_lsh_parameters_fit_the_threshold():
         assert bands * rows <= 128
         # The S-curve's steepest point, (1 / bands) ** (1 / rows), sits near the threshold.
         assert abs((1 / bands) ** (1 / rows) - threshold) < 0.1
+
+
+def test_evaluation_files_may_be_compressed_as_input_files_are(tmp_path):
+    import gzip
+
+    import zstandard
+
+    record = b'{"question": "What is the boiling point of water at sea level in degrees Celsius exactly?"}\n'
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\n" + record))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(record))
+    index = EvalIndex.from_paths([tmp_path])
+    assert [p.rsplit("/", 1)[-1] for p in index.files] == ["a.jsonl.zst", "b.jsonl.gz"]
+    text = "Quiz: what is the boiling point of water at sea level, in degrees Celsius exactly? 100."
+    assert index.matches(text) == {0: 2, 1: 2}
