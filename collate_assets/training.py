@@ -414,24 +414,12 @@ class PackedRowsDataset:
 
 
 def rank_rows(
-    paths_or_folder: str | Path | Iterable[str | Path],
-    rank: int,
-    world_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    start_step: int = 0,
-    batch_size: int = 1,
-    drop_last: bool = False,
-    split: str = "train",
-    shuffle: bool = True,
+    paths_or_folder: str | Path | Iterable[str | Path], rank: int, world_size: int, *, split: str = "train", **options
 ) -> Iterator[dict[str, np.ndarray]]:
-    """`PackedRowsDataset(paths_or_folder, split=split).rank_rows(...)`: rank `rank`'s rows of an epoch
-    (shuffle=False: in file order, for rows written balanced with `balance_ranks`)."""
-    return PackedRowsDataset(paths_or_folder, split=split).rank_rows(
-        rank, world_size, seed=seed, epoch=epoch, start_step=start_step, batch_size=batch_size, drop_last=drop_last,
-        shuffle=shuffle,
-    )
+    """`PackedRowsDataset(paths_or_folder, split=split).rank_rows(rank, world_size, **options)`: rank `rank`'s
+    rows of an epoch; `options` are that method's (seed, epoch, start_step=0, batch_size=1, drop_last=False,
+    shuffle=True; shuffle=False: in file order, for rows written balanced with `balance_ranks`)."""
+    return PackedRowsDataset(paths_or_folder, split=split).rank_rows(rank, world_size, **options)
 
 
 # -- loss weights -----------------------------------------------------------------------------------------

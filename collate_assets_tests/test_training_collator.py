@@ -40,8 +40,6 @@ from transformers import (  # noqa: E402
     AttentionInterface,
     DataCollatorWithFlattening,
     DataCollatorWithPadding,
-    LlamaConfig,
-    LlamaForCausalLM,
     Trainer,
     TrainingArguments,
     default_data_collator,
@@ -49,6 +47,7 @@ from transformers import (  # noqa: E402
 
 from collate_assets.core import IGNORE_INDEX, CollateSettings, collate_file, read_packed  # noqa: E402
 from collate_assets.training import PackedRowsCollator, collate_packed_rows  # noqa: E402
+from collate_assets_tests.tiny_models import next_token_nll, tiny_llama  # noqa: E402
 from collate_assets_tests.helpers import (  # noqa: E402
     REPO_ROOT,
     SHARED_DATA_FILES,
@@ -65,7 +64,6 @@ BATCH, ACCUMULATION = 4, 2
 ATOL = 1e-5  # per-token losses
 REL_TOL = 1e-5  # loss sums
 CONTROL_MARGIN = 10  # a control must miss the tolerance by at least this factor
-INITIALIZER_RANGE = 0.1  # as in test_training_equivalence.py: the loss then depends on the context
 REFERENCE_VARLEN = "collate_varlen_reference"
 
 
@@ -97,25 +95,6 @@ def rows(packed_path) -> list[dict]:
     return rows
 
 
-def tiny_llama(vocab_size: int, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
-    """The same weights on every call (seeded): only the attention implementation differs."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=INITIALIZER_RANGE,
-        attn_implementation=attn_implementation,
-    )
-    model = LlamaForCausalLM(config).to(torch.float32)
-    assert model.config._attn_implementation == attn_implementation  # no silent fallback
-    return model
-
-
 @pytest.fixture(scope="module")
 def vocab_size(tokenizer) -> int:
     return len(tokenizer)
@@ -132,10 +111,6 @@ def conversation_losses(nll: torch.Tensor, labels: torch.Tensor, seq_lengths) ->
         out.append(nll[start : start + length - 1][trained])
         start += length
     return out
-
-
-def next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits[:-1].float(), ids[1:], reduction="none")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 import torch.nn.functional as F  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from collate_assets_tests.tiny_models import tiny_llama  # noqa: E402
 
 from collate_assets.core import (  # noqa: E402
     IGNORE_INDEX,
@@ -46,11 +46,7 @@ ROWS_CHECKED = 3  # the rows holding the most sequences; a forward pass over a r
 REL_TOL = 1e-5  # loss sums: |packed - one by one| <= REL_TOL * one by one
 ATOL = 1e-5  # logits and per-token losses
 CONTROL_MARGIN = 10  # a control must miss the tolerance by at least this factor, not by luck
-# With the default 0.02 the tiny model predicts almost uniformly (|logits| < 1): each token's loss is
-# ~ln(vocab) whatever its context, and the context changes of a broken packing cancel in the row sum
-# (one row's sum moved by only 6.7e-6 relative with position_ids = arange). A wider init makes the loss
-# depend on context, so the row-sum check has power too; float32 logit noise stays ~4e-6 < ATOL.
-INITIALIZER_RANGE = 0.1
+# The model: collate_assets_tests.tiny_models (why its initializer_range is 0.1 is said there).
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +161,7 @@ class Scorer:
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"], ids=lambda p: f"attn={p}")
 def scorer(request, tokenizer) -> Scorer:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=INITIALIZER_RANGE,
-        attn_implementation=request.param,
-    )
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
-    assert model.config._attn_implementation == request.param  # no silent fallback
+    model = tiny_llama(len(tokenizer), request.param).eval()
     assert next(model.parameters()).dtype == torch.float32
     return Scorer(model)
 

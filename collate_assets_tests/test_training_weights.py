@@ -32,7 +32,7 @@ from collate_assets.core import CollateSettings, collate_file, read_packed  # no
 from collate_assets.core.tokens.sequences import trained_spans  # noqa: E402
 from collate_assets.training import LossWeightsTrainer, PackedRowsCollator, collate_packed_rows, weighted_loss  # noqa: E402
 from collate_assets_tests.helpers import SHARED_DATA_FILES, SHARED_DIR, load_shared_tokenizer, read_json_array, require  # noqa: E402
-from collate_assets_tests.test_training_collator import next_token_nll, tiny_llama  # noqa: E402
+from collate_assets_tests.tiny_models import next_token_nll, tiny_llama  # noqa: E402
 
 CONVERSATIONS = 32
 MAX_LENGTH = 256
