@@ -195,8 +195,9 @@ class CollateSettings:
         "trained (cut by truncation, masked, or not written); 1 = off.", output=False, flags=("--max-untrained-turn-ends",), metavar="SHARE")
     # How the work is spread. The outputs are the same bytes whatever the number of workers.
     workers: int = _field(
-        0, "Worker processes that parse, render, tokenize and label a file: 0 = the cores this process may "
-        "use (CPU affinity and cgroup quota); 1 = none, all in this process.", output=False, flags=("-w", "--workers"), metavar="N")
+        0, "Processes that parse, render, tokenize and label a file (this one and N - 1 forked from it): 0 = "
+        "the cores this process may use (CPU affinity and cgroup quota); 1 = all in this process.", output=False,
+        flags=("-w", "--workers"), metavar="N")
     shard_mb: float = _field(
         0.0, "Plain .jsonl input files over this many MiB are split into line-aligned shards of about this "
         "size, each its own partition and output <name>-00000-of-000NN.<ext>; 0 = never split.", output=False, flags=("--shard-mb",), metavar="MB")
@@ -326,7 +327,8 @@ class CollateSettings:
         return int(self.shard_mb * (1 << 20))
 
     def worker_count(self) -> int:
-        """The number of worker processes: the setting, or (0) the cores this process may use."""
+        """The number of processes at work on a file (this one included): the setting, or (0) the cores this
+        process may use."""
         return self.workers or available_cpus()
 
     def render_limits(self) -> "RenderLimits":

@@ -18,6 +18,7 @@ import pytest
 
 from collate_assets.core import CollateError, CollateSettings, pack_spill, tokenize_file
 from collate_assets.core.settings import _cgroup_cpu_quota, available_cpus
+from collate_assets.core.tokens import tokenize as tokenize_module
 from collate_assets.core.tokens.tokenize import ChunkTokenizer
 from collate_assets.sample import DEMO_INPUT_DIR
 from collate_assets_tests.helpers import collate_command, demo_tokenizer, subprocess_env
@@ -85,6 +86,43 @@ def test_every_format_the_same_with_workers(tmp_path):
         assert run(tmp_path, source, 2, fmt)["files"] == run(tmp_path, source, 1, fmt)["files"], fmt
 
 
+def test_this_process_tokenizes_beside_its_workers(tmp_path, monkeypatch):
+    """workers=N: N - 1 processes are forked and the one that reads the file tokenizes chunks too, so N
+    processes use N cores (and hold N copies of the tokenizer's pages, not N + 1); the file's first
+    chunk is always its own (where the two tokenizer pipelines are compared)."""
+    source = mixed_input(tmp_path / "mixed.jsonl")
+    forked, where = [], []
+    pool_init, process, results = tokenize_module._Pool.__init__, ChunkTokenizer.process, tokenize_module._results
+
+    def counting_pool(self, chunk_tokenizer, workers):
+        forked.append(workers)
+        pool_init(self, chunk_tokenizer, workers)
+
+    def tagged(self, raw):
+        result = process(self, raw)
+        result.pid = os.getpid()
+        return result
+
+    def collected(*args, **kwargs):
+        for raw, result, at_work in results(*args, **kwargs):
+            where.append((raw.records[0][0] if raw.records else None, result.pid, at_work))
+            yield raw, result, at_work
+
+    monkeypatch.setattr(tokenize_module._Pool, "__init__", counting_pool)
+    monkeypatch.setattr(ChunkTokenizer, "process", tagged)
+    monkeypatch.setattr(tokenize_module, "_results", collected)
+    for workers in (2, 3):
+        forked.clear(), where.clear()
+        stats = tokenize_file(source, tmp_path / f"spill{workers}.arrow", demo_tokenizer(),
+                              CollateSettings(max_length=512, workers=workers), chunk_lines=CHUNK_LINES)
+        assert stats.workers == workers and forked == [workers - 1]
+        pids = [pid for _, pid, _ in where]
+        assert len(where) > 6 and len(set(pids)) == workers
+        assert pids[0] == os.getpid() and pids.count(os.getpid()) > 1  # the first chunk, and others
+        assert [line for line, _, _ in where] == sorted(line for line, _, _ in where)  # in input order
+    assert (tmp_path / "spill2.arrow").read_bytes() == (tmp_path / "spill3.arrow").read_bytes()
+
+
 @pytest.mark.parametrize("settings", [{"strict": True}, {"overlong": "error", "max_length": 64}], ids=["strict", "overlong-error"])
 def test_a_file_ending_error_is_the_same_with_workers(tmp_path, settings):
     """The first error in line order ends the file, with the message it has without workers."""
@@ -106,7 +144,8 @@ def test_a_worker_that_dies_fails_its_file_without_hanging(tmp_path, monkeypatch
     process = ChunkTokenizer.process
 
     def dies_at_the_third_chunk(self, raw):
-        if raw.records and raw.records[0][0] > 2 * CHUNK_LINES:  # (forked workers inherit this)
+        # (forked workers inherit this; the process that reads the file tokenizes chunks too: not there)
+        if tokenize_module._WORKER is not None and raw.records and raw.records[0][0] > 2 * CHUNK_LINES:
             os.kill(os.getpid(), signal.SIGKILL)
         return process(self, raw)
 
@@ -127,13 +166,14 @@ _ERRORS_THEN_EXIT = """
 import os, signal, sys, tempfile
 from pathlib import Path
 from collate_assets.core import CollateError, CollateSettings, tokenize_file
+from collate_assets.core.tokens import tokenize as tokenize_module
 from collate_assets.core.tokens.tokenize import ChunkTokenizer
 from collate_assets_tests.core.test_workers import CHUNK_LINES, mixed_input
 from collate_assets_tests.helpers import demo_tokenizer
 
 process = ChunkTokenizer.process
 def dies(self, raw):
-    if raw.records and raw.records[0][0] > 2 * CHUNK_LINES:
+    if tokenize_module._WORKER is not None and raw.records and raw.records[0][0] > 2 * CHUNK_LINES:
         os.kill(os.getpid(), signal.SIGKILL)
     return process(self, raw)
 
@@ -166,7 +206,8 @@ def test_an_interrupt_stops_the_workers_too(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "big.jsonl").write_bytes((DEMO_INPUT_DIR / "demo.jsonl").read_bytes() * 40)
-    args = collate_command("-i", str(folder), "-o", str(tmp_path / "out"), "-q", "--no-dagster", "-w", "2")
+    # three processes at work: this one and two forked workers
+    args = collate_command("-i", str(folder), "-o", str(tmp_path / "out"), "-q", "--no-dagster", "-w", "3")
     proc = subprocess.Popen(args, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
     try:
         parent = psutil.Process(proc.pid)

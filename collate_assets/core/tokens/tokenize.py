@@ -4,10 +4,11 @@
 
 The reader (reader.py) yields chunks of records as read. Each chunk is parsed, rendered with the chat
 template, encoded by the Rust tokenizer, labelled and fitted to max_length (the overlong policy) by
-`ChunkTokenizer.process`, giving a `ChunkResult`. With more than one worker (`settings.workers`) and
-more than one chunk, chunks go to worker processes forked from this one; results are taken back in
-input order, so the spill, the rejects file and the counts are the same bytes whatever the number of
-workers. This process reads, appends each result to the spill and logs its rejects in line order.
+`ChunkTokenizer.process`, giving a `ChunkResult`. With more than one worker (`settings.workers`, the
+processes at work) and more than one chunk, this process forks `workers - 1` worker processes and
+tokenizes chunks itself whenever they are all busy (see `_results`); results are taken in input order,
+so the spill, the rejects file and the counts are the same bytes whatever the number of workers. This
+process also reads, appends each result to the spill and logs its rejects in line order.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class ChunkTokenizer:
         self.settings = settings
         self.name = name  # the input file's (for rejects and errors)
         self.compare_at = None  # position of the file's first record, set by _results before any worker starts
+        self.workers_running = False  # set by _results: the other pipeline is then built for the drift check only
         self.specials = special_token_ids(encoder.tokenizer)  # the supervision audit counts these when trained
         self.pad_id = pad_id(encoder.tokenizer) if settings.pad_to_multiple_of else 0
         # labels=all: a labels=assistant encoder tells, on a sample, what is trained outside assistant turns
@@ -165,8 +167,9 @@ class ChunkTokenizer:
 
     def process(self, raw: RawChunk) -> ChunkResult:
         """Parse, render, encode and label one chunk. In the process that reads the file (not a worker), the
-        file's first chunk (its first record at `compare_at`) is also encoded with the tokenizer pipeline not
-        in use, to count the texts that differ (nothing written changes; see drift_of for workers)."""
+        file's first chunk (its first record at `compare_at`, always tokenized there, see _results) is also
+        encoded with the tokenizer pipeline not in use, to count the texts that differ (nothing written
+        changes)."""
         clock = time.perf_counter
         encoder = self.encoder
         seconds = dict.fromkeys(("parse", "render", "encode", "labels"), 0.0)
@@ -200,10 +203,14 @@ class ChunkTokenizer:
                 encodings += encoder.encode_texts(texts[k:], False, **check)
         else:
             encodings = encoder.encode_texts(texts, masked, **check) if texts else []
-        # The file's first chunk, in this process (not a worker: see drift_of): its first DRIFT_TEXTS texts
-        # are compared, enough to see a difference, a small share of the file's encoding.
-        drift = (compare_pipelines(encoder.tokenizer, texts[:DRIFT_TEXTS], encodings[:DRIFT_TEXTS])
-                 if first and _WORKER is None and texts else None)
+        # The file's first chunk, in this process (never a worker: a worker that had built the other pipeline
+        # encoded 10-25 % slower for the rest of the file, 60 MB, two workers, measured; the cause was not
+        # found): its first DRIFT_TEXTS texts are compared, enough to see a difference, a small share of the
+        # file's encoding. With workers running, the other pipeline is built for this only (see other_backend).
+        drift = None
+        if first and _WORKER is None and texts:
+            other = other_backend(encoder.tokenizer, keep=not self.workers_running)
+            drift = compare_pipelines(encoder.tokenizer, texts[:DRIFT_TEXTS], encodings[:DRIFT_TEXTS], other=other)
         t3 = clock()
         result = self._label(chunk, rendered, encodings, has_offsets=masked)
         if sample:
@@ -213,17 +220,6 @@ class ChunkTokenizer:
         result.encoder = report
         result.drift = drift
         return result
-
-    def drift_of(self, raw: RawChunk):
-        """The two tokenizer pipelines compared on the first DRIFT_TEXTS texts of `raw` (the file's first
-        chunk), in the process that reads the file while its workers tokenize. A worker never builds the
-        other pipeline: a worker that had built one encoded 10-25 % slower for the rest of the file
-        (60 MB, two workers, measured; the cause was not found)."""
-        chunk = parse_chunk(raw)
-        rendered = self.encoder.render(chunk.conversations[:DRIFT_TEXTS])
-        texts = [t for r in rendered if isinstance(r, Rendered) for t in r.texts][:DRIFT_TEXTS]
-        tokenizer = self.encoder.tokenizer
-        return compare_pipelines(tokenizer, texts, other=other_backend(tokenizer, keep=False)) if texts else None
 
     def _label(self, chunk, rendered, encodings, has_offsets: bool = True) -> ChunkResult:
         """Labels and the overlong policy for one chunk; rejects merged in line order with the reader's.
@@ -516,9 +512,18 @@ class _Pool:
 def _results(
     chunks: Iterator[RawChunk], tokenizer: ChunkTokenizer, workers: int, name: str
 ) -> Iterator[tuple[RawChunk, ChunkResult, int]]:
-    """Each chunk with its result and the number of processes at work, in input order: this process, or
-    `workers` worker processes when there is more than one chunk (a small file is not worth them).
-    The first chunk's texts are also compared across tokenizer pipelines (ChunkTokenizer.process)."""
+    """Each chunk with its result and the number of processes at work, in input order.
+
+    One process (this one) for a file of one chunk or `workers` <= 1. Otherwise `workers` processes: this one
+    and `workers - 1` forked from it. The forked ones are kept busy (two chunks handed to each, see
+    _hand_out); this process tokenizes a chunk itself whenever they all are, between reading the file and
+    writing the spill, which take it little time. So `workers` processes use `workers` cores, and a
+    machine's memory holds `workers` copies of the tokenizer's pages (RSS), not one more.
+
+    The file's first chunk is always tokenized here, where its texts are also compared with the other
+    tokenizer pipeline (ChunkTokenizer.process): before the fork when that pipeline is still live (the
+    one the tokenizer was loaded with), which it then is not in the workers; after it otherwise, the
+    other pipeline then built for that comparison only."""
     first = next(chunks, None)
     second = next(chunks, None) if first is not None else None
     if first is not None and first.records:
@@ -530,31 +535,64 @@ def _results(
         for raw in chunks:
             yield raw, tokenizer.process(raw), 1
         return
-    forget_other_backend(tokenizer.encoder.tokenizer)  # not inherited by the workers (built again if needed)
+    pending: collections.deque = collections.deque()  # [raw, future or None, result or None], in input order
+    mine: collections.deque = collections.deque()  # entries of `pending` this process tokenizes
+    tokens = tokenizer.encoder.tokenizer
+    if getattr(tokens, "collate_other_backend", None) is not None:
+        next(chunks)
+        pending.append([first, None, tokenizer.process(first)])
+    forget_other_backend(tokens)  # not inherited by the workers
     give_back_memory()  # what loading the fast encoder freed is not copied into every worker's map
-    pool = _Pool(tokenizer, workers)
-    try:
-        pending: collections.deque = collections.deque()
+    pool = _Pool(tokenizer, workers - 1)
+    tokenizer.workers_running = True
+    depth = 2 * (workers - 1)  # chunks handed to the workers, under way or waiting
+    limit = depth + 2 * workers  # results held for their turn, at most
 
-        def done(raw, future):
+    def busy() -> int:
+        return sum(1 for entry in pending if entry[1] is not None and not entry[1].done())
+
+    def run_mine() -> None:
+        entry = mine.popleft()
+        entry[2] = tokenizer.process(entry[0])
+
+    def take() -> tuple[RawChunk, ChunkResult, int]:
+        raw, future, result = pending.popleft()
+        if result is None:
             result = future.result()
-            # a worker's fast encoder or direct renderer differed from the reference: the chunks handed out
-            # from now on are encoded (rendered) with the reference by every worker
-            tokenizer.stop(result.encoder.reason if result.encoder.differing else "",
-                           result.encoder.render_reason if result.encoder.render_differing else "")
-            return raw, result, workers
+        # a difference between the fast encoder (or the direct renderer) and the reference, in a worker or
+        # here: the chunks handed out from now on are encoded (rendered) with the reference everywhere
+        tokenizer.stop(result.encoder.reason if result.encoder.differing else "",
+                       result.encoder.render_reason if result.encoder.render_differing else "")
+        return raw, result, workers
 
+    def ready() -> bool:
+        entry = pending[0]
+        return entry[2] is not None or (entry[1] is not None and entry[1].done())
+
+    try:
         for raw in chunks:
-            pending.append((raw, pool.submit(raw, tokenizer.stops())))
-            while len(pending) > 2 * workers:
-                yield done(*pending.popleft())
+            entry = [raw, None, None]
+            pending.append(entry)
+            if raw is first or busy() >= depth:
+                mine.append(entry)
+            else:
+                entry[1] = pool.submit(raw, tokenizer.stops())
+            if mine and busy() >= depth:
+                run_mine()
+            while pending and (ready() or len(pending) > limit):
+                if pending[0][1] is None and pending[0][2] is None:
+                    run_mine()  # the oldest is this process's own: tokenize it now
+                yield take()
         while pending:
-            yield done(*pending.popleft())
+            if pending[0][1] is None and pending[0][2] is None:
+                run_mine()
+            yield take()
     except BrokenProcessPool as exc:
         raise CollateError(
             f"{shown(name)}: a worker process stopped while tokenizing (killed, or out of memory?): {exc}"
         ) from None
     finally:
+        tokenizer.workers_running = False
         pool.close()
 
 
@@ -636,8 +674,6 @@ def tokenize_file(
                     for stage, value in result.seconds.items():
                         seconds[stage] += value
                     stats_encoder.add(result.encoder)
-                    if result.drift is None and at_work > 1 and raw.records and raw.records[0][0] == chunk_tokenizer.compare_at:
-                        result.drift = chunk_tokenizer.drift_of(raw)
                     if result.drift is not None:
                         stats.tokenizer_drift = drift_summary(tokenizer, result.drift)
                     start = clock()

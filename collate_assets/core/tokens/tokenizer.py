@@ -170,15 +170,17 @@ def load_tokenizer(
     (time and size per conversation, see `template_limits`) and is refused when it goes over them
     on probe conversations.
     """
-    hide_torch = _OWN_PROCESS and not trust_remote_code  # a repository's own code may want PyTorch
-    with _torch_hidden(hide_torch):
-        from transformers import AutoTokenizer
-
     name = str(name_or_path)
     if preload_fast and tokenizer_pipeline == "file":
         from .encoder import start_preload
 
+        # started before transformers is imported (most of a second): on two cores or more it is then
+        # loaded by the time the tokenizer is
         start_preload(tokenizer_json_path(name, revision))
+    hide_torch = _OWN_PROCESS and not trust_remote_code  # a repository's own code may want PyTorch
+    with _torch_hidden(hide_torch):
+        from transformers import AutoTokenizer
+
     install()
     limits = render_limits if render_limits is not None else RenderLimits()
 

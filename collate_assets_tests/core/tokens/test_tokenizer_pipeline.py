@@ -161,9 +161,17 @@ def test_the_other_pipeline_is_built_once_for_many_files_and_never_handed_to_wor
         stats = tokenize_file(chats_jsonl, tmp_path / "w.arrow", tokenizer, CollateSettings(workers=2), chunk_lines=2)
     finally:
         tokenize_module._Pool.__init__ = original
-    assert stats.workers == 2 and held_at_fork == [None]  # dropped before the fork
-    # built again for the first chunk's drift, beside the workers, and not kept for the rest of the file
-    assert stats.tokenizer_drift["texts"] == 2 and stats.tokenizer_drift["differing"] > 0
+    # the first chunk compared here with the live pipeline, which is then dropped before the fork
+    assert stats.workers == 2 and held_at_fork == [None]
+    assert stats.tokenizer_drift["texts"] == 2 and stats.tokenizer_drift["differing"] > 0  # (a chunk of 2 lines)
+    assert tokenizer.collate_other_backend is None
+    # the next file: built again for its first chunk, in this process beside the workers, and not kept
+    tokenize_module._Pool.__init__ = pool_init
+    try:
+        again = tokenize_file(chats_jsonl, tmp_path / "w2.arrow", tokenizer, CollateSettings(workers=2), chunk_lines=2)
+    finally:
+        tokenize_module._Pool.__init__ = original
+    assert again.tokenizer_drift == stats.tokenizer_drift and held_at_fork == [None, None]
     assert tokenizer.collate_other_backend is None
     forget_other_backend(tokenizer)
     assert getattr(tokenizer, "collate_other_backend") is None and other_backend(tokenizer) is not None
