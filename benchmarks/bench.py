@@ -322,38 +322,42 @@ def measure(name: str, args, workdir: Path) -> dict:
     return result
 
 
-def _peak_tree_memory(child: subprocess.Popen) -> tuple[int, int]:
+def _peak_tree_memory(child: subprocess.Popen, at_peak: list | None = None) -> tuple[int, int]:
     """Until `child` ends: the largest (sum of RSS, sum of PSS) over it and its descendants, every 20 ms.
+    `at_peak`, when given, receives each process's (name, RSS, PSS, USS) bytes at the largest RSS sum.
     (Its output pipes are read after it ends: fine for the small JSON lines the measurements print.)"""
     import psutil
 
     proc = psutil.Process(child.pid)
     peak_rss = peak_pss = 0
     while child.poll() is None:
-        rss, pss = _tree_memory(proc)
+        rows = _tree_memory(proc)
+        rss, pss = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        if rss > peak_rss and at_peak is not None:
+            at_peak[:] = rows
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.02)
     return peak_rss, peak_pss
 
 
-def _tree_memory(proc) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) over `proc` and all its descendants; a process that ends while it is
-    read counts 0 (PSS reads /proc/PID/smaps_rollup: ~0.5 ms a process)."""
+def _tree_memory(proc) -> list[tuple[str, int, int, int]]:
+    """(name, RSS, PSS, USS) of `proc` and each of its descendants; a process that ends while it is read
+    is left out (PSS and USS read /proc/PID/smaps_rollup: ~0.5 ms a process; elsewhere they are the RSS)."""
     import psutil
 
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
-    rss = pss = 0
+        return []
+    rows = []
     for p in procs:
         try:
             info = p.memory_full_info()
+            name = p.name()
         except psutil.Error:
             continue
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)  # (PSS is Linux-only: elsewhere the RSS)
-    return rss, pss
+        rows.append((name, info.rss, getattr(info, "pss", info.rss), getattr(info, "uss", info.rss)))
+    return rows
 
 
 def main() -> None:
@@ -609,13 +613,16 @@ def _timed_tree(cmd: list[str], env: dict) -> dict:
     `cmd` as one process; exits with its stderr tail when it fails."""
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_rss, peak_pss = _peak_tree_memory(child)
+    at_peak: list = []
+    peak_rss, peak_pss = _peak_tree_memory(child, at_peak)
     seconds = time.perf_counter() - start
     out, err = child.communicate()
     if child.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise SystemExit(f"bench e2e: exit {child.returncode}: {' '.join(cmd)}\n{tail}")
-    return {"seconds": seconds, "peak_rss_mb": peak_rss / 1e6, "peak_pss_mb": peak_pss / 1e6, "stdout": out}
+    processes = [f"{name} {rss / 1e6:.0f}/{pss / 1e6:.0f}/{uss / 1e6:.0f}" for name, rss, pss, uss in at_peak if rss > 50e6]
+    return {"seconds": seconds, "peak_rss_mb": peak_rss / 1e6, "peak_pss_mb": peak_pss / 1e6, "stdout": out,
+            "processes_at_peak": processes}
 
 
 def run_e2e(args, workdir: Path) -> dict:
@@ -679,6 +686,9 @@ def print_e2e(r: dict) -> None:
         rows = sorted({x["rows"] for x in runs})
         print(f"| {label(name)} | {m[name]['seconds']:.2f} | {cells} | {m[name]['peak_rss_mb']:.0f} | "
               f"{m[name]['peak_pss_mb']:.0f} | {', '.join(map(str, rows))} |")
+    print("\nProcesses of over 50 MB at the peak of summed RSS, last round (name RSS/PSS/USS MB):")
+    for name, runs in r["runs"].items():
+        print(f"- {label(name)}: {', '.join(runs[-1].get('processes_at_peak', []))}")
     for name in r["runs"]:
         if name == "trl":
             continue

@@ -515,10 +515,11 @@ def _results(
     """Each chunk with its result and the number of processes at work, in input order.
 
     One process (this one) for a file of one chunk or `workers` <= 1. Otherwise `workers` processes: this one
-    and `workers - 1` forked from it. The forked ones are kept busy (two chunks handed to each, see
-    _hand_out); this process tokenizes a chunk itself whenever they all are, between reading the file and
-    writing the spill, which take it little time. So `workers` processes use `workers` cores, and a
-    machine's memory holds `workers` copies of the tokenizer's pages (RSS), not one more.
+    and `workers - 1` forked from it. The forked ones are kept busy (two chunks handed to each, under way or
+    waiting); this process tokenizes a chunk itself whenever they all are, between reading the file and
+    writing the spill, which take it little time. So `workers` processes use `workers` cores, and the
+    tokenizer's pages are mapped in `workers` processes, not one more (summed RSS: Qwen3 through Dagster,
+    2 cores, 1.46 GB with a third process against 0.96 GB).
 
     The file's first chunk is always tokenized here, where its texts are also compared with the other
     tokenizer pipeline (ChunkTokenizer.process): before the fork when that pipeline is still live (the
