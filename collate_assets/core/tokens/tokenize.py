@@ -536,11 +536,12 @@ def _results(
         for raw in chunks:
             yield raw, tokenizer.process(raw), 1
         return
-    pending: collections.deque = collections.deque()  # [raw, future or None, result or None], in input order
-    mine: collections.deque = collections.deque()  # entries of `pending` this process tokenizes
+    # [raw, future, result] in input order: a worker's chunk has a future; this process's own has neither
+    # until it tokenizes it
+    pending: collections.deque = collections.deque()
     tokens = tokenizer.encoder.tokenizer
     if getattr(tokens, "collate_other_backend", None) is not None:
-        next(chunks)
+        next(chunks)  # the first chunk, tokenized now, before the fork
         pending.append([first, None, tokenizer.process(first)])
     forget_other_backend(tokens)  # not inherited by the workers
     give_back_memory()  # what loading the fast encoder freed is not copied into every worker's map
@@ -552,11 +553,16 @@ def _results(
     def busy() -> int:
         return sum(1 for entry in pending if entry[1] is not None and not entry[1].done())
 
-    def run_mine() -> None:
-        entry = mine.popleft()
-        entry[2] = tokenizer.process(entry[0])
+    def run_own(entry=None) -> None:
+        """Tokenize `entry`, or the oldest of this process's chunks not tokenized yet (if any)."""
+        entry = entry or next((e for e in pending if e[1] is None and e[2] is None), None)
+        if entry is not None:
+            entry[2] = tokenizer.process(entry[0])
 
     def take() -> tuple[RawChunk, ChunkResult, int]:
+        entry = pending[0]
+        if entry[1] is None and entry[2] is None:
+            run_own(entry)
         raw, future, result = pending.popleft()
         if result is None:
             result = future.result()
@@ -574,19 +580,13 @@ def _results(
         for raw in chunks:
             entry = [raw, None, None]
             pending.append(entry)
-            if raw is first or busy() >= depth:
-                mine.append(entry)
-            else:
+            if raw is not first and busy() < depth:
                 entry[1] = pool.submit(raw, tokenizer.stops())
-            if mine and busy() >= depth:
-                run_mine()
+            if busy() >= depth:
+                run_own()
             while pending and (ready() or len(pending) > limit):
-                if pending[0][1] is None and pending[0][2] is None:
-                    run_mine()  # the oldest is this process's own: tokenize it now
                 yield take()
         while pending:
-            if pending[0][1] is None and pending[0][2] is None:
-                run_mine()
             yield take()
     except BrokenProcessPool as exc:
         raise CollateError(
